@@ -1,0 +1,41 @@
+"""realtime-bridge: Postgres row changes pushed to clients in real time.
+
+The public API is exactly what `__all__` lists.
+"""
+
+from realtime_bridge.app import create_app
+from realtime_bridge.bridge import Bridge
+from realtime_bridge.change import Change
+from realtime_bridge.errors import (
+    ClientError,
+    ConfigurationError,
+    MigrationError,
+    PublishError,
+    RealtimeBridgeError,
+)
+from realtime_bridge.plugins import Plugin, PluginRegistry
+from realtime_bridge.publish import (
+    broadcast,
+    broadcast_portfolio_update,
+    broadcast_position_update,
+    broadcast_trade_update,
+)
+from realtime_bridge.settings import Settings
+
+__all__ = [
+    "Bridge",
+    "Change",
+    "ClientError",
+    "ConfigurationError",
+    "MigrationError",
+    "Plugin",
+    "PluginRegistry",
+    "PublishError",
+    "RealtimeBridgeError",
+    "Settings",
+    "broadcast",
+    "broadcast_portfolio_update",
+    "broadcast_position_update",
+    "broadcast_trade_update",
+    "create_app",
+]

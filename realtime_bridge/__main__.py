@@ -1,0 +1,3 @@
+from realtime_bridge.cli import main
+
+main()

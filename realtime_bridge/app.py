@@ -1,0 +1,56 @@
+"""The Starlette application: routes, JSON errors and the bridge's lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route, WebSocketRoute
+
+from realtime_bridge.bridge import Bridge
+from realtime_bridge.plugins import PluginRegistry
+from realtime_bridge.protocols import rest, sse, websocket
+from realtime_bridge.protocols.common import error_response
+from realtime_bridge.settings import Settings
+
+
+def create_app(
+    settings: Settings | None = None, registry: PluginRegistry | None = None
+) -> Starlette:
+    """Build the app; the bridge (plugins, database, source) starts with its lifespan."""
+    settings = settings or Settings()
+    bridge = Bridge(settings, registry)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await bridge.start()
+        try:
+            yield
+        finally:
+            await bridge.stop()
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail))
+
+    routes = [
+        Route("/", rest.index),
+        Route("/health", rest.health),
+        Route("/metrics", rest.metrics),
+        Route("/api/stats", rest.stats),
+        Route("/api/broadcast", rest.broadcast, methods=["POST"]),
+        Route("/api/testing/simulate-signal", rest.simulate_signal, methods=["POST"]),
+        Route("/api/channels/{channel}/events", rest.channel_events),
+        Route("/sse/{channel}", sse.sse_stream),
+        WebSocketRoute("/ws/db_subscriptions", websocket.db_subscriptions),
+    ]
+    app = Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error}
+    )
+    app.state.bridge = bridge
+    return app

@@ -1,0 +1,321 @@
+"""The running service: database, source, plugins and hub wired together.
+
+`Bridge` owns every background task it starts (kept referenced, cancelled
+on stop); a task that dies is logged and shown by `/health`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import orjson
+
+from realtime_bridge.change import Change
+from realtime_bridge.embedded import EmbeddedPostgres
+from realtime_bridge.errors import PublishError, UnknownChannel, UnknownTable
+from realtime_bridge.events import Event
+from realtime_bridge.hub import Hub
+from realtime_bridge.migrate import migrate
+from realtime_bridge.plugins import PluginRegistry, discover, qualify
+from realtime_bridge.settings import Settings
+from realtime_bridge.sources.outbox import OutboxSource, SourceState, init_connection, row_to_change
+
+logger = logging.getLogger(__name__)
+
+_current: Bridge | None = None
+
+
+def current_bridge() -> Bridge | None:
+    """The bridge running in this process, if any (used by `broadcast()`)."""
+    return _current
+
+
+@dataclass
+class Counters:
+    connections_total: int = 0
+    connections_open: int = 0
+    errors_sent: dict[str, int] = field(default_factory=dict)
+    broadcasts: int = 0
+
+    def error(self, code: str) -> None:
+        self.errors_sent[code] = self.errors_sent.get(code, 0) + 1
+
+
+class Bridge:
+    """Everything one realtime-bridge process runs."""
+
+    def __init__(self, settings: Settings, registry: PluginRegistry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry if registry is not None else discover(settings.plugin_paths)
+        self.hub = Hub(
+            window=settings.replay_window, history=self._history, earliest_seq=self._earliest
+        )
+        self.counters = Counters()
+        self.embedded: EmbeddedPostgres | None = None
+        self.dsn: str | None = None
+        self.pool: asyncpg.Pool | None = None
+        self.source: OutboxSource | None = None
+        self.tables: dict[str, set[str]] = {}
+        self.started_at = time.time()
+        self._tasks: dict[str, asyncio.Task[Any]] = {}
+        self._task_errors: dict[str, str] = {}
+        self._seq_waiters: dict[int, asyncio.Future[int]] = {}
+
+    # lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        global _current
+        self.dsn = await asyncio.to_thread(self._resolve_dsn)
+        if self.settings.migrate_on_start:
+            await migrate(self.dsn, self.settings.migrations_dir)
+        self.pool = await asyncpg.create_pool(
+            self.dsn, min_size=1, max_size=10, init=init_connection
+        )
+        await self.refresh_tables()
+        head = await self.pool.fetchval("SELECT last_seq FROM realtime_bridge.sequencer")
+        self.hub.head = int(head)
+        self._register_channels()
+        self.source = OutboxSource(
+            self.dsn,
+            self._on_changes,
+            start_after=self.hub.head,
+            batch_size=self.settings.sequencer_batch,
+        )
+        self._own("source", self.source.start())
+        self._own("maintenance", asyncio.create_task(self._maintain(), name="maintenance"))
+        _current = self
+        logger.info(
+            "realtime-bridge ready: %d plugin channel(s), %d tracked table(s), head seq %d",
+            len(self.registry.by_channel),
+            len(self.tables),
+            self.hub.head,
+        )
+
+    def _resolve_dsn(self) -> str:
+        if self.settings.database_url:
+            return self.settings.database_url
+        self.embedded = EmbeddedPostgres(self.settings.data_dir)
+        dsn = self.embedded.start()
+        logger.info("no DATABASE_URL: using the embedded Postgres in %s", self.settings.data_dir)
+        return dsn
+
+    async def stop(self) -> None:
+        global _current
+        if _current is self:
+            _current = None
+        if self.source is not None:
+            await self.source.stop()
+        for task in self._tasks.values():
+            task.cancel()
+        for task in self._tasks.values():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self.pool is not None:
+            await self.pool.close()
+        # The embedded server is left running: it is cheap to keep and the
+        # next start (or another process on the same folder) reuses it.
+
+    def _own(self, name: str, task: asyncio.Task[Any]) -> None:
+        self._tasks[name] = task
+
+        def done(t: asyncio.Task[Any]) -> None:
+            if t.cancelled():
+                return
+            exc = t.exception()
+            if exc is not None:
+                self._task_errors[name] = f"{type(exc).__name__}: {exc}"
+                logger.error("background task %s failed", name, exc_info=exc)
+
+        task.add_done_callback(done)
+
+    # channels --------------------------------------------------------------
+
+    async def refresh_tables(self) -> None:
+        """Load the tracked tables and their columns (for table channels and filters)."""
+        assert self.pool is not None
+        rows = await self.pool.fetch(
+            """
+            SELECT t.schema_name || '.' || t.table_name AS name,
+                   array_agg(a.attname::text) AS columns
+            FROM realtime_bridge.tracked_tables t
+            JOIN pg_catalog.pg_attribute a
+              ON a.attrelid = format('%I.%I', t.schema_name, t.table_name)::regclass
+             AND a.attnum > 0 AND NOT a.attisdropped
+            GROUP BY 1
+            """
+        )
+        self.tables = {r["name"]: set(r["columns"]) for r in rows}
+        self._register_channels()
+
+    def _register_channels(self) -> None:
+        for plugin in self.registry:
+            columns = plugin.columns()
+            for table in plugin.tables:
+                columns |= self.tables.get(table, set())
+            self.hub.add_channel(plugin.channel, columns=columns, owner_column=plugin.owner_column)
+        for table, columns in self.tables.items():
+            self.hub.add_channel(
+                table, columns=columns, owner_column="user_id" if "user_id" in columns else None
+            )
+
+    async def table_channel(self, table: str) -> str:
+        """The channel name of a tracked table; refresh once before saying no."""
+        name = qualify(table)
+        if name not in self.tables:
+            await self.refresh_tables()
+        if name not in self.tables:
+            raise UnknownTable(
+                f"table {name!r} is not tracked; run SELECT realtime_bridge.track('{name}')",
+                table=name,
+            )
+        return name
+
+    def resolve_channel(self, name: str) -> str:
+        if name in self.hub.channels:
+            return name
+        raise UnknownChannel(f"no channel named {name!r}", channel=name)
+
+    # the flow ------------------------------------------------------------
+
+    def _on_changes(self, changes: list[Change]) -> None:
+        for change in changes:
+            self.hub.publish(change.seq, self.registry.events_for(change))
+            if self._seq_waiters and change.outbox_id is not None:
+                waiter = self._seq_waiters.pop(change.outbox_id, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(change.seq)
+
+    async def _history(self, after: int, upto: int, channel: str) -> AsyncIterator[list[Event]]:
+        """Events of `channel` in (after, upto] read back from the outbox log."""
+        assert self.pool is not None
+        plugin = self.registry.by_channel.get(channel)
+        tables = list(plugin.tables) if plugin else [channel]
+        cursor = after
+        while cursor < upto:
+            rows = await self.pool.fetch(
+                """
+                SELECT o.id, o.seq, o.operation, o.schema_name, o.table_name, o.record,
+                       o.old_record, o.created_at, o.channel, o.event
+                FROM realtime_bridge.outbox o
+                WHERE o.seq > $1 AND o.seq <= $2
+                  AND ((o.schema_name || '.' || o.table_name) = ANY($3::text[]) OR o.channel = $4)
+                ORDER BY o.seq
+                LIMIT 1000
+                """,
+                cursor,
+                upto,
+                tables,
+                channel,
+            )
+            if not rows:
+                return
+            batch: list[Event] = []
+            for row in rows:
+                change = row_to_change(row)
+                batch.extend(e for e in self.registry.events_for(change) if e.channel == channel)
+            cursor = rows[-1]["seq"]
+            yield batch
+
+    async def _earliest(self) -> int | None:
+        assert self.pool is not None
+        value = await self.pool.fetchval(
+            "SELECT min(seq) FROM realtime_bridge.outbox WHERE seq IS NOT NULL"
+        )
+        if value is None:
+            # Everything was pruned: the next seq is the earliest a client can get.
+            return self.hub.head + 1
+        return int(value)
+
+    # publishing --------------------------------------------------------
+
+    async def publish(
+        self, channel: str, event: str | None, payload: Any, *, wait: float = 5.0
+    ) -> int | None:
+        """Validate and write an event to the outbox; return its seq once numbered."""
+        event_name, data = self.registry.validate_broadcast(channel, event, payload)
+        assert self.pool is not None
+        try:
+            outbox_id = await self.pool.fetchval(
+                "SELECT realtime_bridge.broadcast($1, $2, $3::jsonb)", channel, event_name, data
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise PublishError(f"could not write the event: {exc}") from exc
+        self.counters.broadcasts += 1
+        if wait <= 0:
+            return None
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._seq_waiters[int(outbox_id)] = future
+        try:
+            return await asyncio.wait_for(future, wait)
+        except TimeoutError:
+            return None
+        finally:
+            self._seq_waiters.pop(int(outbox_id), None)
+
+    # maintenance -----------------------------------------------------------
+
+    async def _maintain(self) -> None:
+        """Prune the outbox past retention; idle (no new seqs) means no queries."""
+        pruned_at_head = self.hub.head
+        while True:
+            await asyncio.sleep(self.settings.prune_interval)
+            if self.hub.head == pruned_at_head or self.pool is None:
+                continue
+            try:
+                removed = await self.pool.fetchval("SELECT realtime_bridge.prune()")
+                pruned_at_head = self.hub.head
+                if removed:
+                    logger.info("pruned %s outbox rows past retention", removed)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                logger.warning("outbox pruning failed: %s", exc)
+
+    # reporting ---------------------------------------------------------------
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        source = self.source.status if self.source else None
+        healthy = (
+            source is not None and source.state is SourceState.CONNECTED and not self._task_errors
+        )
+        body: dict[str, Any] = {
+            "status": "ok" if healthy else "degraded",
+            "source": "outbox",
+            "mode": "realtime",
+            "database": "embedded" if self.embedded else "external",
+            "last_seq": self.hub.head,
+            "lag_ms": round(source.last_lag_ms, 3)
+            if source and source.last_lag_ms is not None
+            else None,
+            "source_status": source.to_json() if source else None,
+            "failed_tasks": dict(self._task_errors),
+            "uptime_s": round(time.time() - self.started_at, 1),
+        }
+        return healthy, body
+
+    def stats(self) -> dict[str, Any]:
+        hub = self.hub.stats
+        return {
+            "connections": self.counters.connections_open,
+            "connections_total": self.counters.connections_total,
+            "subscriptions": self.hub.subscriptions_per_channel(),
+            "events_in": hub.events_in,
+            "events_out": hub.frames_out,
+            "events_replayed": hub.replayed,
+            "dropped": {"slow_consumers": hub.slow_consumers},
+            "resyncs": hub.resyncs,
+            "errors_sent": dict(self.counters.errors_sent),
+            "plugin_errors": dict(self.registry.errors),
+            "broadcasts": self.counters.broadcasts,
+            "head_seq": self.hub.head,
+            "channels": sorted(self.hub.channels),
+        }
+
+    def encode(self, value: Any) -> bytes:
+        return orjson.dumps(value)

@@ -1,0 +1,75 @@
+"""`realtime-bridge`: serve, migrate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from realtime_bridge.errors import RealtimeBridgeError
+from realtime_bridge.settings import Settings
+
+
+def _settings(**overrides: object) -> Settings:
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()]
+        raise SystemExit("invalid configuration:\n" + "\n".join(lines)) from None
+
+
+def serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from realtime_bridge.app import create_app
+
+    settings = _settings(host=args.host, port=args.port)
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        ws_max_size=max(settings.max_frame_bytes * 4, 1024 * 1024),
+        ws_per_message_deflate=False,
+        proxy_headers=True,
+        lifespan="on",
+    )
+
+
+def migrate_command(args: argparse.Namespace) -> None:
+    from realtime_bridge.embedded import EmbeddedPostgres
+    from realtime_bridge.migrate import migrate
+
+    settings = _settings()
+    dsn = settings.database_url or EmbeddedPostgres(settings.data_dir).start()
+    applied = asyncio.run(migrate(dsn, settings.migrations_dir))
+    print(
+        f"applied {len(applied)} migration(s)"
+        + (f": {', '.join(applied)}" if applied else "; up to date")
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="realtime-bridge", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_parser = commands.add_parser("serve", help="run the service")
+    serve_parser.add_argument("--host", default=None, help="bind address (default 127.0.0.1, HOST)")
+    serve_parser.add_argument("--port", type=int, default=None, help="port (default 8000, PORT)")
+    serve_parser.set_defaults(func=serve)
+    migrate_parser = commands.add_parser("migrate", help="apply pending SQL migrations")
+    migrate_parser.set_defaults(func=migrate_command)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        args.func(args)
+    except RealtimeBridgeError as exc:
+        raise SystemExit(f"realtime-bridge: {exc}") from None

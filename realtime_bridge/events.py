@@ -1,0 +1,73 @@
+"""Events: what clients receive, encoded once and shared by every receiver.
+
+An `Event` is a `Change` seen through one channel (a plugin's typed channel
+or a table's generic one). Its JSON body is encoded once, lazily; each wire
+format only wraps those shared bytes with a few per-receiver characters
+(the subscription id, the SSE framing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from realtime_bridge.change import Row
+
+
+@dataclass(slots=True, eq=False)
+class Event:
+    """One channel's view of one change at position `seq`."""
+
+    seq: int
+    channel: str
+    event: str
+    operation: str
+    table: str | None
+    data: Row | None
+    old: Row | None
+    timestamp: str
+    user_id: Any = None
+    record_id: Any = None
+    # What filters are matched against: the raw row with the payload's
+    # computed fields, for the new and (UPDATE / DELETE) the old state.
+    view: Mapping[str, Any] | None = None
+    old_view: Mapping[str, Any] | None = None
+    owners: tuple[Any, ...] = ()
+    _body: str | None = field(default=None, repr=False)
+
+    @property
+    def body(self) -> str:
+        """The JSON object after its opening brace, shared by every frame."""
+        if self._body is None:
+            encoded = orjson.dumps(
+                {
+                    "channel": self.channel,
+                    "event": self.event,
+                    "table": self.table,
+                    "operation": self.operation,
+                    "user_id": self.user_id,
+                    "record_id": self.record_id,
+                    "data": self.data,
+                    "old": self.old,
+                    "seq": self.seq,
+                    "timestamp": self.timestamp,
+                }
+            ).decode()
+            self._body = encoded[1:]
+        return self._body
+
+    def json(self) -> str:
+        """The `db_change` frame without a subscription id (poll responses)."""
+        return '{"type":"db_change",' + self.body
+
+    def frame_for(self, prefix: str) -> str:
+        """The `db_change` frame for a subscription whose prefix is given."""
+        return prefix + self.body
+
+
+def subscription_prefix(subscription_id: str) -> str:
+    """The constant start of every `db_change` frame sent to one subscription."""
+    return '{"type":"db_change","subscription_id":' + orjson.dumps(subscription_id).decode() + ","

@@ -1,0 +1,384 @@
+"""The hub: channels, subscriptions, fan-out and resume.
+
+Events arrive in seq order (`publish`). For each, the hub finds its
+receivers through per-channel indexes on equality filters (so a
+`user_id = u1` subscription is found by one dict lookup, not by testing
+every subscription), renders the frame from the event's shared body and
+offers it to the receiver's bounded outlet. An outlet that is full is cut
+off (`slow_consumer`); it never slows anyone else.
+
+Resume and back-pressure are one mechanism: a subscription that is behind
+(opened with `since`, or whose outlet filled up) is CATCHING_UP. It reads
+the shared replay window, or the database log beyond it, at the pace its
+client reads, and turns LIVE once it reaches the head, with no await
+between the last check and the switch: nothing is missed, nothing is sent
+twice, and no per-subscriber buffer grows. Only a client that stops
+reading altogether is cut off (its outlet's stall timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import logging
+import secrets
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from realtime_bridge.errors import UnknownChannel
+from realtime_bridge.events import Event
+from realtime_bridge.filters import Filter, canonical
+
+logger = logging.getLogger(__name__)
+
+
+class Outlet(Protocol):
+    """The sending side of one client connection."""
+
+    def offer(self, frame: str) -> bool:
+        """Queue a frame without waiting; False when the outlet is full."""
+
+    async def put(self, frame: str) -> None:
+        """Queue a frame, waiting for room (used by replay)."""
+
+    @property
+    def closed(self) -> bool:
+        """True once the client is gone."""
+
+
+class SubscriptionState(enum.Enum):
+    CATCHING_UP = "catching_up"
+    LIVE = "live"
+    CLOSED = "closed"
+
+
+Renderer = Callable[[Event, str], str]
+
+
+def render_db_change(event: Event, prefix: str) -> str:
+    return event.frame_for(prefix)
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One client's interest in one channel, with its filter.
+
+    `last_seq` is how far this subscription has been served: every event
+    of its channel up to `last_seq` was either sent or did not match.
+    """
+
+    id: str
+    channel: str
+    filter: Filter
+    outlet: Outlet
+    prefix: str
+    render: Renderer = render_db_change
+    client_id: str | None = None
+    state: SubscriptionState = SubscriptionState.CATCHING_UP
+    last_seq: int = 0
+    index: tuple[str, tuple[str, ...]] | None = None
+    on_lag: Callable[[Subscription], None] | None = None
+
+    def wants(self, event: Event) -> bool:
+        return self.filter.matches(event.view) or (
+            event.old_view is not None and self.filter.matches(event.old_view)
+        )
+
+    def deliver(self, event: Event) -> bool:
+        """Offer a live event; on a full outlet, fall back to catching up."""
+        if self.state is not SubscriptionState.LIVE:
+            return False
+        if self.outlet.offer(self.render(event, self.prefix)):
+            self.last_seq = event.seq
+            return True
+        # The client is behind. Stop offering live events; it will be served
+        # from the shared replay window (then the log) at its own pace.
+        self.state = SubscriptionState.CATCHING_UP
+        if self.on_lag is not None:
+            self.on_lag(self)
+        return False
+
+
+class Channel:
+    """A channel's subscriptions, indexed by their equality filters."""
+
+    def __init__(self, name: str, columns: Iterable[str] | None, owner_column: str | None) -> None:
+        self.name = name
+        self.columns = set(columns) if columns is not None else None
+        self.owner_column = owner_column
+        self.indexed: dict[str, dict[str, set[Subscription]]] = {}
+        self.unindexed: set[Subscription] = set()
+        self.count = 0
+
+    def add(self, sub: Subscription) -> None:
+        sub.index = sub.filter.index_key(prefer=self.owner_column)
+        if sub.index is None:
+            self.unindexed.add(sub)
+        else:
+            column, keys = sub.index
+            table = self.indexed.setdefault(column, {})
+            for key in keys:
+                table.setdefault(key, set()).add(sub)
+        self.count += 1
+
+    def remove(self, sub: Subscription) -> None:
+        if sub.index is None:
+            if sub in self.unindexed:
+                self.unindexed.discard(sub)
+                self.count -= 1
+            return
+        column, keys = sub.index
+        table = self.indexed.get(column, {})
+        found = False
+        for key in keys:
+            members = table.get(key)
+            if members and sub in members:
+                found = True
+                members.discard(sub)
+                if not members:
+                    del table[key]
+        if not table and column in self.indexed:
+            del self.indexed[column]
+        if found:
+            self.count -= 1
+
+    def receivers(self, event: Event) -> Iterable[Subscription]:
+        """The subscriptions that want `event`, found without a full scan."""
+        if not self.indexed:
+            candidates: Iterable[Subscription] = self.unindexed
+        else:
+            found: dict[Subscription, None] = dict.fromkeys(self.unindexed)
+            for column, table in self.indexed.items():
+                for view in (event.view, event.old_view):
+                    if view is None:
+                        continue
+                    members = table.get(canonical(view.get(column)))  # type: ignore[arg-type]
+                    if members:
+                        found.update(dict.fromkeys(members))
+            candidates = found
+        return [sub for sub in candidates if sub.wants(event)]
+
+
+# (after, upto, channel) → batches of that channel's events, oldest first.
+HistoryReader = Callable[[int, int, str], AsyncIterator[list[Event]]]
+
+
+@dataclass
+class HubStats:
+    events_in: int = 0
+    frames_out: int = 0
+    replayed: int = 0
+    slow_consumers: int = 0
+    resyncs: int = 0
+
+
+class Hub:
+    """Routes events to subscriptions; keeps the recent window for resume."""
+
+    def __init__(
+        self,
+        *,
+        head: int = 0,
+        window: int = 50_000,
+        history: HistoryReader | None = None,
+        earliest_seq: Callable[[], Any] | None = None,
+    ) -> None:
+        self.head = head
+        self.window: deque[tuple[int, list[Event]]] = deque(maxlen=max(window, 1))
+        self.channels: dict[str, Channel] = {}
+        self.subscriptions: dict[str, Subscription] = {}
+        self.history = history
+        self.earliest_seq = earliest_seq
+        self.stats = HubStats()
+        self._ids = itertools.count(1)
+        self._waiters: list[asyncio.Future[None]] = []
+
+    # channels -----------------------------------------------------------
+
+    def add_channel(
+        self, name: str, *, columns: Iterable[str] | None = None, owner_column: str | None = None
+    ) -> Channel:
+        channel = self.channels.get(name)
+        if channel is None:
+            channel = self.channels[name] = Channel(name, columns, owner_column)
+        return channel
+
+    def channel(self, name: str) -> Channel:
+        try:
+            return self.channels[name]
+        except KeyError:
+            raise UnknownChannel(f"no channel named {name!r}", channel=name) from None
+
+    # publishing ----------------------------------------------------------
+
+    def publish(self, seq: int, events: list[Event]) -> None:
+        """Route the events of change `seq` (seqs arrive in increasing order)."""
+        if seq <= self.head:
+            logger.warning("ignoring seq %s at or below head %s", seq, self.head)
+            return
+        if seq != self.head + 1 and self.window:
+            logger.warning("seq jumped from %s to %s", self.head, seq)
+            self.window.clear()
+        self.head = seq
+        self.window.append((seq, events))
+        self.stats.events_in += 1
+        for event in events:
+            channel = self.channels.get(event.channel)
+            if channel is None or channel.count == 0:
+                continue
+            for sub in channel.receivers(event):
+                if sub.deliver(event):
+                    self.stats.frames_out += 1
+        if self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def wait_for_head(self, seq: int, timeout: float) -> bool:
+        """Wait until the head reaches `seq`; False on timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.head < seq:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, remaining)
+            except TimeoutError:
+                return self.head >= seq
+        return True
+
+    # subscriptions -------------------------------------------------------
+
+    def subscribe(
+        self,
+        channel_name: str,
+        filter: Filter,
+        outlet: Outlet,
+        *,
+        since: int | None = None,
+        render: Renderer = render_db_change,
+        prefix_for: Callable[[str], str] | None = None,
+        client_id: str | None = None,
+        on_lag: Callable[[Subscription], None] | None = None,
+    ) -> Subscription:
+        """Register a subscription in CATCHING_UP state; run `catch_up` to serve it.
+
+        Without `since` it starts at the current head (live from now).
+        """
+        channel = self.channel(channel_name)
+        sub_id = f"sub_{next(self._ids)}_{secrets.token_hex(4)}"
+        sub = Subscription(
+            id=sub_id,
+            channel=channel_name,
+            filter=filter,
+            outlet=outlet,
+            prefix=prefix_for(sub_id) if prefix_for else "",
+            render=render,
+            client_id=client_id,
+            last_seq=self.head if since is None else since,
+            on_lag=on_lag,
+        )
+        channel.add(sub)
+        self.subscriptions[sub_id] = sub
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        if self.subscriptions.pop(sub.id, None) is None:
+            return
+        sub.state = SubscriptionState.CLOSED
+        channel = self.channels.get(sub.channel)
+        if channel is not None:
+            channel.remove(sub)
+
+    async def catch_up(
+        self,
+        sub: Subscription,
+        *,
+        on_resync: Callable[[int], Any] | None = None,
+        stop: Callable[[], bool] | None = None,
+    ) -> None:
+        """Serve `sub` every matching event after its `last_seq`, then make it LIVE.
+
+        Reads the shared in-memory window where it reaches back far enough,
+        the database log otherwise, waiting for room in the outlet (so a slow
+        reader paces itself instead of being cut off). The switch to LIVE
+        happens with no await after the last check, so nothing is missed or
+        sent twice. When `last_seq` is older than anything still kept,
+        `on_resync(earliest)` is called and the subscription continues from
+        the current head.
+        """
+
+        def stopped() -> bool:
+            return (
+                sub.state is not SubscriptionState.CATCHING_UP
+                or sub.outlet.closed
+                or (stop is not None and stop())
+            )
+
+        if sub.last_seq > self.head:
+            # The client has seen more than this instance (another instance
+            # may be ahead): wait for us to reach it, deliver after that.
+            await self.wait_for_head(sub.last_seq, timeout=30)
+        while not stopped():
+            head = self.head
+            if sub.last_seq >= head:
+                sub.state = SubscriptionState.LIVE
+                return
+            first = self.window[0][0] if self.window else head + 1
+            if sub.last_seq + 1 >= first:
+                offset = sub.last_seq + 1 - first
+                chunk = list(itertools.islice(self.window, offset, offset + 1024))
+                for seq, events in chunk:
+                    for event in events:
+                        if event.channel == sub.channel and sub.wants(event):
+                            await self._send_replayed(sub, event)
+                            if stopped():
+                                return
+                    sub.last_seq = seq
+                continue
+            earliest = await self._earliest()
+            if earliest is None or sub.last_seq + 1 < earliest:
+                self.stats.resyncs += 1
+                sub.last_seq = self.head
+                if on_resync is not None:
+                    result = on_resync(earliest if earliest is not None else self.head + 1)
+                    if asyncio.iscoroutine(result):
+                        await result
+                continue
+            if self.history is None:
+                sub.last_seq = first - 1
+                continue
+            upto = first - 1
+            async for batch in self.history(sub.last_seq, upto, sub.channel):
+                for event in batch:
+                    if sub.wants(event):
+                        await self._send_replayed(sub, event)
+                        if stopped():
+                            return
+                    sub.last_seq = event.seq
+            if not stopped():
+                sub.last_seq = max(sub.last_seq, upto)
+
+    async def _send_replayed(self, sub: Subscription, event: Event) -> None:
+        await sub.outlet.put(sub.render(event, sub.prefix))
+        self.stats.replayed += 1
+
+    async def _earliest(self) -> int | None:
+        if self.earliest_seq is None:
+            return None
+        result = self.earliest_seq()
+        if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+            result = await result
+        return None if result is None else int(result)
+
+    # introspection -------------------------------------------------------
+
+    def subscriptions_per_channel(self) -> dict[str, int]:
+        return {name: ch.count for name, ch in self.channels.items() if ch.count}

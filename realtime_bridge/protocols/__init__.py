@@ -1,0 +1,1 @@
+"""Endpoints: the ways events leave the bridge (WebSocket, SSE, HTTP poll, REST)."""

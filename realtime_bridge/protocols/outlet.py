@@ -1,0 +1,125 @@
+"""Bounded outbound queues, one per connection.
+
+The hub offers live frames without waiting; when a queue is full the
+subscription falls back to catching up from the replay window, which
+`put`s frames and so waits for room. A client that lets its queue sit full
+for `stall_timeout` seconds has stopped reading: it is cut off with
+`slow_consumer` (and can resume with `since`). Either way one slow reader
+never holds up the fan-out to anyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+
+
+class QueueOutlet:
+    """A bounded FIFO of frames drained by one writer (socket or SSE stream)."""
+
+    def __init__(
+        self,
+        limit: int,
+        on_overflow: Callable[[str], None] | None = None,
+        stall_timeout: float = 30.0,
+    ) -> None:
+        self.limit = limit
+        self.stall_timeout = stall_timeout
+        self.overflowed: str | None = None
+        self._frames: deque[str] = deque()
+        self._ready = asyncio.Event()
+        self._space = asyncio.Event()
+        self._space.set()
+        self._closed = False
+        self._on_overflow = on_overflow
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def offer(self, frame: str) -> bool:
+        if self._closed:
+            return True
+        if len(self._frames) >= self.limit:
+            return False
+        self._frames.append(frame)
+        self._ready.set()
+        return True
+
+    async def put(self, frame: str) -> None:
+        while not self._closed and len(self._frames) >= self.limit:
+            self._space.clear()
+            try:
+                await asyncio.wait_for(self._space.wait(), self.stall_timeout)
+            except TimeoutError:
+                self.overflow("slow_consumer")
+        if self._closed:
+            return
+        self._frames.append(frame)
+        self._ready.set()
+
+    def overflow(self, reason: str) -> None:
+        if self.overflowed is not None:
+            return
+        self.overflowed = reason
+        self.close()
+        if self._on_overflow is not None:
+            self._on_overflow(reason)
+
+    def close(self) -> None:
+        self._closed = True
+        self._frames.clear()
+        self._ready.set()
+        self._space.set()
+
+    async def take(self, max_frames: int = 256) -> list[str]:
+        """Wait for frames and return up to `max_frames` of them ([] once closed)."""
+        while not self._frames:
+            if self._closed:
+                return []
+            self._ready.clear()
+            await self._ready.wait()
+        count = min(len(self._frames), max_frames)
+        frames = [self._frames.popleft() for _ in range(count)]
+        self._space.set()
+        return frames
+
+
+class CollectOutlet:
+    """Collects up to `limit` frames for one HTTP poll response."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.items: list[str] = []
+        self.full = False
+        self._arrived = asyncio.Event()
+
+    @property
+    def closed(self) -> bool:
+        return self.full
+
+    def offer(self, frame: str) -> bool:
+        if len(self.items) >= self.limit:
+            self.full = True
+            return False
+        self.items.append(frame)
+        self._arrived.set()
+        return True
+
+    async def put(self, frame: str) -> None:
+        self.offer(frame)
+
+    def overflow(self, reason: str) -> None:
+        self.full = True
+
+    async def wait(self, timeout: float) -> None:
+        if self.items:
+            return
+        try:
+            await asyncio.wait_for(self._arrived.wait(), timeout)
+        except TimeoutError:
+            return

@@ -1,0 +1,244 @@
+"""HTTP endpoints: long-poll, broadcast, the testing API, health, stats, metrics."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+
+from realtime_bridge.bridge import Bridge
+from realtime_bridge.errors import BadMessage, ClientError, PublishError
+from realtime_bridge.events import Event
+from realtime_bridge.metrics import render_metrics
+from realtime_bridge.protocols.common import (
+    JSONResponse,
+    client_error_response,
+    error_response,
+    resolve_target,
+    validation_message,
+)
+from realtime_bridge.protocols.messages import BroadcastRequest, SimulateSignal
+from realtime_bridge.protocols.outlet import CollectOutlet
+from realtime_bridge.protocols.sse import parse_since
+
+MAX_BODY = 1024 * 1024
+MAX_POLL_LIMIT = 1000
+MAX_POLL_WAIT = 60.0
+
+
+def _bridge(request: Request) -> Bridge:
+    bridge: Bridge = request.app.state.bridge
+    return bridge
+
+
+def _number(value: str | None, name: str, default: float, low: float, high: float) -> float:
+    if value is None or value == "":
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise BadMessage(f"{name} must be a number, got {value!r}") from None
+    if not low <= number <= high:
+        raise BadMessage(f"{name} must be between {low:g} and {high:g}, got {value!r}")
+    return number
+
+
+def _render_plain(event: Event, _prefix: str) -> str:
+    return event.json()
+
+
+async def channel_events(request: Request) -> Response:
+    """Long-poll: events after `since`, waiting up to `wait` seconds for the first."""
+    bridge = _bridge(request)
+    hub = bridge.hub
+    params = request.query_params
+    try:
+        channel, flt = await resolve_target(
+            bridge,
+            channel=request.path_params["channel"],
+            table=None,
+            filter_spec=params.get("filter"),
+        )
+        since = parse_since(params.get("since"), "since")
+        limit = int(_number(params.get("limit"), "limit", 100, 1, MAX_POLL_LIMIT))
+        wait = _number(params.get("wait"), "wait", 25, 0, MAX_POLL_WAIT)
+    except ClientError as exc:
+        bridge.counters.error(exc.code)
+        return client_error_response(exc)
+
+    start = hub.head if since is None else since
+    outlet = CollectOutlet(limit)
+    resync: dict[str, int] = {}
+    sub = hub.subscribe(channel, flt, outlet, since=start, render=_render_plain)
+    try:
+        await hub.catch_up(
+            sub,
+            on_resync=lambda earliest: resync.setdefault("earliest_seq", earliest),
+            stop=lambda: outlet.full,
+        )
+        if resync:
+            return error_response(
+                409,
+                "resync_required",
+                f"seq {start} is older than the retained log; "
+                "reload a snapshot and poll from next_seq",
+                earliest_seq=resync["earliest_seq"],
+                next_seq=hub.head,
+            )
+        if not outlet.items and wait > 0:
+            await outlet.wait(wait)
+        # No await from here on: every event up to hub.head has been offered.
+        next_seq = sub.last_seq if outlet.full else max(hub.head, sub.last_seq, start)
+        body = '{"events":[' + ",".join(outlet.items) + '],"next_seq":' + str(next_seq) + "}"
+    finally:
+        hub.unsubscribe(sub)
+    return Response(body, media_type="application/json")
+
+
+async def _json_body(request: Request) -> Any:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_BODY:
+        raise _TooLarge()
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        raise _TooLarge()
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadMessage(f"body is not valid JSON: {exc}") from exc
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def broadcast(request: Request) -> Response:
+    """Publish an event on a plugin channel; 202 with its seq."""
+    bridge = _bridge(request)
+    try:
+        data = await _json_body(request)
+        try:
+            message = BroadcastRequest.model_validate(data)
+        except ValidationError as exc:
+            raise BadMessage(validation_message(exc)) from exc
+        seq = await bridge.publish(message.channel, message.event, message.payload)
+    except _TooLarge:
+        return error_response(413, "too_large", f"body exceeds {MAX_BODY} bytes")
+    except ClientError as exc:
+        bridge.counters.error(exc.code)
+        return client_error_response(exc)
+    except PublishError as exc:
+        return error_response(503, "unavailable", str(exc))
+    return JSONResponse(
+        {"seq": seq, "status": "published" if seq is not None else "queued"}, status_code=202
+    )
+
+
+async def simulate_signal(request: Request) -> Response:
+    """Write a trade and its position, so their events flow like any change."""
+    bridge = _bridge(request)
+    if not bridge.settings.enable_testing_api:
+        return error_response(
+            404, "not_found", "the testing API is off; set ENABLE_TESTING_API=true"
+        )
+    try:
+        data = await _json_body(request)
+        try:
+            signal = SimulateSignal.model_validate(data)
+        except ValidationError as exc:
+            raise BadMessage(validation_message(exc)) from exc
+    except _TooLarge:
+        return error_response(413, "too_large", f"body exceeds {MAX_BODY} bytes")
+    except ClientError as exc:
+        return client_error_response(exc)
+    assert bridge.pool is not None
+    try:
+        async with bridge.pool.acquire() as conn, conn.transaction():
+            trade = await conn.fetchrow(
+                """
+                INSERT INTO public.trades (user_id, symbol, signal_type, quantity, entry_price,
+                                           stop_loss, take_profit, status, executed_at)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, 'open', now())
+                RETURNING to_jsonb(trades.*) AS row
+                """,
+                signal.user_id,
+                signal.symbol,
+                signal.signal_type,
+                signal.quantity,
+                signal.entry_price,
+                signal.stop_loss,
+                signal.take_profit,
+            )
+            direction = 1 if signal.signal_type == "BUY" else -1
+            position = await conn.fetchrow(
+                """
+                INSERT INTO public.positions (user_id, symbol, quantity, entry_price, current_price,
+                                              unrealized_pnl, stop_loss, take_profit, status)
+                VALUES ($1, $2, $3, $4, $4, 0, $5, $6, 'open')
+                RETURNING to_jsonb(positions.*) AS row
+                """,
+                signal.user_id,
+                signal.symbol,
+                signal.quantity * direction,
+                signal.entry_price,
+                signal.stop_loss,
+                signal.take_profit,
+            )
+    except asyncpg.UndefinedTableError:
+        return error_response(
+            409,
+            "missing_tables",
+            "the demo trading tables are not in this database; apply the migrations",
+        )
+    return JSONResponse(
+        {
+            "trade": _typed(bridge, "trade-updates", trade["row"]),
+            "position": _typed(bridge, "position-updates", position["row"]),
+        },
+        status_code=201,
+    )
+
+
+def _typed(bridge: Bridge, channel: str, row: dict[str, Any]) -> dict[str, Any]:
+    plugin = bridge.registry.by_channel.get(channel)
+    return plugin.payload(row) if plugin is not None else row
+
+
+async def health(request: Request) -> Response:
+    healthy, body = _bridge(request).health()
+    body["time"] = datetime.now(UTC).isoformat()
+    return JSONResponse(body, status_code=200 if healthy else 503)
+
+
+async def stats(request: Request) -> Response:
+    return JSONResponse(_bridge(request).stats())
+
+
+async def metrics(request: Request) -> Response:
+    return PlainTextResponse(
+        render_metrics(_bridge(request)), media_type="text/plain; version=0.0.4"
+    )
+
+
+async def index(request: Request) -> Response:
+    bridge = _bridge(request)
+    return JSONResponse(
+        {
+            "name": "realtime-bridge",
+            "channels": sorted(bridge.hub.channels),
+            "endpoints": {
+                "websocket": "/ws/db_subscriptions",
+                "sse": "/sse/{channel}",
+                "poll": "/api/channels/{channel}/events",
+                "broadcast": "/api/broadcast",
+                "health": "/health",
+                "stats": "/api/stats",
+                "metrics": "/metrics",
+            },
+        }
+    )

@@ -1,0 +1,131 @@
+"""`GET /sse/{channel}`: Server-Sent Events.
+
+`id:` is the seq (so the browser's automatic `Last-Event-ID` resumes
+exactly), `event:` the event name, `data:` the same JSON as a `db_change`
+WebSocket frame. A comment line every `SSE_HEARTBEAT` seconds keeps proxies
+from closing an idle stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import AsyncIterator
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from realtime_bridge.bridge import Bridge
+from realtime_bridge.errors import BadMessage, ClientError
+from realtime_bridge.events import Event, subscription_prefix
+from realtime_bridge.hub import Subscription
+from realtime_bridge.protocols.common import client_error_response, resolve_target
+from realtime_bridge.protocols.outlet import QueueOutlet
+
+
+def render_sse(event: Event, prefix: str) -> str:
+    return f"id: {event.seq}\nevent: {event.event}\ndata: {event.frame_for(prefix)}\n\n"
+
+
+def parse_since(value: str | None, name: str) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        since = int(value)
+    except ValueError:
+        raise BadMessage(f"{name} must be a non-negative integer seq, got {value!r}") from None
+    if since < 0:
+        raise BadMessage(f"{name} must be a non-negative integer seq, got {value!r}")
+    return since
+
+
+async def sse_stream(request: Request) -> Response:
+    bridge: Bridge = request.app.state.bridge
+    try:
+        channel, flt = await resolve_target(
+            bridge,
+            channel=request.path_params["channel"],
+            table=None,
+            filter_spec=request.query_params.get("filter"),
+        )
+        since = parse_since(request.headers.get("last-event-id"), "Last-Event-ID")
+        if since is None:
+            since = parse_since(request.query_params.get("since"), "since")
+    except ClientError as exc:
+        bridge.counters.error(exc.code)
+        return client_error_response(exc)
+
+    hub = bridge.hub
+    outlet = QueueOutlet(
+        bridge.settings.send_queue_max, stall_timeout=bridge.settings.slow_consumer_timeout
+    )
+    catching_up: set[asyncio.Task[None]] = set()
+
+    def resync(sub: Subscription, earliest: int) -> None:
+        body = orjson.dumps(
+            {
+                "type": "resync_required",
+                "subscription_id": sub.id,
+                "channel": channel,
+                "earliest_seq": earliest,
+            }
+        ).decode()
+        outlet.offer(f"event: resync_required\ndata: {body}\n\n")
+
+    def catch_up(sub: Subscription) -> None:
+        task = asyncio.create_task(hub.catch_up(sub, on_resync=functools.partial(resync, sub)))
+        catching_up.add(task)
+        task.add_done_callback(catching_up.discard)
+
+    heartbeat = bridge.settings.sse_heartbeat
+
+    async def stream() -> AsyncIterator[str]:
+        bridge.counters.connections_open += 1
+        bridge.counters.connections_total += 1
+        sub = hub.subscribe(
+            channel,
+            flt,
+            outlet,
+            since=since,
+            render=render_sse,
+            prefix_for=subscription_prefix,
+            on_lag=catch_up,
+        )
+        catch_up(sub)
+        try:
+            # Tells the client the stream is live and which seq it starts after.
+            yield f": subscribed {sub.id} at seq {hub.head}\nretry: 3000\n\n"
+            while True:
+                try:
+                    frames = await asyncio.wait_for(outlet.take(), heartbeat)
+                except TimeoutError:
+                    yield ": heartbeat\n\n"
+                    continue
+                if not frames:
+                    if outlet.overflowed:
+                        hub.stats.slow_consumers += 1
+                        body = orjson.dumps(
+                            {
+                                "type": "error",
+                                "code": outlet.overflowed,
+                                "message": "the stream fell too far behind; reconnect to resume",
+                            }
+                        ).decode()
+                        yield f"event: error\ndata: {body}\n\n"
+                    return
+                yield "".join(frames)
+        finally:
+            bridge.counters.connections_open -= 1
+            hub.unsubscribe(sub)
+            for task in list(catching_up):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,268 @@
+"""`/ws/db_subscriptions`: the bridge's own JSON WebSocket protocol.
+
+Client frames: subscribe, unsubscribe, ping. Server frames: subscribed,
+db_change, unsubscribed, pong, resync_required, error. Errors keep the
+connection open, except `too_large` and `slow_consumer`, which close it
+(close code 1009 and 1008, reason = the code).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from realtime_bridge.bridge import Bridge
+from realtime_bridge.errors import BadMessage, ClientError, UnknownSubscription
+from realtime_bridge.events import subscription_prefix
+from realtime_bridge.hub import Subscription
+from realtime_bridge.protocols.common import resolve_target, validation_message
+from realtime_bridge.protocols.messages import (
+    CLIENT_MESSAGE,
+    MESSAGE_TYPES,
+    Ping,
+    Subscribe,
+    Unsubscribe,
+)
+from realtime_bridge.protocols.outlet import QueueOutlet
+
+logger = logging.getLogger(__name__)
+
+CLOSE_TOO_LARGE = 1009
+CLOSE_POLICY = 1008
+
+
+def dumps(frame: dict[str, Any]) -> str:
+    return orjson.dumps(frame).decode()
+
+
+class WebSocketSession:
+    """One client connection: its reader loop, its writer and its subscriptions."""
+
+    def __init__(self, bridge: Bridge, websocket: WebSocket) -> None:
+        self.bridge = bridge
+        self.websocket = websocket
+        self.outlet = QueueOutlet(
+            bridge.settings.send_queue_max,
+            on_overflow=self._on_overflow,
+            stall_timeout=bridge.settings.slow_consumer_timeout,
+        )
+        self.subscriptions: dict[str, Subscription] = {}
+        self.replays: dict[str, asyncio.Task[None]] = {}
+        self._closing: asyncio.Task[None] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        await self.websocket.accept()
+        counters = self.bridge.counters
+        counters.connections_total += 1
+        counters.connections_open += 1
+        writer = self._writer = asyncio.create_task(self._write(), name="ws-writer")
+        self._reader = asyncio.create_task(self._read(), name="ws-reader")
+        try:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        finally:
+            counters.connections_open -= 1
+            for sub in self.subscriptions.values():
+                self.bridge.hub.unsubscribe(sub)
+            for task in self.replays.values():
+                task.cancel()
+            self.outlet.close()
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await writer
+            if self._closing is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._closing
+
+    async def _read(self) -> None:
+        limit = self.bridge.settings.max_frame_bytes
+        while True:
+            message = await self.websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            raw = message.get("text")
+            size = len(raw.encode()) if raw is not None else len(message.get("bytes") or b"")
+            if size > limit:
+                await self._fatal(
+                    "too_large",
+                    f"frame of {size} bytes exceeds the {limit}-byte limit",
+                    CLOSE_TOO_LARGE,
+                )
+                return
+            payload = raw if raw is not None else message.get("bytes") or b""
+            try:
+                await self._handle(payload)
+            except ClientError as exc:
+                self._send(exc.frame())
+                self.bridge.counters.error(exc.code)
+            if self.outlet.closed:
+                return
+
+    async def _handle(self, payload: str | bytes) -> None:
+        try:
+            data = orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
+            raise BadMessage(f"frame is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise BadMessage("frame must be a JSON object with a 'type'")
+        kind = data.get("type")
+        if kind not in MESSAGE_TYPES:
+            raise BadMessage(
+                f"unknown message type {kind!r}; expected one of {', '.join(MESSAGE_TYPES)}"
+                if kind is not None
+                else "missing 'type'; expected one of " + ", ".join(MESSAGE_TYPES)
+            )
+        try:
+            message = CLIENT_MESSAGE.validate_python(data)
+        except ValidationError as exc:
+            raise BadMessage(validation_message(exc), type=kind) from exc
+        if isinstance(message, Subscribe):
+            await self._subscribe(message)
+        elif isinstance(message, Unsubscribe):
+            self._unsubscribe(message)
+        elif isinstance(message, Ping):
+            self._send({"type": "pong"})
+
+    async def _subscribe(self, message: Subscribe) -> None:
+        hub = self.bridge.hub
+        channel, flt = await resolve_target(
+            self.bridge,
+            channel=message.channel,
+            table=message.table,
+            filter_spec=message.filter_spec,
+        )
+        sub = hub.subscribe(
+            channel,
+            flt,
+            self.outlet,
+            since=message.since,
+            prefix_for=subscription_prefix,
+            client_id=message.client_id,
+            on_lag=self._catch_up,
+        )
+        self.subscriptions[sub.id] = sub
+        reply: dict[str, Any] = {
+            "type": "subscribed",
+            "subscription_id": sub.id,
+            "channel": channel,
+            "seq": hub.head,
+        }
+        if message.client_id is not None:
+            reply["client_id"] = message.client_id
+        if flt.conditions:
+            reply["filter"] = flt.describe()
+        self._send(reply)
+        self._catch_up(sub)
+
+    def _catch_up(self, sub: Subscription) -> None:
+        """Serve `sub` from the replay window until it is live (also after lagging)."""
+
+        def resync(earliest: int) -> None:
+            self._send(
+                {
+                    "type": "resync_required",
+                    "subscription_id": sub.id,
+                    "channel": sub.channel,
+                    "earliest_seq": earliest,
+                }
+            )
+
+        task = asyncio.create_task(
+            self.bridge.hub.catch_up(sub, on_resync=resync), name=f"catch-up-{sub.id}"
+        )
+        self.replays[sub.id] = task
+        task.add_done_callback(functools.partial(self._replay_done, sub.id))
+
+    def _replay_done(self, sub_id: str, task: asyncio.Task[None]) -> None:
+        if self.replays.get(sub_id) is task:
+            del self.replays[sub_id]
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            logger.error("catching up %s failed", sub_id, exc_info=exc)
+            self._send(
+                {
+                    "type": "error",
+                    "code": "replay_failed",
+                    "message": "could not read missed events; subscribe again with 'since'",
+                    "subscription_id": sub_id,
+                }
+            )
+            sub = self.subscriptions.pop(sub_id, None)
+            if sub is not None:
+                self.bridge.hub.unsubscribe(sub)
+
+    def _unsubscribe(self, message: Unsubscribe) -> None:
+        sub = self.subscriptions.pop(message.subscription_id, None)
+        if sub is None:
+            raise UnknownSubscription(
+                f"no subscription {message.subscription_id!r} on this connection",
+                subscription_id=message.subscription_id,
+            )
+        self.bridge.hub.unsubscribe(sub)
+        task = self.replays.pop(sub.id, None)
+        if task is not None:
+            task.cancel()
+        self._send({"type": "unsubscribed", "subscription_id": sub.id, "channel": sub.channel})
+
+    def _send(self, frame: dict[str, Any]) -> None:
+        if not self.outlet.offer(dumps(frame)):
+            self.outlet.overflow("slow_consumer")
+
+    async def _write(self) -> None:
+        while True:
+            frames = await self.outlet.take()
+            if not frames:
+                return
+            for frame in frames:
+                await self.websocket.send_text(frame)
+
+    def _on_overflow(self, reason: str) -> None:
+        self.bridge.hub.stats.slow_consumers += 1
+        self.bridge.counters.error(reason)
+        if self._closing is None:
+            self._closing = asyncio.create_task(
+                self._close_with(
+                    reason,
+                    "the connection fell too far behind; reconnect and resume with 'since'",
+                    CLOSE_POLICY,
+                )
+            )
+
+    async def _fatal(self, code: str, message: str, close_code: int) -> None:
+        self.bridge.counters.error(code)
+        self.outlet.close()
+        await self._close_with(code, message, close_code)
+
+    async def _close_with(self, code: str, message: str, close_code: int) -> None:
+        # The writer may be stuck behind a client that stopped reading: stop
+        # it, say why once, close, and end the session either way.
+        if self._writer is not None and self._writer is not asyncio.current_task():
+            self._writer.cancel()
+        try:
+            async with asyncio.timeout(2):
+                await self.websocket.send_text(
+                    dumps({"type": "error", "code": code, "message": message})
+                )
+                await self.websocket.close(code=close_code, reason=code)
+        except (TimeoutError, WebSocketDisconnect, RuntimeError, OSError):
+            with contextlib.suppress(Exception):
+                await self.websocket.close(code=close_code, reason=code)
+        finally:
+            if self._reader is not None and self._reader is not asyncio.current_task():
+                self._reader.cancel()
+
+
+async def db_subscriptions(websocket: WebSocket) -> None:
+    bridge: Bridge = websocket.app.state.bridge
+    await WebSocketSession(bridge, websocket).run()

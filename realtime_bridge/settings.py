@@ -1,0 +1,70 @@
+"""Configuration: read once, validated at start-up.
+
+Nothing else in the package reads ``os.environ``. A bad value fails loudly
+with the variable's name (pydantic-settings does that for us).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob the bridge has; `.env.example` documents each one."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    database_url: str | None = Field(
+        default=None, description="Postgres to capture from; unset starts an embedded one."
+    )
+    supabase_url: str | None = None
+    supabase_anon_key: str | None = None
+    supabase_service_key: str | None = None
+    supabase_jwt_secret: str | None = None
+    redis_url: str | None = None
+
+    data_dir: Path = Field(
+        default=Path(".realtime-bridge"),
+        description="Where the embedded Postgres keeps its data.",
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+
+    plugin_paths: Annotated[list[Path], NoDecode] = Field(default_factory=lambda: [Path("plugins")])
+    enable_testing_api: bool = False
+
+    poll_interval: float = Field(default=5.0, gt=0)
+
+    replay_window: int = Field(
+        default=50_000, ge=0, description="Events kept in memory for fast resume."
+    )
+    send_queue_max: int = Field(
+        default=4096, ge=16, description="Frames queued per connection before it is cut off."
+    )
+    slow_consumer_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a full queue may stall before the client is cut off.",
+    )
+    max_frame_bytes: int = Field(default=64 * 1024, ge=256)
+    sse_heartbeat: float = Field(default=15.0, gt=0)
+    sequencer_batch: int = Field(default=5000, ge=1)
+    prune_interval: float = Field(default=3600.0, gt=0)
+    log_level: str = "INFO"
+    migrate_on_start: bool = Field(
+        default=True, description="Apply pending migrations when `serve` starts."
+    )
+    migrations_dir: Path | None = Field(
+        default=None, description="Override the folder of SQL migrations."
+    )
+
+    @field_validator("plugin_paths", mode="before")
+    @classmethod
+    def _split_paths(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part for part in value.replace(",", ":").split(":") if part]
+        return value

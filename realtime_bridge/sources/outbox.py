@@ -1,0 +1,350 @@
+"""The outbox source: numbered, gap-free changes from Postgres.
+
+Capture triggers insert rows into ``realtime_bridge.outbox`` without a seq.
+One bridge instance per database wins a session advisory lock and becomes
+the *sequencer*: in one short statement it numbers the rows that have
+become visible since its last pass, in the order they became visible. So
+seqs follow commit order, have no gaps, and a long transaction elsewhere
+holds back nobody but itself. Every other instance is a *follower* that
+reads numbered rows by seq and waits on a blocking lock call to take over
+if the sequencer goes away.
+
+Waking up: the sequencer sleeps on LISTEN holding an exclusive advisory
+lock (``realtime_bridge.wake_key()``). A writer's trigger sends NOTIFY only
+when it cannot take that lock shared, i.e. only while the sequencer sleeps.
+Before sleeping the sequencer takes the lock (if it cannot, writers are
+active: it drains again after a short pause) and then drains once more;
+dropping that final drain strands rows.
+
+A dropped connection or a Postgres restart is survived by reconnecting with
+backoff and resuming from the last seq handed on; nothing committed in the
+meantime is lost because the outbox is the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from realtime_bridge.change import Change
+
+logger = logging.getLogger(__name__)
+
+LEADER_KEY = 7305424200
+WAKE_CHANNEL = "realtime_bridge_wake"
+SEQ_CHANNEL = "realtime_bridge_seq"
+
+_COLUMNS = (
+    "o.id, o.seq, o.operation, o.schema_name, o.table_name, o.record, o.old_record,"
+    " o.created_at, o.channel, o.event"
+)
+
+# One pass of the sequencer. `batch` is bounded and materialised; the
+# counter row is touched only when there is something to number, so an
+# idle pass writes nothing; followers are notified once per pass.
+SEQUENCE_SQL = f"""
+WITH batch AS MATERIALIZED (
+    SELECT id, row_number() OVER (ORDER BY id) AS rn
+    FROM realtime_bridge.outbox
+    WHERE seq IS NULL
+    ORDER BY id
+    LIMIT $1
+), counter AS (
+    UPDATE realtime_bridge.sequencer s
+    SET last_seq = s.last_seq + b.n
+    FROM (SELECT count(*) AS n FROM batch) b
+    WHERE b.n > 0
+    RETURNING s.last_seq - b.n AS base
+), wake AS MATERIALIZED (
+    SELECT pg_notify('{SEQ_CHANNEL}', '') AS sent FROM counter
+)
+UPDATE realtime_bridge.outbox o
+SET seq = counter.base + batch.rn, sequenced_at = clock_timestamp()
+FROM batch, counter, wake
+WHERE o.id = batch.id
+RETURNING {_COLUMNS}
+"""
+
+READ_SQL = f"""
+SELECT {_COLUMNS}
+FROM realtime_bridge.outbox o
+WHERE o.seq > $1 AND o.seq <= $2
+ORDER BY o.seq
+LIMIT $3
+"""
+
+
+class SourceState(enum.Enum):
+    STARTING = "starting"
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"
+    STOPPED = "stopped"
+
+
+@dataclass
+class SourceStatus:
+    state: SourceState = SourceState.STARTING
+    role: str = "none"
+    since: float = field(default_factory=time.time)
+    last_error: str | None = None
+    reconnects: int = 0
+    last_seq: int = 0
+    last_lag_ms: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "state": self.state.value,
+            "role": self.role,
+            "since": datetime.fromtimestamp(self.since, UTC).isoformat(),
+            "last_error": self.last_error,
+            "reconnects": self.reconnects,
+            "last_seq": self.last_seq,
+            "lag_ms": self.last_lag_ms,
+        }
+
+
+def row_to_change(row: asyncpg.Record) -> Change:
+    return Change(
+        seq=row["seq"],
+        operation=row["operation"],
+        schema=row["schema_name"],
+        table=row["table_name"],
+        record=row["record"],
+        old_record=row["old_record"],
+        committed_at=row["created_at"],
+        channel=row["channel"],
+        event=row["event"],
+        outbox_id=row["id"],
+    )
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """Decode json/jsonb with orjson on every connection the bridge opens."""
+    for kind in ("json", "jsonb"):
+        await conn.set_type_codec(
+            kind,
+            schema="pg_catalog",
+            encoder=lambda v: orjson.dumps(v).decode(),
+            decoder=orjson.loads,
+        )
+
+
+Deliver = Callable[[list[Change]], None]
+
+
+class OutboxSource:
+    """Streams numbered changes to `deliver`, in seq order, forever."""
+
+    def __init__(
+        self,
+        dsn: str,
+        deliver: Deliver,
+        *,
+        start_after: int,
+        batch_size: int = 5000,
+        connect: Callable[[str], Awaitable[asyncpg.Connection]] | None = None,
+    ) -> None:
+        self.dsn = dsn
+        self.deliver = deliver
+        self.batch_size = batch_size
+        self.status = SourceStatus(last_seq=start_after)
+        self._connect = connect or self._default_connect
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._lost = asyncio.Event()
+        self._connections: set[asyncpg.Connection] = set()
+
+    async def _default_connect(self, dsn: str) -> asyncpg.Connection:
+        conn = await asyncpg.connect(dsn, timeout=10)
+        await init_connection(conn)
+        return conn
+
+    @property
+    def last_seq(self) -> int:
+        return self.status.last_seq
+
+    def start(self) -> asyncio.Task[None]:
+        self._task = asyncio.create_task(self._run(), name="outbox-source")
+        return self._task
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for conn in list(self._connections):
+            with contextlib.suppress(Exception):
+                await conn.close(timeout=2)
+        self._set_state(SourceState.STOPPED)
+
+    def _set_state(self, state: SourceState, error: str | None = None) -> None:
+        if state is not self.status.state:
+            self.status.state = state
+            self.status.since = time.time()
+        if error is not None:
+            self.status.last_error = error
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                await self._session()
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except (
+                OSError,
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                ConnectionError,
+                TimeoutError,
+            ) as exc:
+                message = f"{type(exc).__name__}: {exc}"
+                if self.status.state is not SourceState.RECONNECTING:
+                    logger.warning("outbox source lost its database (%s); reconnecting", message)
+                self._set_state(SourceState.RECONNECTING, message)
+                self.status.reconnects += 1
+            finally:
+                for conn in list(self._connections):
+                    with contextlib.suppress(Exception):
+                        conn.terminate()
+                self._connections.clear()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    async def _open(self) -> asyncpg.Connection:
+        conn = await self._connect(self.dsn)
+        self._connections.add(conn)
+        conn.add_termination_listener(lambda _c: self._lost.set())
+        return conn
+
+    async def _session(self) -> None:
+        self._lost.clear()
+        conn = await self._open()
+        if await conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_KEY):
+            await self._lead(conn)
+            return
+        await self._follow(conn)
+
+    # reading -------------------------------------------------------------
+
+    def _hand_on(self, rows: list[asyncpg.Record]) -> None:
+        if not rows:
+            return
+        changes = sorted((row_to_change(r) for r in rows), key=lambda c: c.seq)
+        fresh = [c for c in changes if c.seq > self.status.last_seq]
+        if not fresh:
+            return
+        self.status.last_seq = fresh[-1].seq
+        self.status.last_lag_ms = (
+            datetime.now(UTC) - fresh[-1].committed_at
+        ).total_seconds() * 1000
+        self.deliver(fresh)
+
+    async def _catch_up(self, conn: asyncpg.Connection) -> None:
+        """Hand on rows numbered while we were not looking (after a reconnect)."""
+        head = await conn.fetchval("SELECT last_seq FROM realtime_bridge.sequencer")
+        while self.status.last_seq < head:
+            rows = await conn.fetch(READ_SQL, self.status.last_seq, head, self.batch_size)
+            if not rows:
+                logger.error(
+                    "outbox rows %s..%s are missing (pruned?)", self.status.last_seq + 1, head
+                )
+                break
+            self._hand_on(rows)
+
+    # sequencer -------------------------------------------------------------
+
+    async def _lead(self, conn: asyncpg.Connection) -> None:
+        self.status.role = "sequencer"
+        # Pin the plan: the batch is small, so a nested loop over the
+        # primary key is always right; a large analysed outbox can otherwise
+        # tempt the planner into a full merge join.
+        await conn.execute("SET enable_mergejoin = off; SET enable_hashjoin = off")
+        await conn.add_listener(WAKE_CHANNEL, self._on_notify)
+        await self._catch_up(conn)
+        self._set_state(SourceState.CONNECTED)
+        logger.info("outbox source connected as sequencer at seq %s", self.status.last_seq)
+        wake_key = await conn.fetchval("SELECT realtime_bridge.wake_key()")
+        pause = 0.001
+        while True:
+            if await self._sequence(conn):
+                pause = 0.001
+                continue
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", wake_key):
+                # Writers hold the shared lock: they are mid-transaction and
+                # did not notify. Look again shortly.
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.01)
+                continue
+            self._wake.clear()
+            # The final drain: rows committed before we took the lock.
+            if not await self._sequence(conn):
+                await self._sleep()
+            await conn.fetchval("SELECT pg_advisory_unlock($1)", wake_key)
+            pause = 0.001
+
+    async def _sequence(self, conn: asyncpg.Connection) -> bool:
+        rows = await conn.fetch(SEQUENCE_SQL, self.batch_size)
+        self._hand_on(rows)
+        return bool(rows)
+
+    def _on_notify(self, *_args: Any) -> None:
+        self._wake.set()
+
+    async def _sleep(self) -> None:
+        wake = asyncio.ensure_future(self._wake.wait())
+        lost = asyncio.ensure_future(self._lost.wait())
+        try:
+            await asyncio.wait({wake, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            wake.cancel()
+            lost.cancel()
+        if self._lost.is_set():
+            raise ConnectionError("database connection closed")
+
+    # follower ----------------------------------------------------------------
+
+    async def _follow(self, conn: asyncpg.Connection) -> None:
+        self.status.role = "follower"
+        await conn.add_listener(SEQ_CHANNEL, self._on_notify)
+        self._set_state(SourceState.CONNECTED)
+        logger.info("outbox source connected as follower at seq %s", self.status.last_seq)
+        lock_conn = await self._open()
+        takeover = asyncio.ensure_future(
+            lock_conn.fetchval("SELECT pg_advisory_lock($1)", LEADER_KEY)
+        )
+        try:
+            while not takeover.done():
+                self._wake.clear()
+                head = await conn.fetchval("SELECT last_seq FROM realtime_bridge.sequencer")
+                if head > self.status.last_seq:
+                    await self._catch_up(conn)
+                    continue
+                wake = asyncio.ensure_future(self._wake.wait())
+                lost = asyncio.ensure_future(self._lost.wait())
+                try:
+                    await asyncio.wait({wake, lost, takeover}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    wake.cancel()
+                    lost.cancel()
+                if self._lost.is_set():
+                    raise ConnectionError("database connection closed")
+        except BaseException:
+            takeover.cancel()
+            raise
+        takeover.result()
+        logger.info("sequencer gone; this instance takes over")
+        await conn.close()
+        self._connections.discard(conn)
+        await self._lead(lock_conn)
