@@ -1,0 +1,72 @@
+"""Shared fixtures: a real Postgres (embedded unless DATABASE_URL is set) and running bridges."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from realtime_bridge.plugins import PluginRegistry, discover
+from realtime_bridge.settings import Settings
+from realtime_bridge.testing import RunningBridge, TestDatabase, run_bridge
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+async def databases() -> AsyncIterator[TestDatabase]:
+    async with TestDatabase.start(os.environ.get("DATABASE_URL") or None) as found:
+        yield found
+
+
+@pytest.fixture
+async def dsn(databases: TestDatabase) -> str:
+    """A fresh, migrated database for this test."""
+    return await databases.create()
+
+
+@pytest.fixture
+async def db(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(dsn)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture(scope="session")
+def registry() -> PluginRegistry:
+    return discover([ROOT / "plugins"], use_entry_points=False)
+
+
+def make_settings(dsn: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": dsn,
+        "plugin_paths": [ROOT / "plugins"],
+        "prune_interval": 3600,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+BridgeFactory = Callable[..., Awaitable[RunningBridge]]
+
+
+@pytest.fixture
+async def start_bridge(dsn: str) -> AsyncIterator[BridgeFactory]:
+    """Factory: `await start_bridge(**settings)` runs a bridge on this test's database."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def start(**overrides: Any) -> RunningBridge:
+            database = overrides.pop("database_url", dsn)
+            return await stack.enter_async_context(run_bridge(make_settings(database, **overrides)))
+
+        yield start
+
+
+@pytest.fixture
+async def bridge(start_bridge: BridgeFactory) -> RunningBridge:
+    return await start_bridge()

@@ -1,0 +1,119 @@
+"""Migrations: apply on a fresh database, re-apply as a no-op, capture what they promise."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from realtime_bridge.migrate import default_migrations_dir, discover, migrate
+from realtime_bridge.testing import TestDatabase, with_database
+
+
+async def test_migrate_applies_every_file_then_is_a_no_op(databases: TestDatabase) -> None:
+    conn = await asyncpg.connect(databases.admin_dsn)
+    try:
+        await conn.execute('DROP DATABASE IF EXISTS "rb_migrate_fresh" WITH (FORCE)')
+        await conn.execute('CREATE DATABASE "rb_migrate_fresh"')
+    finally:
+        await conn.close()
+    fresh = with_database(databases.admin_dsn, "rb_migrate_fresh")
+    files = discover(default_migrations_dir())
+    assert [m.version for m in files] == sorted(m.version for m in files)
+
+    assert await migrate(fresh) == [m.version for m in files]
+    assert await migrate(fresh) == []
+
+    db = await asyncpg.connect(fresh)
+    try:
+        recorded = await db.fetch(
+            "SELECT version FROM realtime_bridge.schema_migrations ORDER BY 1"
+        )
+        assert [r["version"] for r in recorded] == [m.version for m in files]
+    finally:
+        await db.close()
+
+
+async def test_files_are_idempotent_sql_on_their_own(db: asyncpg.Connection) -> None:
+    # `supabase db push` applies the same files without our bookkeeping:
+    # applying every file again over a migrated database must succeed.
+    for migration in discover(default_migrations_dir()):
+        await db.execute(migration.sql)
+    count = await db.fetchval("SELECT count(*) FROM realtime_bridge.sequencer")
+    assert count == 1
+
+
+async def test_demo_tables_have_named_capture_triggers(db: asyncpg.Connection) -> None:
+    rows = await db.fetch(
+        """
+        SELECT DISTINCT trigger_name, event_object_table
+        FROM information_schema.triggers WHERE trigger_schema = 'public'
+        """
+    )
+    found = {(r["trigger_name"], r["event_object_table"]) for r in rows}
+    assert {
+        ("position_change_trigger", "positions"),
+        ("trade_executed_trigger", "trades"),
+        ("portfolio_update_trigger", "portfolio_snapshots"),
+    } <= found
+
+
+async def test_publication_contains_demo_tables(db: asyncpg.Connection) -> None:
+    rows = await db.fetch(
+        "SELECT tablename FROM pg_publication_tables WHERE pubname = 'supabase_realtime'"
+    )
+    assert {r["tablename"] for r in rows} >= {"positions", "trades", "portfolio_snapshots"}
+
+
+async def test_capture_writes_insert_update_delete_with_old_rows(db: asyncpg.Connection) -> None:
+    await db.execute(
+        "INSERT INTO positions (user_id, symbol, quantity, entry_price) VALUES ('u1', 'AAPL', 1, 10)"
+    )
+    await db.execute("UPDATE positions SET quantity = 2")
+    await db.execute("DELETE FROM positions")
+    rows = await db.fetch(
+        """
+        SELECT operation, record->>'quantity' AS new_qty, old_record->>'quantity' AS old_qty
+        FROM realtime_bridge.outbox ORDER BY id
+        """
+    )
+    assert [(r["operation"], r["new_qty"], r["old_qty"]) for r in rows] == [
+        ("INSERT", "1", None),
+        ("UPDATE", "2", "1"),
+        ("DELETE", None, "2"),
+    ]
+
+
+async def test_track_and_untrack_any_table(db: asyncpg.Connection) -> None:
+    await db.execute("CREATE TABLE public.settings_demo (id int PRIMARY KEY, value text)")
+    await db.execute("SELECT realtime_bridge.track('public.settings_demo')")
+    await db.execute("SELECT realtime_bridge.track('public.settings_demo')")  # idempotent
+    await db.execute("INSERT INTO settings_demo VALUES (1, 'a')")
+    tracked = await db.fetch("SELECT table_name FROM realtime_bridge.tracked_tables")
+    assert "settings_demo" in {r["table_name"] for r in tracked}
+
+    await db.execute("SELECT realtime_bridge.untrack('public.settings_demo')")
+    await db.execute("INSERT INTO settings_demo VALUES (2, 'b')")
+    captured = await db.fetch(
+        "SELECT record->>'id' AS id FROM realtime_bridge.outbox WHERE table_name = 'settings_demo'"
+    )
+    assert [r["id"] for r in captured] == ["1"]
+
+
+async def test_prune_removes_only_numbered_rows_past_retention(db: asyncpg.Connection) -> None:
+    await db.execute(
+        "INSERT INTO positions (user_id, symbol, quantity, entry_price) VALUES ('u1', 'A', 1, 1)"
+    )
+    await db.execute(
+        "INSERT INTO positions (user_id, symbol, quantity, entry_price) VALUES ('u1', 'B', 1, 1)"
+    )
+    # Number the first row and age both beyond the retention window.
+    await db.execute(
+        "UPDATE realtime_bridge.outbox SET seq = 1 WHERE id = (SELECT min(id) FROM realtime_bridge.outbox)"
+    )
+    await db.execute("UPDATE realtime_bridge.outbox SET created_at = now() - interval '2 days'")
+    assert await db.fetchval("SELECT realtime_bridge.prune()") == 1
+    remaining = await db.fetchval("SELECT count(*) FROM realtime_bridge.outbox WHERE seq IS NULL")
+    assert remaining == 1
+
+    await db.execute("UPDATE realtime_bridge.settings SET value = '3 days' WHERE key = 'retention'")
+    await db.execute("UPDATE realtime_bridge.outbox SET seq = 2")
+    assert await db.fetchval("SELECT realtime_bridge.prune()") == 0

@@ -1,0 +1,259 @@
+"""The outbox source: gap-free, commit-ordered, and nothing lost across outages."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+import asyncpg
+import httpx
+import orjson
+
+from realtime_bridge.embedded import EmbeddedPostgres
+from realtime_bridge.migrate import migrate
+from realtime_bridge.testing import run_bridge
+from tests.conftest import BridgeFactory, make_settings
+
+INSERT = "INSERT INTO positions (user_id, symbol, quantity, entry_price) VALUES ($1, $2, $3, 1)"
+
+
+async def test_later_id_committed_first_is_not_skipped_and_order_follows_commits(
+    start_bridge: BridgeFactory, dsn: str
+) -> None:
+    bridge = await start_bridge()
+    slow = await asyncpg.connect(dsn)
+    fast = await asyncpg.connect(dsn)
+    async with bridge.websocket() as ws:
+        await ws.subscribe(table="public.positions")
+        slow_tx = slow.transaction()
+        await slow_tx.start()
+        await slow.execute(INSERT, "u1", "SLOW", 1)  # takes the lower outbox id
+        await fast.execute(INSERT, "u1", "FAST", 2)  # commits first
+        # Delivered while the other transaction is still open: no head-of-line blocking.
+        (first,) = await ws.changes(1)
+        assert first["data"]["symbol"] == "FAST"
+        await slow_tx.commit()
+        (second,) = await ws.changes(1)
+        assert second["data"]["symbol"] == "SLOW"
+        assert second["seq"] == first["seq"] + 1
+    ids = await fast.fetch("SELECT id, seq FROM realtime_bridge.outbox ORDER BY id")
+    assert [r["seq"] for r in ids] == [second["seq"], first["seq"]]
+    await slow.close()
+    await fast.close()
+
+
+async def test_open_unrelated_transaction_does_not_hold_back_events(
+    start_bridge: BridgeFactory, dsn: str
+) -> None:
+    bridge = await start_bridge()
+    batch_job = await asyncpg.connect(dsn)
+    writer = await asyncpg.connect(dsn)
+    await writer.execute("CREATE TABLE untracked_jobs (id int)")
+    async with bridge.websocket() as ws:
+        await ws.subscribe(channel="position-updates")
+        job = batch_job.transaction()
+        await job.start()
+        await batch_job.execute("INSERT INTO untracked_jobs VALUES (1)")  # holds an xid
+        await writer.execute(INSERT, "u1", "AAPL", 1)
+        (event,) = await ws.changes(1, timeout=5)
+        assert event["data"]["symbol"] == "AAPL"
+        await job.rollback()
+    await batch_job.close()
+    await writer.close()
+
+
+async def test_concurrent_writers_produce_gap_free_increasing_seqs(
+    start_bridge: BridgeFactory, dsn: str
+) -> None:
+    bridge = await start_bridge()
+    writers, per_writer = 8, 150
+    pool = await asyncpg.create_pool(dsn, min_size=writers, max_size=writers)
+
+    async def write(worker: int) -> None:
+        rng = random.Random(worker)
+        async with pool.acquire() as conn:
+            for i in range(per_writer):
+                async with conn.transaction():
+                    await conn.execute(INSERT, f"u{worker}", f"S{i}", i)
+                    if rng.random() < 0.3:
+                        await asyncio.sleep(rng.random() / 500)
+
+    async with bridge.websocket() as ws:
+        subscribed = await ws.subscribe(table="public.positions")
+        await asyncio.gather(*(write(w) for w in range(writers)))
+        events = await ws.changes(writers * per_writer, timeout=30)
+    seqs = [e["seq"] for e in events]
+    assert seqs == list(range(subscribed["seq"] + 1, subscribed["seq"] + 1 + len(seqs)))
+    per_worker: dict[str, list[int]] = {}
+    for event in events:
+        per_worker.setdefault(event["user_id"], []).append(int(event["data"]["quantity"]))
+    assert all(values == list(range(per_writer)) for values in per_worker.values())
+    await pool.close()
+
+
+async def test_same_row_updated_concurrently_ends_in_its_final_state(
+    start_bridge: BridgeFactory, dsn: str
+) -> None:
+    bridge = await start_bridge()
+    pool = await asyncpg.create_pool(dsn, min_size=6, max_size=6)
+    row_id = await pool.fetchval(
+        "INSERT INTO positions (user_id, symbol, quantity, entry_price) "
+        "VALUES ('u1', 'AAPL', 0, 1) RETURNING id"
+    )
+
+    async def bump(times: int) -> None:
+        async with pool.acquire() as conn:
+            for _ in range(times):
+                async with conn.transaction():
+                    await conn.execute(
+                        "UPDATE positions SET quantity = quantity + 1 WHERE id = $1", row_id
+                    )
+                    await asyncio.sleep(random.random() / 1000)
+
+    async with bridge.websocket() as ws:
+        await ws.subscribe(channel="position-updates", filters={"id": row_id})
+        await asyncio.gather(*(bump(40) for _ in range(6)))
+        events = await ws.changes(240, timeout=30)
+    final = await pool.fetchval("SELECT quantity FROM positions WHERE id = $1", row_id)
+    assert final == 240
+    quantities = [e["data"]["quantity"] for e in events]
+    assert quantities == sorted(quantities)
+    assert quantities[-1] == 240
+    await pool.close()
+
+
+async def test_a_burst_of_100k_rows_in_one_transaction_arrives_complete_and_in_order(
+    start_bridge: BridgeFactory, db: asyncpg.Connection
+) -> None:
+    bridge = await start_bridge()
+    total = 100_000
+    async with bridge.websocket() as ws:
+        subscribed = await ws.subscribe(table="public.positions")
+        await db.execute(
+            "INSERT INTO positions (user_id, symbol, quantity, entry_price) "
+            "SELECT 'u' || (g % 100), 'S', g, 1 FROM generate_series(1, $1) g",
+            total,
+        )
+        seqs: list[int] = []
+        quantities: list[int] = []
+        while len(seqs) < total:
+            frame = orjson.loads(await asyncio.wait_for(ws.ws.recv(), 30))
+            assert frame["type"] == "db_change", frame
+            seqs.append(frame["seq"])
+            quantities.append(frame["data"]["quantity"])
+    start = subscribed["seq"] + 1
+    assert seqs == list(range(start, start + total))
+    assert quantities == list(range(1, total + 1))
+
+
+async def test_dropped_database_connections_lose_nothing(
+    start_bridge: BridgeFactory, dsn: str
+) -> None:
+    bridge = await start_bridge()
+    admin = await asyncpg.connect(dsn)
+    async with bridge.websocket() as ws:
+        subscribed = await ws.subscribe(table="public.positions")
+        await admin.execute(INSERT, "u1", "BEFORE", 1)
+        for round_ in range(3):
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            # Committed while the bridge has no connection.
+            for i in range(5):
+                await admin.execute(INSERT, "u1", f"DURING{round_}", i)
+        await admin.execute(INSERT, "u1", "AFTER", 1)
+        events = await ws.changes(17, timeout=20)
+        assert await ws.silent(0.5)
+    assert [e["seq"] for e in events] == list(range(subscribed["seq"] + 1, subscribed["seq"] + 18))
+    assert events[0]["data"]["symbol"] == "BEFORE"
+    assert events[-1]["data"]["symbol"] == "AFTER"
+    assert bridge.bridge.source is not None
+    assert bridge.bridge.source.status.reconnects >= 1
+    await admin.close()
+
+
+async def test_postgres_restart_is_survived_and_reported_by_health(tmp_path: Path) -> None:
+    server = EmbeddedPostgres(tmp_path / "pg")
+    dsn = await asyncio.to_thread(server.start)
+    try:
+        await migrate(dsn)
+        async with (
+            run_bridge(make_settings(dsn)) as bridge,
+            bridge.websocket() as ws,
+            httpx.AsyncClient(base_url=bridge.url) as http,
+        ):
+            await ws.subscribe(channel="position-updates")
+            conn = await asyncpg.connect(dsn)
+            await conn.execute(INSERT, "u1", "BEFORE", 1)
+            await conn.close()
+            assert (await ws.changes(1))[0]["data"]["symbol"] == "BEFORE"
+
+            await asyncio.to_thread(server.stop, "fast")
+            health = await _wait_for_health(http, 503)
+            assert health["source_status"]["state"] == "reconnecting"
+            assert health["status"] == "degraded"
+
+            await asyncio.to_thread(server.start)
+            conn = await asyncpg.connect(dsn)
+            for i in range(3):
+                await conn.execute(INSERT, "u1", f"AFTER{i}", i)
+            await conn.close()
+            events = await ws.changes(3, timeout=20)
+            assert [e["data"]["symbol"] for e in events] == ["AFTER0", "AFTER1", "AFTER2"]
+            health = await _wait_for_health(http, 200)
+            assert health["source_status"]["state"] == "connected"
+    finally:
+        await asyncio.to_thread(server.stop, "immediate")
+
+
+async def _wait_for_health(http: httpx.AsyncClient, status: int) -> dict[str, object]:
+    for _ in range(200):
+        response = await http.get("/health")
+        if response.status_code == status:
+            body: dict[str, object] = response.json()
+            return body
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"/health never answered {status}")
+
+
+async def test_second_instance_follows_and_takes_over_when_the_sequencer_stops(
+    dsn: str,
+) -> None:
+    conn = await asyncpg.connect(dsn)
+    async with run_bridge(make_settings(dsn)) as follower:
+        async with run_bridge(make_settings(dsn)) as leader:
+            assert leader.bridge.source is not None and follower.bridge.source is not None
+            roles = {leader.bridge.source.status.role, follower.bridge.source.status.role}
+            assert roles == {"sequencer", "follower"}
+            async with leader.websocket() as a, follower.websocket() as b:
+                await a.subscribe(channel="position-updates")
+                await b.subscribe(channel="position-updates")
+                await conn.execute(INSERT, "u1", "BOTH", 1)
+                (from_a,) = await a.changes(1)
+                (from_b,) = await b.changes(1)
+                assert from_a["seq"] == from_b["seq"]
+                assert from_a["data"] == from_b["data"]
+        # Whichever was the sequencer is gone now, or it was the follower
+        # all along; either way the remaining instance must keep delivering.
+        async with follower.websocket() as ws:
+            await ws.subscribe(channel="position-updates")
+            await conn.execute(INSERT, "u1", "LATER", 1)
+            (event,) = await ws.changes(1, timeout=15)
+            assert event["data"]["symbol"] == "LATER"
+        assert follower.bridge.source is not None
+        assert follower.bridge.source.status.role == "sequencer"
+    await conn.close()
+
+
+async def test_ws_helper_reports_unexpected_frames(start_bridge: BridgeFactory) -> None:
+    bridge = await start_bridge()
+    async with bridge.websocket() as ws:
+        await ws.send({"type": "ping"})
+        try:
+            await ws.changes(1)
+        except AssertionError as exc:
+            assert "pong" in str(exc)
+        else:
+            raise AssertionError("a pong is not a db_change")
