@@ -48,7 +48,7 @@ class ClientError(RealtimeBridgeError):
 
     def frame(self) -> dict[str, Any]:
         """The `{"type": "error", ...}` frame describing this error."""
-        return {"type": "error", "code": self.code, "message": self.message, **self.details}
+        return {**self.details, "type": "error", "code": self.code, "message": self.message}
 
 
 class BadMessage(ClientError):

@@ -153,7 +153,7 @@ class JsonSocket:
 
     async def changes(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
         """The next `count` db_change frames (other frames are an error)."""
-        frames = []
+        frames: list[dict[str, Any]] = []
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while len(frames) < count:

@@ -124,7 +124,7 @@ class WebSocketSession:
         try:
             message = CLIENT_MESSAGE.validate_python(data)
         except ValidationError as exc:
-            raise BadMessage(validation_message(exc), type=kind) from exc
+            raise BadMessage(validation_message(exc), message_type=kind) from exc
         if isinstance(message, Subscribe):
             await self._subscribe(message)
         elif isinstance(message, Unsubscribe):
