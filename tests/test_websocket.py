@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import asyncpg
 import orjson
@@ -41,7 +42,8 @@ async def test_user_filter_gets_only_that_users_typed_events_in_seq_order(
     assert [e["operation"] for e in events] == ["INSERT", "INSERT", "UPDATE", "DELETE"]
     assert {e["user_id"] for e in events} == {"u1"}
     seqs = [e["seq"] for e in events]
-    assert seqs == sorted(seqs) and len(set(seqs)) == 4
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == 4
     insert = events[0]
     assert insert["subscription_id"] == reply["subscription_id"]
     assert insert["event"] == "position_update"
@@ -187,7 +189,7 @@ async def test_a_client_that_stops_reading_is_cut_off_and_others_are_not(
         await stalled.subscribe(channel="position-updates")
         await healthy.subscribe(channel="position-updates")
         big = "X" * 20_000
-        received: list[dict[str, object]] = []
+        received: list[dict[str, Any]] = []
 
         async def keep_reading() -> None:
             while len(received) < 400:
@@ -202,10 +204,14 @@ async def test_a_client_that_stops_reading_is_cut_off_and_others_are_not(
         await asyncio.sleep(1.5)
 
         # The stalled client finally reads: some events, then the reason, then the close.
-        frames: list[dict[str, object]] = []
-        with pytest.raises(ConnectionClosed) as closed:
+        frames: list[dict[str, Any]] = []
+
+        async def read_until_closed() -> None:
             while True:
                 frames.append(await stalled.recv(timeout=10))
+
+        with pytest.raises(ConnectionClosed) as closed:
+            await read_until_closed()
         assert frames[-1]["type"] == "error"
         assert frames[-1]["code"] == "slow_consumer"
         assert closed.value.rcvd is not None
