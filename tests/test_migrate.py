@@ -65,7 +65,8 @@ async def test_publication_contains_demo_tables(db: asyncpg.Connection) -> None:
 
 async def test_capture_writes_insert_update_delete_with_old_rows(db: asyncpg.Connection) -> None:
     await db.execute(
-        "INSERT INTO positions (user_id, symbol, quantity, entry_price) VALUES ('u1', 'AAPL', 1, 10)"
+        "INSERT INTO positions (user_id, symbol, quantity, entry_price) "
+        "VALUES ('u1', 'AAPL', 1, 10)"
     )
     await db.execute("UPDATE positions SET quantity = 2")
     await db.execute("DELETE FROM positions")
@@ -107,7 +108,8 @@ async def test_prune_removes_only_numbered_rows_past_retention(db: asyncpg.Conne
     )
     # Number the first row and age both beyond the retention window.
     await db.execute(
-        "UPDATE realtime_bridge.outbox SET seq = 1 WHERE id = (SELECT min(id) FROM realtime_bridge.outbox)"
+        "UPDATE realtime_bridge.outbox SET seq = 1 "
+        "WHERE id = (SELECT min(id) FROM realtime_bridge.outbox)"
     )
     await db.execute("UPDATE realtime_bridge.outbox SET created_at = now() - interval '2 days'")
     assert await db.fetchval("SELECT realtime_bridge.prune()") == 1

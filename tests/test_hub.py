@@ -1,0 +1,182 @@
+"""The hub on its own: indexed routing, shared encoding, catch-up and back-pressure."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import pytest
+
+from realtime_bridge.errors import UnknownChannel
+from realtime_bridge.events import Event, subscription_prefix
+from realtime_bridge.filters import Filter, parse_filter
+from realtime_bridge.hub import Hub, Subscription, SubscriptionState
+
+
+class ListOutlet:
+    def __init__(self, limit: int = 1000) -> None:
+        self.frames: list[str] = []
+        self.limit = limit
+        self.closed = False
+        self.room = asyncio.Event()
+
+    def offer(self, frame: str) -> bool:
+        if len(self.frames) >= self.limit:
+            return False
+        self.frames.append(frame)
+        return True
+
+    async def put(self, frame: str) -> None:
+        while len(self.frames) >= self.limit:
+            self.room.clear()
+            await self.room.wait()
+        self.frames.append(frame)
+
+
+def event(seq: int, user: str, channel: str = "pos") -> Event:
+    row = {"id": seq, "user_id": user}
+    return Event(
+        seq=seq, channel=channel, event="e", operation="INSERT", table="public.t",
+        data=row, old=None, timestamp="t", user_id=user, view=row,
+    )  # fmt: skip
+
+
+class CountingFilter(Filter):
+    calls = 0
+
+    def matches(self, row: Mapping[str, Any] | None) -> bool:
+        CountingFilter.calls += 1
+        return super().matches(row)
+
+
+def live(hub: Hub, flt: Filter, outlet: ListOutlet, channel: str = "pos") -> Subscription:
+    sub = hub.subscribe(channel, flt, outlet, prefix_for=subscription_prefix)
+    sub.state = SubscriptionState.LIVE
+    return sub
+
+
+def test_equality_filters_are_found_by_lookup_not_by_scanning() -> None:
+    hub = Hub()
+    hub.add_channel("pos", owner_column="user_id")
+    outlets = {}
+    for i in range(1000):
+        outlets[i] = ListOutlet()
+        conditions = parse_filter({"user_id": f"u{i}"}).conditions
+        live(hub, CountingFilter(conditions), outlets[i])
+    CountingFilter.calls = 0
+    hub.publish(1, [event(1, "u7")])
+    assert CountingFilter.calls == 1  # only u7's subscription was even tested
+    assert len(outlets[7].frames) == 1
+    assert sum(len(o.frames) for o in outlets.values()) == 1
+
+
+def test_each_event_is_encoded_once_for_all_receivers() -> None:
+    hub = Hub()
+    hub.add_channel("pos")
+    outlets = [ListOutlet() for _ in range(50)]
+    subs = [live(hub, Filter(), o) for o in outlets]
+    shared = event(1, "u1")
+    hub.publish(1, [shared])
+    body = shared.body
+    for sub, outlet in zip(subs, outlets, strict=True):
+        assert outlet.frames == [subscription_prefix(sub.id) + body]
+    assert shared.body is body
+
+
+def test_unknown_channel_is_refused() -> None:
+    with pytest.raises(UnknownChannel):
+        Hub().subscribe("missing", Filter(), ListOutlet())
+
+
+def test_unsubscribe_removes_from_every_index_key() -> None:
+    hub = Hub()
+    channel = hub.add_channel("pos")
+    outlet = ListOutlet()
+    sub = live(hub, parse_filter({"user_id": ["u1", "u2"]}), outlet)
+    assert channel.count == 1
+    hub.unsubscribe(sub)
+    assert channel.count == 0
+    assert channel.indexed == {}
+    hub.publish(1, [event(1, "u1")])
+    assert outlet.frames == []
+
+
+async def test_catch_up_reads_memory_then_db_and_goes_live_without_a_gap() -> None:
+    log: dict[int, Event] = {}
+
+    def publish() -> None:
+        seq = hub.head + 1
+        log[seq] = event(seq, "u1")
+        hub.publish(seq, [log[seq]])
+
+    reads: list[tuple[int, int]] = []
+
+    async def history(after: int, upto: int, channel: str) -> AsyncIterator[list[Event]]:
+        await asyncio.sleep(0)
+        reads.append((after, upto))
+        if len(reads) == 1:
+            publish()  # a new event arrives while the database is read
+        yield [log[s] for s in range(after + 1, upto + 1)]
+
+    async def earliest() -> int:
+        return 1
+
+    hub = Hub(window=3, history=history, earliest_seq=earliest)
+    hub.add_channel("pos")
+    for _ in range(9):
+        publish()
+    # The window holds 7, 8, 9: the rest must come from "the database".
+    outlet = ListOutlet()
+    sub = hub.subscribe("pos", Filter(), outlet, since=0, render=lambda e, _p: str(e.seq))
+    await hub.catch_up(sub)
+    assert sub.state is SubscriptionState.LIVE
+    publish()
+    assert [int(f) for f in outlet.frames] == list(range(1, hub.head + 1))
+    assert hub.head == 11
+    # The window moved during the first read, so the gap it left was read too.
+    assert reads == [(0, 6), (6, 7)]
+
+
+async def test_full_outlet_switches_to_catch_up_and_resumes_in_order() -> None:
+    hub = Hub(window=100)
+    hub.add_channel("pos")
+    outlet = ListOutlet(limit=3)
+    lagged: list[Subscription] = []
+    sub = hub.subscribe(
+        "pos", Filter(), outlet, render=lambda e, _p: str(e.seq), on_lag=lagged.append
+    )
+    await hub.catch_up(sub)
+    for seq in range(1, 11):
+        hub.publish(seq, [event(seq, "u1")])
+    assert lagged == [sub]
+    assert sub.state is SubscriptionState.CATCHING_UP
+    assert outlet.frames == ["1", "2", "3"]
+
+    async def drain() -> None:
+        while sub.state is not SubscriptionState.LIVE:
+            outlet.frames, taken = [], outlet.frames
+            received.extend(taken)
+            outlet.room.set()
+            await asyncio.sleep(0)
+
+    received: list[str] = []
+    await asyncio.gather(hub.catch_up(sub), drain())
+    received.extend(outlet.frames)
+    assert [int(f) for f in received] == list(range(1, 11))
+
+
+async def test_resync_when_since_is_older_than_the_log() -> None:
+    async def earliest() -> int:
+        return 50
+
+    hub = Hub(head=60, window=5, earliest_seq=earliest)
+    hub.add_channel("pos")
+    outlet = ListOutlet()
+    asked: list[int] = []
+    sub = hub.subscribe("pos", Filter(), outlet, since=10)
+    await hub.catch_up(sub, on_resync=asked.append)
+    assert asked == [50]
+    assert sub.state is SubscriptionState.LIVE
+    assert sub.last_seq == 60
+    assert hub.stats.resyncs == 1
