@@ -17,11 +17,18 @@ from typing import Any
 import asyncpg
 import orjson
 
+from realtime_bridge.auth import (
+    Authenticator,
+    ChannelPolicy,
+    load_or_create_secret,
+    project_keys,
+)
 from realtime_bridge.change import Change
 from realtime_bridge.embedded import EmbeddedPostgres
 from realtime_bridge.errors import PublishError, UnknownChannel, UnknownTable
 from realtime_bridge.events import Event
 from realtime_bridge.hub import Hub
+from realtime_bridge.limits import ConnectionLimits
 from realtime_bridge.migrate import migrate
 from realtime_bridge.plugins import PluginRegistry, discover, qualify
 from realtime_bridge.settings import Settings
@@ -58,6 +65,7 @@ class Bridge:
             window=settings.replay_window, history=self._history, earliest_seq=self._earliest
         )
         self.counters = Counters()
+        self.limits = ConnectionLimits(settings)
         self.embedded: EmbeddedPostgres | None = None
         self.dsn: str | None = None
         self.pool: asyncpg.Pool | None = None
@@ -67,6 +75,35 @@ class Bridge:
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._task_errors: dict[str, str] = {}
         self._seq_waiters: dict[int, asyncio.Future[int]] = {}
+        self.auth = Authenticator(
+            None if settings.auth_disabled else self._jwt_secret(),
+            jwks_url=f"{settings.supabase_url.rstrip('/')}/auth/v1/.well-known/jwks.json"
+            if settings.supabase_url
+            else None,
+            disabled=settings.auth_disabled,
+        )
+
+    def _jwt_secret(self) -> str:
+        if self.settings.supabase_jwt_secret:
+            return self.settings.supabase_jwt_secret
+        return load_or_create_secret(self.settings.data_dir)
+
+    def policy(self, channel: str) -> ChannelPolicy:
+        """How `channel` may be read (for `auth.authorize`)."""
+        plugin = self.registry.by_channel.get(channel)
+        if plugin is not None:
+            return ChannelPolicy(channel, public=plugin.public, owner_column=plugin.owner_column)
+        mode = self.settings.table_access.get(channel)
+        columns = self.tables.get(channel, set())
+        return ChannelPolicy(
+            channel,
+            public=mode == "public",
+            owner_column="user_id" if mode == "owner" and "user_id" in columns else None,
+        )
+
+    def keys(self) -> dict[str, str]:
+        """Long-lived anon and service keys made from the configured secret."""
+        return project_keys(self.auth)
 
     # lifecycle -------------------------------------------------------------
 
@@ -91,6 +128,20 @@ class Bridge:
         self._own("source", self.source.start())
         self._own("maintenance", asyncio.create_task(self._maintain(), name="maintenance"))
         _current = self
+        if self.settings.auth_disabled:
+            logger.warning(
+                "AUTH_DISABLED=true: every client is treated as service_role and sees every row. "
+                "Never run like this where anyone else can connect."
+            )
+        elif self.embedded is not None and not self.settings.supabase_jwt_secret:
+            keys = self.keys()
+            logger.info(
+                "embedded default: JWT secret in %s/jwt_secret\n"
+                "  anon key:    %s\n  service key: %s",
+                self.settings.data_dir,
+                keys["anon"],
+                keys["service_role"],
+            )
         logger.info(
             "realtime-bridge ready: %d plugin channel(s), %d tracked table(s), head seq %d",
             len(self.registry.by_channel),

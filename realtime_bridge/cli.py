@@ -1,4 +1,4 @@
-"""`realtime-bridge`: serve, migrate."""
+"""`realtime-bridge`: serve, migrate, keys."""
 
 from __future__ import annotations
 
@@ -28,6 +28,16 @@ def serve(args: argparse.Namespace) -> None:
     from realtime_bridge.app import create_app
 
     settings = _settings(host=args.host, port=args.port)
+    if (
+        settings.enable_testing_api
+        and not settings.allow_testing_api_public
+        and settings.host not in ("127.0.0.1", "localhost", "::1")
+    ):
+        raise SystemExit(
+            "realtime-bridge: ENABLE_TESTING_API=true on a public address "
+            f"({settings.host}) lets anyone with the service key write demo trades; "
+            "set ALLOW_TESTING_API_PUBLIC=true if you really mean it"
+        )
     app = create_app(settings)
     uvicorn.run(
         app,
@@ -54,6 +64,16 @@ def migrate_command(args: argparse.Namespace) -> None:
     )
 
 
+def keys_command(args: argparse.Namespace) -> None:
+    from realtime_bridge.auth import Authenticator, load_or_create_secret, project_keys
+
+    settings = _settings()
+    secret = settings.supabase_jwt_secret or load_or_create_secret(settings.data_dir)
+    keys = project_keys(Authenticator(secret))
+    print(f"SUPABASE_ANON_KEY={keys['anon']}")
+    print(f"SUPABASE_SERVICE_KEY={keys['service_role']}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="realtime-bridge", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -63,6 +83,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     serve_parser.set_defaults(func=serve)
     migrate_parser = commands.add_parser("migrate", help="apply pending SQL migrations")
     migrate_parser.set_defaults(func=migrate_command)
+    keys_parser = commands.add_parser(
+        "keys", help="print an anon key and a service key made from the JWT secret"
+    )
+    keys_parser.set_defaults(func=keys_command)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO,

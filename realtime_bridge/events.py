@@ -16,6 +16,10 @@ import orjson
 
 from realtime_bridge.change import Row
 
+# A frame on its way out: parts joined only when written, so that the
+# shared body is never copied per receiver while it waits in a queue.
+Frame = tuple[str, ...]
+
 
 @dataclass(slots=True, eq=False)
 class Event:
@@ -37,6 +41,7 @@ class Event:
     old_view: Mapping[str, Any] | None = None
     owners: tuple[Any, ...] = ()
     _body: str | None = field(default=None, repr=False)
+    _variants: dict[str, Event] | None = field(default=None, repr=False)
 
     @property
     def body(self) -> str:
@@ -59,13 +64,48 @@ class Event:
             self._body = encoded[1:]
         return self._body
 
-    def json(self) -> str:
-        """The `db_change` frame without a subscription id (poll responses)."""
-        return '{"type":"db_change",' + self.body
-
-    def frame_for(self, prefix: str) -> str:
+    def frame_for(self, prefix: str) -> Frame:
         """The `db_change` frame for a subscription whose prefix is given."""
-        return prefix + self.body
+        return (prefix, self.body)
+
+    def arrival(self) -> Event:
+        """This UPDATE as seen by the row's new owner: an INSERT, without the old row."""
+        return self._variant("arrival", "INSERT", self.data, None, self.view, None)
+
+    def departure(self) -> Event:
+        """This UPDATE as seen by the row's old owner: a DELETE, without the new row."""
+        return self._variant("departure", "DELETE", None, self.old, None, self.old_view)
+
+    def _variant(
+        self,
+        name: str,
+        operation: str,
+        data: Row | None,
+        old: Row | None,
+        view: Mapping[str, Any] | None,
+        old_view: Mapping[str, Any] | None,
+    ) -> Event:
+        if self._variants is None:
+            self._variants = {}
+        variant = self._variants.get(name)
+        if variant is None:
+            current = view if view is not None else old_view
+            variant = self._variants[name] = Event(
+                seq=self.seq,
+                channel=self.channel,
+                event=self.event,
+                operation=operation,
+                table=self.table,
+                data=data,
+                old=old,
+                timestamp=self.timestamp,
+                user_id=self.user_id if current is None else current.get("user_id", self.user_id),
+                record_id=self.record_id,
+                view=view,
+                old_view=old_view,
+                owners=self.owners,
+            )
+        return variant
 
 
 def subscription_prefix(subscription_id: str) -> str:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from realtime_bridge.errors import UnknownChannel
-from realtime_bridge.events import Event
+from realtime_bridge.events import Event, Frame
 from realtime_bridge.filters import Filter, canonical
 
 logger = logging.getLogger(__name__)
@@ -38,10 +38,10 @@ logger = logging.getLogger(__name__)
 class Outlet(Protocol):
     """The sending side of one client connection."""
 
-    def offer(self, frame: str) -> bool:
+    def offer(self, frame: Frame) -> bool:
         """Queue a frame without waiting; False when the outlet is full."""
 
-    async def put(self, frame: str) -> None:
+    async def put(self, frame: Frame) -> None:
         """Queue a frame, waiting for room (used by replay)."""
 
     @property
@@ -52,13 +52,14 @@ class Outlet(Protocol):
 class SubscriptionState(enum.Enum):
     CATCHING_UP = "catching_up"
     LIVE = "live"
+    PAUSED = "paused"  # its token expired: nothing is sent until a fresh one arrives
     CLOSED = "closed"
 
 
-Renderer = Callable[[Event, str], str]
+Renderer = Callable[[Event, str], Frame]
 
 
-def render_db_change(event: Event, prefix: str) -> str:
+def render_db_change(event: Event, prefix: str) -> Frame:
     return event.frame_for(prefix)
 
 
@@ -81,14 +82,46 @@ class Subscription:
     last_seq: int = 0
     index: tuple[str, tuple[str, ...]] | None = None
     on_lag: Callable[[Subscription], None] | None = None
+    # Row scope: only rows whose `owner_column` equals `owner` (None: all rows).
+    owner: str | None = None
+    owner_column: str | None = None
 
-    def wants(self, event: Event) -> bool:
-        return self.filter.matches(event.view) or (
-            event.old_view is not None and self.filter.matches(event.old_view)
+    def wants(self, event: Event) -> Event | None:
+        """The version of `event` this subscription may receive, if any.
+
+        Unscoped: the event when its new or old row matches the filter (so a
+        row leaving the filter is seen). Row-scoped: only rows the owner owns;
+        when an UPDATE moves a row to another owner, the old owner receives a
+        DELETE without the new row and the new owner an INSERT without the
+        old one, so neither learns the other's data.
+        """
+        if self.owner is None:
+            if self.filter.matches(event.view) or (
+                event.old_view is not None and self.filter.matches(event.old_view)
+            ):
+                return event
+            return None
+        column = self.owner_column or ""
+        owns_new = event.view is not None and canonical(event.view.get(column)) == self.owner
+        owns_old = (
+            event.old_view is not None and canonical(event.old_view.get(column)) == self.owner
         )
+        if not (owns_new or owns_old):
+            return None
+        if (owns_new and owns_old) or event.view is None or event.old_view is None:
+            return self.wants_unscoped(event)
+        variant = event.arrival() if owns_new else event.departure()
+        return self.wants_unscoped(variant)
+
+    def wants_unscoped(self, event: Event) -> Event | None:
+        if self.filter.matches(event.view) or (
+            event.old_view is not None and self.filter.matches(event.old_view)
+        ):
+            return event
+        return None
 
     def deliver(self, event: Event) -> bool:
-        """Offer a live event; on a full outlet, fall back to catching up."""
+        """Offer a live event (already chosen by `wants`); when full, fall back to catching up."""
         if self.state is not SubscriptionState.LIVE:
             return False
         if self.outlet.offer(self.render(event, self.prefix)):
@@ -114,7 +147,10 @@ class Channel:
         self.count = 0
 
     def add(self, sub: Subscription) -> None:
-        sub.index = sub.filter.index_key(prefer=self.owner_column)
+        if sub.owner is not None and sub.owner_column is not None:
+            sub.index = (sub.owner_column, (sub.owner,))
+        else:
+            sub.index = sub.filter.index_key(prefer=self.owner_column)
         if sub.index is None:
             self.unindexed.add(sub)
         else:
@@ -145,8 +181,8 @@ class Channel:
         if found:
             self.count -= 1
 
-    def receivers(self, event: Event) -> Iterable[Subscription]:
-        """The subscriptions that want `event`, found without a full scan."""
+    def receivers(self, event: Event) -> Iterable[tuple[Subscription, Event]]:
+        """The subscriptions that want `event` (and the version each gets), without a full scan."""
         if not self.indexed:
             candidates: Iterable[Subscription] = self.unindexed
         else:
@@ -159,7 +195,12 @@ class Channel:
                     if members:
                         found.update(dict.fromkeys(members))
             candidates = found
-        return [sub for sub in candidates if sub.wants(event)]
+        chosen = []
+        for sub in candidates:
+            version = sub.wants(event)
+            if version is not None:
+                chosen.append((sub, version))
+        return chosen
 
 
 # (after, upto, channel) → batches of that channel's events, oldest first.
@@ -229,8 +270,8 @@ class Hub:
             channel = self.channels.get(event.channel)
             if channel is None or channel.count == 0:
                 continue
-            for sub in channel.receivers(event):
-                if sub.deliver(event):
+            for sub, version in channel.receivers(event):
+                if sub.deliver(version):
                     self.stats.frames_out += 1
         if self._waiters:
             waiters, self._waiters = self._waiters, []
@@ -267,6 +308,7 @@ class Hub:
         prefix_for: Callable[[str], str] | None = None,
         client_id: str | None = None,
         on_lag: Callable[[Subscription], None] | None = None,
+        owner: str | None = None,
     ) -> Subscription:
         """Register a subscription in CATCHING_UP state; run `catch_up` to serve it.
 
@@ -284,10 +326,24 @@ class Hub:
             client_id=client_id,
             last_seq=self.head if since is None else since,
             on_lag=on_lag,
+            owner=canonical(owner) if owner is not None else None,
+            owner_column=channel.owner_column if owner is not None else None,
         )
+        if owner is not None and channel.owner_column is None:
+            raise ValueError(f"channel {channel_name!r} has no owner column to scope by")
         channel.add(sub)
         self.subscriptions[sub_id] = sub
         return sub
+
+    def pause(self, sub: Subscription) -> None:
+        """Stop sending to `sub` (its token expired); `resume` catches it up later."""
+        if sub.state is not SubscriptionState.CLOSED:
+            sub.state = SubscriptionState.PAUSED
+
+    def resume(self, sub: Subscription) -> None:
+        """Make a paused subscription catch up from where it stopped (run `catch_up` next)."""
+        if sub.state is SubscriptionState.PAUSED:
+            sub.state = SubscriptionState.CATCHING_UP
 
     def unsubscribe(self, sub: Subscription) -> None:
         if self.subscriptions.pop(sub.id, None) is None:
@@ -337,8 +393,11 @@ class Hub:
                 chunk = list(itertools.islice(self.window, offset, offset + 1024))
                 for seq, events in chunk:
                     for event in events:
-                        if event.channel == sub.channel and sub.wants(event):
-                            await self._send_replayed(sub, event)
+                        if event.channel != sub.channel:
+                            continue
+                        version = sub.wants(event)
+                        if version is not None:
+                            await self._send_replayed(sub, version)
                             if stopped():
                                 return
                     sub.last_seq = seq
@@ -358,8 +417,9 @@ class Hub:
             upto = first - 1
             async for batch in self.history(sub.last_seq, upto, sub.channel):
                 for event in batch:
-                    if sub.wants(event):
-                        await self._send_replayed(sub, event)
+                    version = sub.wants(event)
+                    if version is not None:
+                        await self._send_replayed(sub, version)
                         if stopped():
                             return
                     sub.last_seq = event.seq

@@ -64,6 +64,48 @@ class Settings(BaseSettings):
         default=None, description="Override the folder of SQL migrations."
     )
 
+    auth_disabled: bool = Field(
+        default=False, description="Skip authentication (local development only; logged loudly)."
+    )
+    table_access: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="Table channels open beyond service_role: 'public.t=public,public.u=owner'.",
+    )
+    allow_testing_api_public: bool = False
+    max_connections_per_ip: int = Field(default=1000, ge=1)
+    max_connections_per_user: int = Field(default=100, ge=1)
+    max_subscriptions_per_connection: int = Field(default=100, ge=1)
+    max_messages_per_second: float = Field(default=50.0, gt=0)
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["*"], description="WebSocket Origin allow-list and CORS origins."
+    )
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("table_access", mode="before")
+    @classmethod
+    def _parse_table_access(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        access: dict[str, str] = {}
+        for item in value.split(","):
+            if not item.strip():
+                continue
+            table, _, mode = item.partition("=")
+            mode = mode.strip()
+            if mode not in ("public", "owner"):
+                raise ValueError(
+                    f"TABLE_ACCESS entry {item.strip()!r}: use <table>=public or <table>=owner"
+                )
+            name = table.strip()
+            access[name if "." in name else f"public.{name}"] = mode
+        return access
+
     @field_validator("plugin_paths", mode="before")
     @classmethod
     def _split_paths(cls, value: object) -> object:

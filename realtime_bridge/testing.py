@@ -30,6 +30,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from realtime_bridge.app import create_app
+from realtime_bridge.auth import Role
 from realtime_bridge.bridge import Bridge
 from realtime_bridge.embedded import EmbeddedPostgres
 from realtime_bridge.migrate import migrate
@@ -124,9 +125,33 @@ class RunningBridge:
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws/db_subscriptions"
 
+    @property
+    def service_key(self) -> str:
+        return self.bridge.auth.make_token(Role.SERVICE)
+
+    @property
+    def anon_key(self) -> str:
+        return self.bridge.auth.make_token(Role.ANON)
+
+    def user_token(self, user_id: str, ttl: float = 3600, **claims: Any) -> str:
+        """A signed `authenticated` token for `user_id`."""
+        return self.bridge.auth.make_token(Role.AUTHENTICATED, sub=user_id, ttl=ttl, **claims)
+
+    @property
+    def service_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.service_key}"}
+
     @contextlib.asynccontextmanager
-    async def websocket(self, **kwargs: Any) -> AsyncIterator[JsonSocket]:
-        async with websockets.connect(self.ws_url, max_size=None, **kwargs) as ws:
+    async def websocket(
+        self, key: str | None = "service", **kwargs: Any
+    ) -> AsyncIterator[JsonSocket]:
+        """A JSON WebSocket client; `key` defaults to the service key (None: no key)."""
+        url = self.ws_url
+        if key == "service":
+            key = self.service_key
+        if key is not None:
+            url += f"?apikey={key}"
+        async with websockets.connect(url, max_size=None, **kwargs) as ws:
             yield JsonSocket(ws)
 
 

@@ -79,10 +79,14 @@ async def test_serve_starts_an_embedded_postgres_whose_data_survives_a_restart(
             health = (await http.get("/health")).json()
             assert health["database"] == "embedded"
             assert health["status"] == "ok"
-            created = await http.post(
-                "/api/testing/simulate-signal",
-                json={"symbol": "AAPL", "signal_type": "BUY", "entry_price": 190.5},
-            )
+            keys = printed_keys(tmp_path, env)
+            signal = {"symbol": "AAPL", "signal_type": "BUY", "entry_price": 190.5}
+            anon = {"apikey": keys["SUPABASE_ANON_KEY"]}
+            denied = await http.post("/api/testing/simulate-signal", json=signal, headers=anon)
+            assert denied.status_code == 403
+            service = {"Authorization": f"Bearer {keys['SUPABASE_SERVICE_KEY']}"}
+            http.headers.update(service)
+            created = await http.post("/api/testing/simulate-signal", json=signal)
             assert created.status_code == 201
             poll = await http.get(
                 "/api/channels/trade-updates/events", params={"since": 0, "wait": 5}
@@ -91,7 +95,12 @@ async def test_serve_starts_an_embedded_postgres_whose_data_survives_a_restart(
             assert first_seq >= 1
         assert (tmp_path / ".realtime-bridge" / "pgdata" / "PG_VERSION").exists()
 
-        async with serving(tmp_path, env) as url, httpx.AsyncClient(base_url=url) as http:
+        async with (
+            serving(tmp_path, env) as url,
+            httpx.AsyncClient(base_url=url, headers=service) as http,
+        ):
+            # The secret is kept in the data folder: the same keys still work.
+            assert printed_keys(tmp_path, env) == keys
             health = (await http.get("/health")).json()
             assert health["last_seq"] >= first_seq
             poll = await http.get(
@@ -100,6 +109,16 @@ async def test_serve_starts_an_embedded_postgres_whose_data_survives_a_restart(
             assert [e["data"]["symbol"] for e in poll.json()["events"]] == ["AAPL"]
     finally:
         EmbeddedPostgres(tmp_path / ".realtime-bridge").stop("immediate")
+
+
+def printed_keys(cwd: Path, env: dict[str, str]) -> dict[str, str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "realtime_bridge", "keys"],
+        env=env, cwd=cwd, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    pairs = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+    assert set(pairs) == {"SUPABASE_ANON_KEY", "SUPABASE_SERVICE_KEY"}
+    return pairs
 
 
 async def test_migrate_command_reports_then_is_a_no_op(dsn: str) -> None:

@@ -9,25 +9,25 @@ from typing import Any
 import pytest
 
 from realtime_bridge.errors import UnknownChannel
-from realtime_bridge.events import Event, subscription_prefix
+from realtime_bridge.events import Event, Frame, subscription_prefix
 from realtime_bridge.filters import Filter, parse_filter
 from realtime_bridge.hub import Hub, Subscription, SubscriptionState
 
 
 class ListOutlet:
     def __init__(self, limit: int = 1000) -> None:
-        self.frames: list[str] = []
+        self.frames: list[Frame] = []
         self.limit = limit
         self.closed = False
         self.room = asyncio.Event()
 
-    def offer(self, frame: str) -> bool:
+    def offer(self, frame: Frame) -> bool:
         if len(self.frames) >= self.limit:
             return False
         self.frames.append(frame)
         return True
 
-    async def put(self, frame: str) -> None:
+    async def put(self, frame: Frame) -> None:
         while len(self.frames) >= self.limit:
             self.room.clear()
             await self.room.wait()
@@ -80,8 +80,9 @@ def test_each_event_is_encoded_once_for_all_receivers() -> None:
     hub.publish(1, [shared])
     body = shared.body
     for sub, outlet in zip(subs, outlets, strict=True):
-        assert outlet.frames == [subscription_prefix(sub.id) + body]
-    assert shared.body is body
+        assert outlet.frames == [(subscription_prefix(sub.id), body)]
+        # Not an equal copy: the very same string object, shared.
+        assert outlet.frames[0][1] is body
 
 
 def test_unknown_channel_is_refused() -> None:
@@ -128,11 +129,11 @@ async def test_catch_up_reads_memory_then_db_and_goes_live_without_a_gap() -> No
         publish()
     # The window holds 7, 8, 9: the rest must come from "the database".
     outlet = ListOutlet()
-    sub = hub.subscribe("pos", Filter(), outlet, since=0, render=lambda e, _p: str(e.seq))
+    sub = hub.subscribe("pos", Filter(), outlet, since=0, render=lambda e, _p: (str(e.seq),))
     await hub.catch_up(sub)
     assert sub.state is SubscriptionState.LIVE
     publish()
-    assert [int(f) for f in outlet.frames] == list(range(1, hub.head + 1))
+    assert [int(f[0]) for f in outlet.frames] == list(range(1, hub.head + 1))
     assert hub.head == 11
     # The window moved during the first read, so the gap it left was read too.
     assert reads == [(0, 6), (6, 7)]
@@ -144,14 +145,14 @@ async def test_full_outlet_switches_to_catch_up_and_resumes_in_order() -> None:
     outlet = ListOutlet(limit=3)
     lagged: list[Subscription] = []
     sub = hub.subscribe(
-        "pos", Filter(), outlet, render=lambda e, _p: str(e.seq), on_lag=lagged.append
+        "pos", Filter(), outlet, render=lambda e, _p: (str(e.seq),), on_lag=lagged.append
     )
     await hub.catch_up(sub)
     for seq in range(1, 11):
         hub.publish(seq, [event(seq, "u1")])
     assert lagged == [sub]
     assert sub.state is SubscriptionState.CATCHING_UP
-    assert outlet.frames == ["1", "2", "3"]
+    assert outlet.frames == [("1",), ("2",), ("3",)]
 
     async def drain() -> None:
         while sub.state is not SubscriptionState.LIVE:
@@ -160,10 +161,10 @@ async def test_full_outlet_switches_to_catch_up_and_resumes_in_order() -> None:
             outlet.room.set()
             await asyncio.sleep(0)
 
-    received: list[str] = []
+    received: list[Frame] = []
     await asyncio.gather(hub.catch_up(sub), drain())
     received.extend(outlet.frames)
-    assert [int(f) for f in received] == list(range(1, 11))
+    assert [int(f[0]) for f in received] == list(range(1, 11))
 
 
 async def test_resync_when_since_is_older_than_the_log() -> None:

@@ -184,7 +184,7 @@ async def test_postgres_restart_is_survived_and_reported_by_health(tmp_path: Pat
         async with (
             run_bridge(make_settings(dsn)) as bridge,
             bridge.websocket() as ws,
-            httpx.AsyncClient(base_url=bridge.url) as http,
+            httpx.AsyncClient(base_url=bridge.url, headers=bridge.service_headers) as http,
         ):
             await ws.subscribe(channel="position-updates")
             conn = await asyncpg.connect(dsn)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from pydantic import ValidationError
+from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
+from realtime_bridge.auth import Access, Forbidden, Principal, authorize, denial
 from realtime_bridge.bridge import Bridge
 from realtime_bridge.errors import ClientError
 from realtime_bridge.filters import Filter, parse_filter
@@ -30,6 +33,9 @@ CLIENT_ERROR_STATUS = {
     "unknown_channel": 404,
     "unknown_table": 404,
     "invalid_payload": 422,
+    "unauthorized": 401,
+    "token_expired": 401,
+    "forbidden": 403,
 }
 
 
@@ -45,10 +51,24 @@ def validation_message(exc: ValidationError) -> str:
     return f"{where}: {first.get('msg', 'invalid')}"
 
 
+@dataclass(frozen=True)
+class Target:
+    """What a subscribe request resolved to: channel, filter and row scope."""
+
+    channel: str
+    filter: Filter
+    owner: str | None
+
+
 async def resolve_target(
-    bridge: Bridge, *, channel: str | None, table: str | None, filter_spec: Any
-) -> tuple[str, Filter]:
-    """The hub channel and parsed filter for a subscribe request (or a ClientError)."""
+    bridge: Bridge,
+    principal: Principal,
+    *,
+    channel: str | None,
+    table: str | None,
+    filter_spec: Any,
+) -> Target:
+    """Resolve, parse and authorize a subscribe request (or raise a ClientError)."""
     if table is not None:
         name = await bridge.table_channel(table)
     elif channel is not None and "." in channel and channel not in bridge.hub.channels:
@@ -56,4 +76,26 @@ async def resolve_target(
     else:
         name = bridge.resolve_channel(channel or "")
     hub_channel = bridge.hub.channel(name)
-    return name, parse_filter(filter_spec, hub_channel.columns)
+    flt = parse_filter(filter_spec, hub_channel.columns)
+    policy = bridge.policy(name)
+    access = authorize(principal, policy)
+    if access is Access.NONE:
+        raise denial(principal, policy)
+    owner = principal.user_id if access is Access.OWN_ROWS else None
+    return Target(name, flt, owner)
+
+
+def request_token(request: HTTPConnection) -> str | None:
+    """The key or token of an HTTP or WebSocket request: Bearer header, then apikey."""
+    header = request.headers.get("authorization", "")
+    if header.lower().startswith("bearer "):
+        return header[7:].strip() or None
+    return request.headers.get("apikey") or request.query_params.get("apikey") or None
+
+
+async def require_service(bridge: Bridge, request: HTTPConnection) -> Principal:
+    """The principal of a request that must carry the service key."""
+    principal = await bridge.auth.verify(request_token(request))
+    if not principal.is_service:
+        raise Forbidden("this endpoint needs the service key")
+    return principal

@@ -22,6 +22,7 @@ class Subscribe(_Message):
     filter: str | dict[str, Any] | None = None
     client_id: Annotated[str, Field(max_length=200)] | None = None
     since: Annotated[int, Field(ge=0)] | None = None
+    token: Annotated[str, Field(min_length=1, max_length=8192)] | None = None
 
     @model_validator(mode="after")
     def _one_target(self) -> Subscribe:
@@ -45,9 +46,16 @@ class Ping(_Message):
     type: Literal["ping"]
 
 
-ClientMessage = Annotated[Subscribe | Unsubscribe | Ping, Field(discriminator="type")]
-CLIENT_MESSAGE: TypeAdapter[Subscribe | Unsubscribe | Ping] = TypeAdapter(ClientMessage)
-MESSAGE_TYPES = ("subscribe", "unsubscribe", "ping")
+class AccessToken(_Message):
+    type: Literal["access_token"]
+    token: Annotated[str, Field(min_length=1, max_length=8192)]
+
+
+ClientMessage = Annotated[Subscribe | Unsubscribe | Ping | AccessToken, Field(discriminator="type")]
+CLIENT_MESSAGE: TypeAdapter[Subscribe | Unsubscribe | Ping | AccessToken] = TypeAdapter(
+    ClientMessage
+)
+MESSAGE_TYPES = ("subscribe", "unsubscribe", "ping", "access_token")
 
 
 class BroadcastRequest(_Message):

@@ -14,6 +14,8 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 
+from realtime_bridge.events import Frame
+
 
 class QueueOutlet:
     """A bounded FIFO of frames drained by one writer (socket or SSE stream)."""
@@ -27,7 +29,7 @@ class QueueOutlet:
         self.limit = limit
         self.stall_timeout = stall_timeout
         self.overflowed: str | None = None
-        self._frames: deque[str] = deque()
+        self._frames: deque[Frame] = deque()
         self._ready = asyncio.Event()
         self._space = asyncio.Event()
         self._space.set()
@@ -41,7 +43,7 @@ class QueueOutlet:
     def __len__(self) -> int:
         return len(self._frames)
 
-    def offer(self, frame: str) -> bool:
+    def offer(self, frame: Frame) -> bool:
         if self._closed:
             return True
         if len(self._frames) >= self.limit:
@@ -50,7 +52,7 @@ class QueueOutlet:
         self._ready.set()
         return True
 
-    async def put(self, frame: str) -> None:
+    async def put(self, frame: Frame) -> None:
         while not self._closed and len(self._frames) >= self.limit:
             self._space.clear()
             try:
@@ -77,14 +79,14 @@ class QueueOutlet:
         self._space.set()
 
     async def take(self, max_frames: int = 256) -> list[str]:
-        """Wait for frames and return up to `max_frames` of them ([] once closed)."""
+        """Wait for frames and return up to `max_frames` of them, joined ([] once closed)."""
         while not self._frames:
             if self._closed:
                 return []
             self._ready.clear()
             await self._ready.wait()
         count = min(len(self._frames), max_frames)
-        frames = [self._frames.popleft() for _ in range(count)]
+        frames = ["".join(self._frames.popleft()) for _ in range(count)]
         self._space.set()
         return frames
 
@@ -102,15 +104,15 @@ class CollectOutlet:
     def closed(self) -> bool:
         return self.full
 
-    def offer(self, frame: str) -> bool:
+    def offer(self, frame: Frame) -> bool:
         if len(self.items) >= self.limit:
             self.full = True
             return False
-        self.items.append(frame)
+        self.items.append("".join(frame))
         self._arrived.set()
         return True
 
-    async def put(self, frame: str) -> None:
+    async def put(self, frame: Frame) -> None:
         self.offer(frame)
 
     def overflow(self, reason: str) -> None:

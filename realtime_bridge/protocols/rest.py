@@ -13,12 +13,14 @@ from starlette.responses import PlainTextResponse, Response
 
 from realtime_bridge.bridge import Bridge
 from realtime_bridge.errors import BadMessage, ClientError, PublishError
-from realtime_bridge.events import Event
+from realtime_bridge.events import Event, Frame
 from realtime_bridge.metrics import render_metrics
 from realtime_bridge.protocols.common import (
     JSONResponse,
     client_error_response,
     error_response,
+    request_token,
+    require_service,
     resolve_target,
     validation_message,
 )
@@ -48,8 +50,8 @@ def _number(value: str | None, name: str, default: float, low: float, high: floa
     return number
 
 
-def _render_plain(event: Event, _prefix: str) -> str:
-    return event.json()
+def _render_plain(event: Event, _prefix: str) -> Frame:
+    return ('{"type":"db_change",', event.body)
 
 
 async def channel_events(request: Request) -> Response:
@@ -58,12 +60,15 @@ async def channel_events(request: Request) -> Response:
     hub = bridge.hub
     params = request.query_params
     try:
-        channel, flt = await resolve_target(
+        principal = await bridge.auth.verify(request_token(request))
+        target = await resolve_target(
             bridge,
+            principal,
             channel=request.path_params["channel"],
             table=None,
             filter_spec=params.get("filter"),
         )
+        channel, flt = target.channel, target.filter
         since = parse_since(params.get("since"), "since")
         limit = int(_number(params.get("limit"), "limit", 100, 1, MAX_POLL_LIMIT))
         wait = _number(params.get("wait"), "wait", 25, 0, MAX_POLL_WAIT)
@@ -74,7 +79,7 @@ async def channel_events(request: Request) -> Response:
     start = hub.head if since is None else since
     outlet = CollectOutlet(limit)
     resync: dict[str, int] = {}
-    sub = hub.subscribe(channel, flt, outlet, since=start, render=_render_plain)
+    sub = hub.subscribe(channel, flt, outlet, since=start, render=_render_plain, owner=target.owner)
     try:
         await hub.catch_up(
             sub,
@@ -121,6 +126,7 @@ async def broadcast(request: Request) -> Response:
     """Publish an event on a plugin channel; 202 with its seq."""
     bridge = _bridge(request)
     try:
+        await require_service(bridge, request)
         data = await _json_body(request)
         try:
             message = BroadcastRequest.model_validate(data)
@@ -147,6 +153,7 @@ async def simulate_signal(request: Request) -> Response:
             404, "not_found", "the testing API is off; set ENABLE_TESTING_API=true"
         )
     try:
+        await require_service(bridge, request)
         data = await _json_body(request)
         try:
             signal = SimulateSignal.model_validate(data)
@@ -210,19 +217,35 @@ def _typed(bridge: Bridge, channel: str, row: dict[str, Any]) -> dict[str, Any]:
 
 
 async def health(request: Request) -> Response:
-    healthy, body = _bridge(request).health()
+    """Open to everyone; error details only for the service key."""
+    bridge = _bridge(request)
+    healthy, body = bridge.health()
+    try:
+        await require_service(bridge, request)
+    except ClientError:
+        if body.get("source_status"):
+            body["source_status"].pop("last_error", None)
+        body["failed_tasks"] = sorted(body["failed_tasks"])
     body["time"] = datetime.now(UTC).isoformat()
     return JSONResponse(body, status_code=200 if healthy else 503)
 
 
 async def stats(request: Request) -> Response:
-    return JSONResponse(_bridge(request).stats())
+    bridge = _bridge(request)
+    try:
+        await require_service(bridge, request)
+    except ClientError as exc:
+        return client_error_response(exc)
+    return JSONResponse(bridge.stats())
 
 
 async def metrics(request: Request) -> Response:
-    return PlainTextResponse(
-        render_metrics(_bridge(request)), media_type="text/plain; version=0.0.4"
-    )
+    bridge = _bridge(request)
+    try:
+        await require_service(bridge, request)
+    except ClientError as exc:
+        return client_error_response(exc)
+    return PlainTextResponse(render_metrics(bridge), media_type="text/plain; version=0.0.4")
 
 
 async def index(request: Request) -> Response:

@@ -19,14 +19,18 @@ from starlette.responses import Response, StreamingResponse
 
 from realtime_bridge.bridge import Bridge
 from realtime_bridge.errors import BadMessage, ClientError
-from realtime_bridge.events import Event, subscription_prefix
+from realtime_bridge.events import Event, Frame, subscription_prefix
 from realtime_bridge.hub import Subscription
-from realtime_bridge.protocols.common import client_error_response, resolve_target
+from realtime_bridge.protocols.common import (
+    client_error_response,
+    request_token,
+    resolve_target,
+)
 from realtime_bridge.protocols.outlet import QueueOutlet
 
 
-def render_sse(event: Event, prefix: str) -> str:
-    return f"id: {event.seq}\nevent: {event.event}\ndata: {event.frame_for(prefix)}\n\n"
+def render_sse(event: Event, prefix: str) -> Frame:
+    return (f"id: {event.seq}\nevent: {event.event}\ndata: {prefix}", event.body, "\n\n")
 
 
 def parse_since(value: str | None, name: str) -> int | None:
@@ -44,12 +48,15 @@ def parse_since(value: str | None, name: str) -> int | None:
 async def sse_stream(request: Request) -> Response:
     bridge: Bridge = request.app.state.bridge
     try:
-        channel, flt = await resolve_target(
+        principal = await bridge.auth.verify(request_token(request))
+        target = await resolve_target(
             bridge,
+            principal,
             channel=request.path_params["channel"],
             table=None,
             filter_spec=request.query_params.get("filter"),
         )
+        channel, flt = target.channel, target.filter
         since = parse_since(request.headers.get("last-event-id"), "Last-Event-ID")
         if since is None:
             since = parse_since(request.query_params.get("since"), "since")
@@ -72,7 +79,7 @@ async def sse_stream(request: Request) -> Response:
                 "earliest_seq": earliest,
             }
         ).decode()
-        outlet.offer(f"event: resync_required\ndata: {body}\n\n")
+        outlet.offer((f"event: resync_required\ndata: {body}\n\n",))
 
     def catch_up(sub: Subscription) -> None:
         task = asyncio.create_task(hub.catch_up(sub, on_resync=functools.partial(resync, sub)))
@@ -92,16 +99,32 @@ async def sse_stream(request: Request) -> Response:
             render=render_sse,
             prefix_for=subscription_prefix,
             on_lag=catch_up,
+            owner=target.owner,
         )
         catch_up(sub)
         try:
             # Tells the client the stream is live and which seq it starts after.
             yield f": subscribed {sub.id} at seq {hub.head}\nretry: 3000\n\n"
             while True:
+                left = principal.seconds_left()
+                if left is not None and left <= 0:
+                    bridge.counters.error("token_expired")
+                    body = orjson.dumps(
+                        {
+                            "type": "error",
+                            "code": "token_expired",
+                            "message": "your token expired; reconnect with a fresh one "
+                            "(Last-Event-ID resumes where this stream stopped)",
+                        }
+                    ).decode()
+                    yield f"event: error\ndata: {body}\n\n"
+                    return
                 try:
-                    frames = await asyncio.wait_for(outlet.take(), heartbeat)
+                    wait = heartbeat if left is None else min(heartbeat, left)
+                    frames = await asyncio.wait_for(outlet.take(), wait)
                 except TimeoutError:
-                    yield ": heartbeat\n\n"
+                    if left is None or left > heartbeat:
+                        yield ": heartbeat\n\n"
                     continue
                 if not frames:
                     if outlet.overflowed:

@@ -18,14 +18,22 @@ import orjson
 from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from realtime_bridge.auth import UNCHECKED, Principal, TokenExpired
 from realtime_bridge.bridge import Bridge
 from realtime_bridge.errors import BadMessage, ClientError, UnknownSubscription
 from realtime_bridge.events import subscription_prefix
-from realtime_bridge.hub import Subscription
-from realtime_bridge.protocols.common import resolve_target, validation_message
+from realtime_bridge.hub import Subscription, SubscriptionState
+from realtime_bridge.limits import RateLimiter, TooManySubscriptions
+from realtime_bridge.protocols.common import (
+    error_response,
+    request_token,
+    resolve_target,
+    validation_message,
+)
 from realtime_bridge.protocols.messages import (
     CLIENT_MESSAGE,
     MESSAGE_TYPES,
+    AccessToken,
     Ping,
     Subscribe,
     Unsubscribe,
@@ -58,12 +66,23 @@ class WebSocketSession:
         self._closing: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+        self._rate = RateLimiter(bridge.settings.max_messages_per_second)
+        self.principal: Principal = UNCHECKED
+        client = websocket.client
+        self.client_ip = client.host if client is not None else "unknown"
 
     async def run(self) -> None:
+        refusal = await self._admit()
+        if refusal is not None:
+            await self._refuse(refusal)
+            return
         await self.websocket.accept()
         counters = self.bridge.counters
         counters.connections_total += 1
         counters.connections_open += 1
+        self.bridge.limits.connected(self.client_ip, self.principal.user_id)
+        self._watch_expiry()
         writer = self._writer = asyncio.create_task(self._write(), name="ws-writer")
         self._reader = asyncio.create_task(self._read(), name="ws-reader")
         try:
@@ -71,6 +90,9 @@ class WebSocketSession:
                 await self._reader
         finally:
             counters.connections_open -= 1
+            self.bridge.limits.disconnected(self.client_ip, self.principal.user_id)
+            if self._expiry is not None:
+                self._expiry.cancel()
             for sub in self.subscriptions.values():
                 self.bridge.hub.unsubscribe(sub)
             for task in self.replays.values():
@@ -100,6 +122,7 @@ class WebSocketSession:
                 return
             payload = raw if raw is not None else message.get("bytes") or b""
             try:
+                self._rate.take()
                 await self._handle(payload)
             except ClientError as exc:
                 self._send(exc.frame())
@@ -126,20 +149,31 @@ class WebSocketSession:
         except ValidationError as exc:
             raise BadMessage(validation_message(exc), message_type=kind) from exc
         if isinstance(message, Subscribe):
+            if message.token is not None:
+                await self._use_token(message.token, reply=False)
             await self._subscribe(message)
         elif isinstance(message, Unsubscribe):
             self._unsubscribe(message)
         elif isinstance(message, Ping):
             self._send({"type": "pong"})
+        elif isinstance(message, AccessToken):
+            await self._use_token(message.token, reply=True)
 
     async def _subscribe(self, message: Subscribe) -> None:
         hub = self.bridge.hub
-        channel, flt = await resolve_target(
+        if self.principal.expired():
+            raise TokenExpired("the connection's token has expired; send an access_token frame")
+        limit = self.bridge.settings.max_subscriptions_per_connection
+        if len(self.subscriptions) >= limit:
+            raise TooManySubscriptions(f"at most {limit} subscriptions per connection")
+        target = await resolve_target(
             self.bridge,
+            self.principal,
             channel=message.channel,
             table=message.table,
             filter_spec=message.filter_spec,
         )
+        channel, flt = target.channel, target.filter
         sub = hub.subscribe(
             channel,
             flt,
@@ -148,6 +182,7 @@ class WebSocketSession:
             prefix_for=subscription_prefix,
             client_id=message.client_id,
             on_lag=self._catch_up,
+            owner=target.owner,
         )
         self.subscriptions[sub.id] = sub
         reply: dict[str, Any] = {
@@ -162,6 +197,90 @@ class WebSocketSession:
             reply["filter"] = flt.describe()
         self._send(reply)
         self._catch_up(sub)
+
+    # tokens -----------------------------------------------------------------
+
+    async def _admit(self) -> tuple[int, str, str] | None:
+        """Check origin, key and connection limits before accepting the socket."""
+        origin = self.websocket.headers.get("origin")
+        allowed = self.bridge.settings.allowed_origins
+        if origin and "*" not in allowed and origin not in allowed:
+            return 403, "origin_not_allowed", f"origin {origin!r} is not allowed"
+        try:
+            self.principal = await self.bridge.auth.verify(request_token(self.websocket))
+        except ClientError as exc:
+            return 401, exc.code, exc.message
+        refusal = self.bridge.limits.admit(self.client_ip, self.principal.user_id)
+        if refusal is not None:
+            return 429, "too_many_connections", refusal
+        return None
+
+    async def _refuse(self, refusal: tuple[int, str, str]) -> None:
+        status, code, message = refusal
+        self.bridge.counters.error(code)
+        response = error_response(status, code, message)
+        if "websocket.http.response" in self.websocket.scope.get("extensions", {}):
+            await self.websocket.send_denial_response(response)
+        else:  # pragma: no cover - servers without the denial-response extension
+            await self.websocket.accept()
+            await self.websocket.send_text(
+                dumps({"type": "error", "code": code, "message": message})
+            )
+            await self.websocket.close(code=CLOSE_POLICY, reason=code)
+
+    async def _use_token(self, token: str, *, reply: bool) -> None:
+        """Switch the connection to a fresh token; resume what expiry paused."""
+        principal = await self.bridge.auth.verify(token)
+        if principal.user_id != self.principal.user_id or principal.role != self.principal.role:
+            # A different identity may not inherit row-scoped subscriptions.
+            for sub in list(self.subscriptions.values()):
+                if sub.owner is not None or not principal.is_service:
+                    self._drop(sub, "the new token belongs to someone else")
+        self.principal = principal
+        self._watch_expiry()
+        for sub in self.subscriptions.values():
+            if sub.state is SubscriptionState.PAUSED:
+                self.bridge.hub.resume(sub)
+                self._catch_up(sub)
+        if reply:
+            self._send({"type": "access_token", "status": "ok", "expires_at": principal.expires_at})
+
+    def _drop(self, sub: Subscription, reason: str) -> None:
+        self.subscriptions.pop(sub.id, None)
+        self.bridge.hub.unsubscribe(sub)
+        task = self.replays.pop(sub.id, None)
+        if task is not None:
+            task.cancel()
+        self._send(
+            {
+                "type": "error",
+                "code": "unauthorized",
+                "message": f"subscription ended: {reason}",
+                "subscription_id": sub.id,
+            }
+        )
+
+    def _watch_expiry(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        left = self.principal.seconds_left()
+        if left is not None:
+            self._expiry = asyncio.get_running_loop().call_later(max(left, 0), self._expired)
+
+    def _expired(self) -> None:
+        self._expiry = None
+        for sub in self.subscriptions.values():
+            self.bridge.hub.pause(sub)
+        self.bridge.counters.error("token_expired")
+        self._send(
+            {
+                "type": "error",
+                "code": "token_expired",
+                "message": "your token expired; subscriptions are paused until you send "
+                '{"type":"access_token","token":"..."}',
+            }
+        )
 
     def _catch_up(self, sub: Subscription) -> None:
         """Serve `sub` from the replay window until it is live (also after lagging)."""
@@ -216,7 +335,7 @@ class WebSocketSession:
         self._send({"type": "unsubscribed", "subscription_id": sub.id, "channel": sub.channel})
 
     def _send(self, frame: dict[str, Any]) -> None:
-        if not self.outlet.offer(dumps(frame)):
+        if not self.outlet.offer((dumps(frame),)):
             self.outlet.overflow("slow_consumer")
 
     async def _write(self) -> None:
