@@ -91,6 +91,16 @@ class Bridge:
     def policy(self, channel: str) -> ChannelPolicy:
         """How `channel` may be read (for `auth.authorize`)."""
         plugin = self.registry.by_channel.get(channel)
+        if plugin is None and channel in self.registry.by_table:
+            # A table's raw channel is as private as the plugins that type it:
+            # readable only where every one of them would allow it.
+            plugins = self.registry.by_table[channel]
+            owners = {p.owner_column for p in plugins}
+            if all(p.public for p in plugins):
+                return ChannelPolicy(channel, public=True)
+            if len(owners) == 1 and None not in owners:
+                return ChannelPolicy(channel, owner_column=owners.pop())
+            return ChannelPolicy(channel)
         if plugin is not None:
             return ChannelPolicy(channel, public=plugin.public, owner_column=plugin.owner_column)
         mode = self.settings.table_access.get(channel)

@@ -309,6 +309,7 @@ class Hub:
         client_id: str | None = None,
         on_lag: Callable[[Subscription], None] | None = None,
         owner: str | None = None,
+        owner_column: str | None = None,
     ) -> Subscription:
         """Register a subscription in CATCHING_UP state; run `catch_up` to serve it.
 
@@ -327,10 +328,10 @@ class Hub:
             last_seq=self.head if since is None else since,
             on_lag=on_lag,
             owner=canonical(owner) if owner is not None else None,
-            owner_column=channel.owner_column if owner is not None else None,
+            owner_column=owner_column if owner is not None else None,
         )
-        if owner is not None and channel.owner_column is None:
-            raise ValueError(f"channel {channel_name!r} has no owner column to scope by")
+        if owner is not None and owner_column is None:
+            raise ValueError("a row-scoped subscription needs the owner column")
         channel.add(sub)
         self.subscriptions[sub_id] = sub
         return sub

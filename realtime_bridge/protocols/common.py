@@ -58,6 +58,7 @@ class Target:
     channel: str
     filter: Filter
     owner: str | None
+    owner_column: str | None
 
 
 async def resolve_target(
@@ -81,8 +82,9 @@ async def resolve_target(
     access = authorize(principal, policy)
     if access is Access.NONE:
         raise denial(principal, policy)
-    owner = principal.user_id if access is Access.OWN_ROWS else None
-    return Target(name, flt, owner)
+    if access is Access.OWN_ROWS:
+        return Target(name, flt, principal.user_id, policy.owner_column)
+    return Target(name, flt, None, None)
 
 
 def request_token(request: HTTPConnection) -> str | None:

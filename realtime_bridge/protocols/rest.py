@@ -79,7 +79,15 @@ async def channel_events(request: Request) -> Response:
     start = hub.head if since is None else since
     outlet = CollectOutlet(limit)
     resync: dict[str, int] = {}
-    sub = hub.subscribe(channel, flt, outlet, since=start, render=_render_plain, owner=target.owner)
+    sub = hub.subscribe(
+        channel,
+        flt,
+        outlet,
+        since=start,
+        render=_render_plain,
+        owner=target.owner,
+        owner_column=target.owner_column,
+    )
     try:
         await hub.catch_up(
             sub,

@@ -100,6 +100,7 @@ async def sse_stream(request: Request) -> Response:
             prefix_for=subscription_prefix,
             on_lag=catch_up,
             owner=target.owner,
+            owner_column=target.owner_column,
         )
         catch_up(sub)
         try:

@@ -183,6 +183,7 @@ class WebSocketSession:
             client_id=message.client_id,
             on_lag=self._catch_up,
             owner=target.owner,
+            owner_column=target.owner_column,
         )
         self.subscriptions[sub.id] = sub
         reply: dict[str, Any] = {
