@@ -14,6 +14,7 @@ import pytest
 
 from realtime_bridge.embedded import EmbeddedPostgres
 from realtime_bridge.migrate import migrate
+from realtime_bridge.sources import SourceState
 from realtime_bridge.testing import run_bridge
 from tests.conftest import BridgeFactory, make_settings
 
@@ -103,6 +104,8 @@ async def test_same_row_updated_concurrently_ends_in_its_final_state(
         "INSERT INTO positions (user_id, symbol, quantity, entry_price) "
         "VALUES ('u1', 'AAPL', 0, 1) RETURNING id"
     )
+    # Subscribe only once the INSERT has been routed, so it is not part of the stream.
+    assert await bridge.bridge.hub.wait_for_head(1, timeout=10)
 
     async def bump(times: int) -> None:
         async with pool.acquire() as conn:
@@ -228,7 +231,12 @@ async def test_second_instance_follows_and_takes_over_when_the_sequencer_stops(
         async with run_bridge(make_settings(dsn)) as leader:
             assert leader.bridge.source is not None
             assert follower.bridge.source is not None
-            roles = {leader.bridge.source.status.role, follower.bridge.source.status.role}
+            sources = (leader.bridge.source, follower.bridge.source)
+            for _ in range(200):
+                if all(s.status.state is SourceState.CONNECTED for s in sources):
+                    break
+                await asyncio.sleep(0.05)
+            roles = {s.status.role for s in sources}
             assert roles == {"sequencer", "follower"}
             async with leader.websocket() as a, follower.websocket() as b:
                 await a.subscribe(channel="position-updates")
