@@ -4,8 +4,11 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+JS_STAMP := tests/js/node_modules/.installed
 
 .PHONY: run test lint typecheck pytest bench bench-quick migrate clean
+.PHONY: inspector inspector-typecheck example web
+.PHONY: js-test types
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "realtime-bridge needs Python 3.11+; set PYTHON=python3.11")'
@@ -27,10 +30,48 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+# The pinned @supabase/supabase-js the compatibility tests run with Node (tests/js).
+$(JS_STAMP): tests/js/package.json tests/js/package-lock.json
+	npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
+	@touch $(JS_STAMP)
+
+# The web inspector (served at / from its committed build), the example dashboard, and
+# playwright-core for the browser tests (tests/test_browser.py): pinned Node projects.
+NODE_STAMPS := inspector/node_modules/.installed examples/react-dashboard/node_modules/.installed \
+               tests/browser/node_modules/.installed
+$(NODE_STAMPS): %/node_modules/.installed: %/package.json %/package-lock.json
+	npm ci --prefix $* --no-audit --no-fund --loglevel=error
+	@touch $@
+
+inspector: inspector/node_modules/.installed  ## rebuild realtime_bridge/static/inspector (commit it)
+	npm run build --prefix inspector
+
+inspector-typecheck: inspector/node_modules/.installed  # its source still fits the client
+	npm run typecheck --prefix inspector
+
+example: examples/react-dashboard/node_modules/.installed  ## build examples/react-dashboard/dist
+	npm run build --prefix examples/react-dashboard
+
+web: inspector-typecheck example tests/browser/node_modules/.installed  # for the browser tests
+
+pytest: $(STAMP) $(JS_STAMP) web
 	$(BIN)/pytest -q
 
-test: lint typecheck pytest  ## the whole suite, exactly what CI runs
+test: lint typecheck pytest js-test  ## the whole suite, exactly what CI runs
+
+# The TypeScript client (clients/js): typecheck, build, then Vitest, which starts a real bridge.
+CLIENT_STAMP := clients/js/node_modules/.installed
+$(CLIENT_STAMP): clients/js/package.json clients/js/package-lock.json
+	npm ci --prefix clients/js --no-audit --no-fund --loglevel=error
+	@touch $@
+
+js-test: $(STAMP) $(CLIENT_STAMP)  ## the TypeScript client and React hooks
+	npm run typecheck --prefix clients/js
+	npm run build --prefix clients/js
+	npm test --prefix clients/js
+
+types: $(STAMP)  ## regenerate clients/js/src/generated/channels.ts from the plugins (commit it)
+	$(BIN)/realtime-bridge types --typescript --out clients/js/src/generated/channels.ts
 
 bench: $(STAMP)  ## full benchmark
 	$(BIN)/python -m bench

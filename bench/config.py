@@ -1,4 +1,4 @@
-"""Command-line options and the two loads' parameters."""
+"""Command-line options and the scenarios' parameters (full and --quick)."""
 
 from __future__ import annotations
 
@@ -10,110 +10,157 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 
-PER_USER = "per-user"
-FAN_OUT = "fan-out"
-SCENARIOS = (PER_USER, FAN_OUT)
+SCENARIOS = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8")
 
 
 @dataclass(frozen=True)
 class BenchConfig:
     quick: bool
-    clients: int
-    rate: float
-    duration: float
-    fanout_events: int
-    fanout_rate: float
+    reps: int  # repetitions of P1, P3 and P6 runs (figures are their medians)
+    clients: int  # P1 / P2 / P3 sockets
+    p1_rate: float  # UPDATEs per second
+    p1_duration: float  # seconds per P1 run
+    p2_rates: tuple[float, ...]  # the P2 ramp
+    p2_step: float  # seconds per P2 step
+    p3_events: int  # changes in a P3 burst
+    idle_clients: int  # P4 / P5 sockets
+    hold: float  # P5: seconds the idle sockets are held (P7 is measured meanwhile)
+    stretch: int  # P5: how far to try beyond idle_clients (0: do not)
+    heartbeat: float  # seconds between two pings of one socket
+    p6_duration: float  # seconds per P6 run
+    poll_clients: int  # P8 polling clients
+    poll_interval: float  # seconds between two polls of one client
+    poll_duration: float  # seconds the writer runs during the polling comparison
+    poll_rate: float  # changes per second during the polling comparison
     client_processes: int
     writer_connections: int
-    drain_idle: float
+    drain_idle: float  # give up waiting for frames after this long without one
+    pin: bool
+    profile: bool
+    wait_quiet: float  # wait up to this long for the machine to be quiet before starting
     scenarios: tuple[str, ...]
     output: Path
 
     @property
     def label(self) -> str:
-        return "quick" if self.quick else "default"
+        return "quick" if self.quick else "full"
+
+    def wants(self, *names: str) -> bool:
+        return any(name in self.scenarios for name in names)
+
+
+def _scenarios(text: str) -> tuple[str, ...]:
+    if text == "all":
+        return SCENARIOS
+    chosen = tuple(dict.fromkeys(part.strip().upper() for part in text.split(",") if part.strip()))
+    unknown = [s for s in chosen if s not in SCENARIOS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown scenario(s) {', '.join(unknown)}")
+    return chosen
 
 
 def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description=(
-            "Measure commit → WebSocket client latency and throughput over loopback "
-            "(embedded Postgres unless DATABASE_URL is set)."
+            "Measure the real path (trigger → outbox → bridge → WebSocket) against the raw "
+            "floor (trigger + pg_notify → asyncpg → bare websockets) and the naive approach, "
+            "in one run (embedded Postgres unless DATABASE_URL is set)."
         ),
     )
     parser.add_argument(
-        "--quick", action="store_true", help="smaller load (200 clients, 200/s, 5 s)"
-    )
-    parser.add_argument("--clients", type=int, help="WebSocket clients (default 1000; quick 200)")
-    parser.add_argument(
-        "--rate", type=float, help="per-user: UPDATEs per second (default 500; quick 200)"
+        "--quick", action="store_true", help="smaller N, shorter runs, 1 repetition (< 2 min)"
     )
     parser.add_argument(
-        "--duration", type=float, help="seconds the writer runs (default 10; quick 5)"
+        "--scenario",
+        type=_scenarios,
+        default=SCENARIOS,
+        help="comma-separated subset of P1..P8 (default all)",
     )
+    parser.add_argument("--reps", type=int, help="repetitions of P1/P3/P6 (default 3; quick 1)")
+    parser.add_argument("--clients", type=int, help="P1-P3 sockets (default 5000; quick 1000)")
     parser.add_argument(
-        "--fanout-events",
-        type=int,
-        help="fan-out: stop the writer after this many changes (default 2000)",
+        "--idle-clients", type=int, help="P4/P5 sockets (default 10000; quick 2000)"
     )
+    parser.add_argument("--hold", type=float, help="P5 hold in seconds (default 300; quick 10)")
     parser.add_argument(
-        "--fanout-rate",
-        type=float,
-        default=0.0,
-        help="fan-out: pace the writer at this many changes/s (default 0 = as fast as it can)",
+        "--stretch", type=int, help="P5: try up to this many sockets (default 20000; quick 0)"
     )
     parser.add_argument(
         "--client-processes",
         type=int,
         default=2,
-        help="processes the WebSocket clients are spread over (default 2)",
+        help="processes the client sockets are spread over (default 2)",
     )
     parser.add_argument(
         "--writer-connections",
         type=int,
-        default=4,
-        help="Postgres connections the writer commits on concurrently (default 4)",
+        default=16,
+        help="Postgres connections the writer commits on (default 16; P6 uses 8)",
     )
     parser.add_argument(
-        "--scenario",
-        choices=[*SCENARIOS, "all"],
-        default="all",
-        help="run one load only (default: both)",
+        "--no-pin",
+        action="store_true",
+        help="do not pin the server to its own CPU (default: pinned when there are 2+ CPUs)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="record py-spy profiles of the bridge during P1 and P3 (bench/results/profile-*)",
+    )
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="first wait (up to SECONDS) until other processes use < 25%% of the machine",
     )
     parser.add_argument(
         "--output", type=Path, default=RESULTS, help=f"JSON results file (default {RESULTS})"
     )
     args = parser.parse_args(argv)
-
     quick: bool = args.quick
-    clients = args.clients if args.clients is not None else (200 if quick else 1000)
-    rate = args.rate if args.rate is not None else (200.0 if quick else 500.0)
-    duration = args.duration if args.duration is not None else (5.0 if quick else 10.0)
-    fanout_events = args.fanout_events if args.fanout_events is not None else 2000
-    if clients < 1:
-        parser.error("--clients must be at least 1")
-    if rate <= 0:
-        parser.error("--rate must be positive")
-    if duration <= 0:
-        parser.error("--duration must be positive")
-    if fanout_events < 1:
-        parser.error("--fanout-events must be at least 1")
-    if args.fanout_rate < 0:
-        parser.error("--fanout-rate must not be negative")
+
+    def pick(value: object, full: object, short: object) -> object:
+        return value if value is not None else (short if quick else full)
+
+    reps = int(str(pick(args.reps, 3, 1)))
+    clients = int(str(pick(args.clients, 5000, 1000)))
+    idle_clients = int(str(pick(args.idle_clients, 10_000, 2000)))
+    hold = float(str(pick(args.hold, 300.0, 10.0)))
+    stretch = int(str(pick(args.stretch, 20_000, 0)))
+    if reps < 1 or clients < 1 or idle_clients < 1:
+        parser.error("--reps, --clients and --idle-clients must be at least 1")
+    if hold < 0 or stretch < 0:
+        parser.error("--hold and --stretch must not be negative")
     if args.client_processes < 1 or args.writer_connections < 1:
         parser.error("--client-processes and --writer-connections must be at least 1")
-    scenarios = SCENARIOS if args.scenario == "all" else (args.scenario,)
     return BenchConfig(
         quick=quick,
+        reps=reps,
         clients=clients,
-        rate=rate,
-        duration=duration,
-        fanout_events=fanout_events,
-        fanout_rate=args.fanout_rate,
-        client_processes=min(args.client_processes, clients),
+        p1_rate=1000.0,
+        p1_duration=4.0 if quick else 10.0,
+        p2_rates=(500.0, 1500.0, 5000.0)
+        if quick
+        else (250.0, 500.0, 1000.0, 2000.0, 3000.0, 5000.0, 7500.0),
+        p2_step=2.0 if quick else 4.0,
+        p3_events=100,
+        idle_clients=idle_clients,
+        hold=hold,
+        stretch=stretch,
+        heartbeat=5.0 if quick else 25.0,
+        p6_duration=2.0 if quick else 5.0,
+        poll_clients=1000,
+        poll_interval=5.0,
+        poll_duration=5.0 if quick else 30.0,
+        poll_rate=100.0,
+        client_processes=args.client_processes,
         writer_connections=args.writer_connections,
-        drain_idle=5.0 if quick else 10.0,
-        scenarios=scenarios,
+        drain_idle=10.0 if quick else 15.0,
+        pin=not args.no_pin,
+        profile=args.profile,
+        wait_quiet=args.wait_quiet,
+        scenarios=args.scenario,
         output=args.output,
     )

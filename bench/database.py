@@ -1,8 +1,18 @@
-"""The benchmark's Postgres: a fresh embedded server, or a fresh database on DATABASE_URL."""
+"""The benchmark's Postgres: a fresh embedded server, or a fresh database on DATABASE_URL.
+
+Besides the project's migrations it gets a ``bench`` schema:
+
+* ``bench.floor_positions``: the raw floor's (and the naive approach's)
+  copy of the positions, with a trigger that ``pg_notify``s each UPDATE as
+  a small, ready-made frame;
+* ``bench.capture_plain`` / ``bench.capture_tracked``: the same table twice,
+  the second captured by the bridge (``realtime_bridge.track``), for P6.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from pathlib import Path
 from types import TracebackType
@@ -14,11 +24,75 @@ import psutil
 from realtime_bridge.embedded import EmbeddedPostgres
 from realtime_bridge.migrate import migrate
 
+BENCH_SCHEMA = """
+CREATE SCHEMA IF NOT EXISTS bench;
+
+CREATE TABLE IF NOT EXISTS bench.floor_positions (
+    id            bigint PRIMARY KEY,
+    user_id       text NOT NULL,
+    symbol        text NOT NULL,
+    quantity      numeric NOT NULL,
+    entry_price   numeric NOT NULL,
+    current_price numeric,
+    updated_at    timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX IF NOT EXISTS floor_positions_user_id_idx ON bench.floor_positions (user_id);
+
+CREATE OR REPLACE FUNCTION bench.floor_notify()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    PERFORM pg_notify(
+        'bench_floor',
+        '{"type":"db_change","user_id":' || to_json(NEW.user_id)::text
+        || ',"data":{"quantity":' || NEW.quantity::text || '}}'
+    );
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS floor_notify ON bench.floor_positions;
+CREATE TRIGGER floor_notify AFTER UPDATE ON bench.floor_positions
+    FOR EACH ROW EXECUTE FUNCTION bench.floor_notify();
+
+CREATE TABLE IF NOT EXISTS bench.capture_plain (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    user_id    text NOT NULL,
+    symbol     text NOT NULL,
+    quantity   numeric NOT NULL,
+    price      numeric NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS bench.capture_tracked (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    user_id    text NOT NULL,
+    symbol     text NOT NULL,
+    quantity   numeric NOT NULL,
+    price      numeric NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+SELECT realtime_bridge.track('bench.capture_tracked');
+"""
+
 
 def with_database(dsn: str, database: str) -> str:
     """The same server DSN pointing at another database."""
     parts = urlsplit(dsn)
     return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
+
+
+def host_port(dsn: str) -> tuple[str, int]:
+    parts = urlsplit(dsn)
+    return parts.hostname or "127.0.0.1", parts.port or 5432
+
+
+def via_port(dsn: str, port: int) -> str:
+    """The same DSN, through 127.0.0.1:<port> (the counting proxy)."""
+    parts = urlsplit(dsn)
+    userinfo, _, _ = parts.netloc.rpartition("@")
+    netloc = f"{userinfo}@127.0.0.1:{port}" if userinfo else f"127.0.0.1:{port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 async def _execute(dsn: str, *statements: str) -> None:
@@ -30,18 +104,48 @@ async def _execute(dsn: str, *statements: str) -> None:
         await conn.close()
 
 
-async def _fetchval(dsn: str, query: str) -> object:
+async def _fetchval(dsn: str, query: str, *args: object) -> object:
     conn = await asyncpg.connect(dsn, timeout=30)
     try:
-        return await conn.fetchval(query)
+        return await conn.fetchval(query, *args)
     finally:
         await conn.close()
 
 
-async def _fetch_floats(dsn: str, query: str, *args: object) -> list[float]:
+async def _sequencing(dsn: str, after_id: int) -> list[float]:
     conn = await asyncpg.connect(dsn, timeout=30)
     try:
-        return [float(r[0]) for r in await conn.fetch(query, *args)]
+        rows = await conn.fetch(
+            "SELECT extract(epoch FROM sequenced_at - created_at) * 1000 "
+            "FROM realtime_bridge.outbox "
+            "WHERE id > $1 AND table_name = 'positions' AND sequenced_at IS NOT NULL "
+            "ORDER BY 1",
+            after_id,
+        )
+    except asyncpg.PostgresError:
+        return []  # another layout of the outbox: not worth failing the run
+    finally:
+        await conn.close()
+    return [float(r[0]) for r in rows]
+
+
+async def _seed(dsn: str, users: int) -> None:
+    conn = await asyncpg.connect(dsn, timeout=30)
+    try:
+        # Seeding is not a change anyone subscribes to: skip the capture
+        # trigger (superuser only; otherwise the bridge sequences the seed).
+        with contextlib.suppress(asyncpg.PostgresError):
+            await conn.execute("SET session_replication_role = replica")
+        async with conn.transaction():
+            for table in ("public.positions", "bench.floor_positions"):
+                await conn.execute(f"DELETE FROM {table}")
+                await conn.execute(
+                    f"INSERT INTO {table} (id, user_id, symbol, quantity, entry_price, "
+                    "current_price) SELECT g, 'u' || (g - 1), 'BENCH', -1, 100, 100 "
+                    f"FROM generate_series(1, {users}) g"
+                )
+        await conn.execute("VACUUM ANALYZE public.positions")
+        await conn.execute("VACUUM ANALYZE bench.floor_positions")
     finally:
         await conn.close()
 
@@ -94,6 +198,7 @@ class BenchDatabase:
             self.created = name
             self.dsn = with_database(self.admin_dsn, name)
         asyncio.run(migrate(self.dsn))
+        asyncio.run(_execute(self.dsn, BENCH_SCHEMA))
 
     def stop(self) -> None:
         if self.created is not None and self.admin_dsn is not None:
@@ -108,48 +213,30 @@ class BenchDatabase:
             embedded, self.embedded = self.embedded, None
             embedded.stop("immediate")
 
-    def seed_positions(self, users: int) -> None:
-        """One open position per user u0 … u<users-1>, with id = user index + 1."""
-        asyncio.run(
-            _execute(
-                self.dsn,
-                "DELETE FROM public.positions",
-                "INSERT INTO public.positions "
-                "(id, user_id, symbol, quantity, entry_price, current_price) "
-                "SELECT g, 'u' || (g - 1), 'BENCH', -1, 100, 100 "
-                f"FROM generate_series(1, {users}) g",
-            )
-        )
+    def seed(self, users: int) -> None:
+        """One open position per user u0 … u<users-1> (id = index + 1), in both tables."""
+        asyncio.run(_seed(self.dsn, users))
 
     def outbox_head(self) -> int:
         """The newest outbox id (changes after it belong to the next run)."""
-        return int(
-            str(
-                asyncio.run(
-                    _fetchval(self.dsn, "SELECT coalesce(max(id), 0) FROM realtime_bridge.outbox")
-                )
-            )
+        value = asyncio.run(
+            _fetchval(self.dsn, "SELECT coalesce(max(id), 0) FROM realtime_bridge.outbox")
         )
+        return int(str(value))
 
     def sequencing_delays_ms(self, after_id: int) -> list[float]:
         """Trigger → numbered by the sequencer, per positions change after `after_id`, sorted.
 
         The trigger's clock_timestamp() is taken before COMMIT, so this includes the
-        rest of the writer's transaction.
+        rest of the writer's transaction (and its commit).
         """
-        return asyncio.run(
-            _fetch_floats(
-                self.dsn,
-                "SELECT extract(epoch FROM sequenced_at - created_at) * 1000 "
-                "FROM realtime_bridge.outbox "
-                "WHERE id > $1 AND table_name = 'positions' AND sequenced_at IS NOT NULL "
-                "ORDER BY 1",
-                after_id,
-            )
-        )
+        return asyncio.run(_sequencing(self.dsn, after_id))
 
     def version(self) -> str:
         return str(asyncio.run(_fetchval(self.dsn, "SHOW server_version")))
+
+    def setting(self, name: str) -> str:
+        return str(asyncio.run(_fetchval(self.dsn, "SELECT current_setting($1)", name)))
 
     def postmaster(self) -> psutil.Process | None:
         """The embedded server's postmaster (its CPU is reported); None for DATABASE_URL."""

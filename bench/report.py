@@ -1,4 +1,4 @@
-"""Figures: percentiles, the machine, the printed table and the JSON file."""
+"""Figures: percentiles, medians, the machine, the printed tables and the JSON file."""
 
 from __future__ import annotations
 
@@ -6,17 +6,54 @@ import json
 import math
 import os
 import platform
+import statistics
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+Number = float | int
 
 
-@dataclass(frozen=True)
+@dataclass
 class Record:
+    """One figure. `target` says what it must be, `met` whether it is (None: no target).
+
+    `floor` is the raw floor's figure for the same metric in the same run and
+    `ratio` = value ÷ floor. `runs` holds the individual repetitions the value
+    is the median of. Detail records (CPU, connect times …) are printed in a
+    second table; all records go to the JSON file.
+    """
+
     scenario: str
     metric: str
-    value: float | int | str | None
+    value: Number | str | None
     unit: str
+    target: str | None = None
+    met: bool | None = None
+    floor: Number | None = None
+    ratio: float | None = None
+    runs: list[Number] = field(default_factory=list)
+    detail: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "scenario": self.scenario,
+            "metric": self.metric,
+            "value": self.value,
+            "unit": self.unit,
+            "target": self.target,
+            "met": self.met,
+            "floor": self.floor,
+            "ratio": self.ratio,
+        }
+        if len(self.runs) > 1:
+            body["runs"] = self.runs
+        return body
+
+
+def detail(scenario: str, metric: str, value: Number | str | None, unit: str) -> Record:
+    return Record(scenario, metric, value, unit, detail=True)
 
 
 def percentile(ordered: Sequence[float], fraction: float) -> float | None:
@@ -25,6 +62,17 @@ def percentile(ordered: Sequence[float], fraction: float) -> float | None:
         return None
     rank = max(1, min(len(ordered), math.ceil(fraction * len(ordered) - 1e-9)))
     return ordered[rank - 1]
+
+
+def median(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def ratio(value: float | None, floor: float | None) -> float | None:
+    if value is None or floor is None or floor == 0:
+        return None
+    return value / floor
 
 
 def cpu_model() -> str:
@@ -39,20 +87,20 @@ def cpu_model() -> str:
 
 def machine_records(postgres_version: str, database: str) -> list[Record]:
     return [
-        Record("machine", "cpu count", os.cpu_count() or 0, "cpus"),
-        Record("machine", "cpu model", cpu_model(), ""),
-        Record("machine", "python", platform.python_version(), ""),
-        Record("machine", "postgres", postgres_version, ""),
-        Record("machine", "database", database, ""),
-        Record("machine", "platform", platform.platform(), ""),
+        detail("machine", "cpu count", os.cpu_count() or 0, "cpus"),
+        detail("machine", "cpu model", cpu_model(), ""),
+        detail("machine", "python", platform.python_version(), ""),
+        detail("machine", "postgres", postgres_version, ""),
+        detail("machine", "database", database, ""),
+        detail("machine", "platform", platform.platform(), ""),
     ]
 
 
-def _format(value: float | int | str | None) -> str:
+def fmt(value: Number | str | None) -> str:
     if value is None:
-        return "n/a"
+        return "—"
     if isinstance(value, bool):
-        return str(value)
+        return "yes" if value else "no"
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, float):
@@ -68,43 +116,64 @@ def _format(value: float | int | str | None) -> str:
     return value
 
 
-def render_table(records: Sequence[Record]) -> str:
-    """Machine lines first, then one column of values per scenario."""
-    lines: list[str] = []
-    machine = [r for r in records if r.scenario in ("machine", "run")]
-    for record in machine:
-        unit = f" {record.unit}" if record.unit else ""
-        lines.append(f"{record.metric + ':':<10} {_format(record.value)}{unit}")
-    scenarios = list(dict.fromkeys(r.scenario for r in records if r not in machine))
-    if not scenarios:
-        return "\n".join(lines)
-    metrics: dict[str, str] = {}
-    values: dict[tuple[str, str], str] = {}
-    for record in records:
-        if record in machine:
-            continue
-        metrics.setdefault(record.metric, record.unit)
-        values[record.scenario, record.metric] = _format(record.value)
-    name_width = max(len("metric"), *(len(m) for m in metrics))
-    unit_width = max(len("unit"), *(len(u) for u in metrics.values()))
-    widths = [max(len(s), *(len(values.get((s, m), "")) for m in metrics), 8) for s in scenarios]
-    header = (
-        f"{'metric':<{name_width}}  "
-        + "  ".join(f"{s:>{w}}" for s, w in zip(scenarios, widths, strict=True))
-        + f"  {'unit':<{unit_width}}"
-    )
-    lines += ["", header, "-" * len(header)]
-    for metric, unit in metrics.items():
-        cells = "  ".join(
-            f"{values.get((s, metric), '—'):>{w}}" for s, w in zip(scenarios, widths, strict=True)
-        )
-        lines.append(f"{metric:<{name_width}}  {cells}  {unit:<{unit_width}}".rstrip())
-    return "\n".join(lines)
+def _value_cell(record: Record) -> str:
+    text = fmt(record.value)
+    if len(record.runs) > 1:
+        text += f" ({fmt(min(record.runs))}–{fmt(max(record.runs))})"
+    return text
+
+
+def _met_cell(record: Record) -> str:
+    if record.met is None:
+        return "—" if record.target is None else "n/a"
+    return "met" if record.met else "NOT MET"
+
+
+def _table(headers: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    out = [line(headers), "-" * len(line(headers))]
+    out += [line(r) for r in rows]
+    return out
+
+
+def render_main(records: Sequence[Record]) -> str:
+    rows = [
+        [
+            r.scenario,
+            r.metric,
+            _value_cell(r),
+            r.unit,
+            r.target or "",
+            _met_cell(r),
+            fmt(r.floor) if r.floor is not None else "",
+            f"{r.ratio:.2f}×" if r.ratio is not None else "",
+        ]
+        for r in records
+        if not r.detail
+    ]
+    if not rows:
+        return ""
+    headers = ["scenario", "metric", "value (min–max)", "unit", "target", "met", "floor", "ratio"]
+    return "\n".join(_table(headers, rows, right={2, 6, 7}))
+
+
+def render_details(records: Sequence[Record]) -> str:
+    rows = [[r.scenario, r.metric, fmt(r.value), r.unit] for r in records if r.detail]
+    if not rows:
+        return ""
+    return "\n".join(_table(["scenario", "detail", "value", "unit"], rows, right={2}))
 
 
 def write_json(records: Sequence[Record], path: Path) -> None:
     """Write atomically (a .tmp file renamed over the old results)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps([asdict(r) for r in records], indent=2) + "\n")
+    tmp.write_text(json.dumps([r.to_json() for r in records], indent=2) + "\n")
     tmp.replace(path)

@@ -1,48 +1,183 @@
-"""The two loads, each against a freshly started bridge.
+"""The scenarios, run as sessions against one server at a time.
 
-per-user: N sockets, each subscribed to `position-updates` filtered to its
-own user; the writer updates the users' rows round-robin at a fixed rate,
-so every change has exactly one receiver.
+Each session starts one server, connects the shared client fleet to it,
+runs the loads and stops it. The same clients, writer and loads run
+against the real bridge (``real``), the raw floor (``floor``) and the naive
+approach (``naive``); figures are compared in `bench.records`.
 
-fan-out: N sockets, each subscribed to the unfiltered `public.positions`
-table channel; the writer commits as fast as it can (up to a count), so
-every change has N receivers.
+* main session (real, floor): P1 per-user latency, P2 capacity ramp, P3
+  fan-out burst, and (real only, no clients) P6 capture cost;
+* naive session: P1 and P3 again, then the 5-second polling clients (P8);
+* idle session (real, through the counting proxy): P4 memory, P5 hold
+  with heartbeats (P7 idle queries counted meanwhile), the same write load
+  as the polling comparison (P8, ours), then the P5 stretch;
+* idle session (floor): P4 memory.
 """
 
 from __future__ import annotations
 
-import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.context import SpawnContext
 from pathlib import Path
-from typing import Any
 
 import psutil
 
-from bench.clients import ClientFleet, Delivery, SocketSpec
-from bench.config import FAN_OUT, PER_USER, BenchConfig
-from bench.database import BenchDatabase
-from bench.report import Record, percentile
-from bench.server import BridgeServer, cpu_seconds, tree_cpu_seconds
-from bench.writer import Writer, WriterPlan, WriterResult
+from bench.clients import ClientFleet, Delivery, Health, OpenReport, SocketSpec
+from bench.config import REPO, BenchConfig
+from bench.database import BenchDatabase, host_port, via_port
+from bench.limits import Placement, pin
+from bench.pgproxy import CountingProxy, Snapshot
+from bench.profiling import Profiler, summarise
+from bench.report import percentile
+from bench.servers import (
+    BridgeServer,
+    FloorServer,
+    NaiveServer,
+    ServerProcess,
+    cpu_seconds,
+    tree_cpu_seconds,
+)
+from bench.writer import InsertPlan, UpdatePlan, Writer, WriterResult
+
+PROFILES = REPO / "bench" / "results"
+
+
+def say(scope: str, message: str) -> None:
+    print(f"[{scope}] {message}", flush=True)
+
+
+# measurements ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
+class Cpu:
+    at: float
+    server: float
+    clients: float
+    writer: float
+    postgres: float | None
+    machine: float  # CPU-seconds of every core not idle, machine-wide
+
+
+@dataclass
+class Run:
+    """One write load against one server and what the clients saw."""
+
+    kind: str
+    written: WriterResult
+    receivers: int
+    delivery: Delivery
+    latencies: list[float]
+    cpu: dict[str, float | None]  # % of one core per side, machine % of all cores
+    window: float
+    sequencing: list[float] = field(default_factory=list)  # real: trigger → sequenced, ms
+    closed_early: int = 0  # sockets the server closed (cumulative for the open sockets)
+    closed_example: str | None = None
+
+    @property
+    def expected(self) -> int:
+        return self.written.committed * self.receivers
+
+    @property
+    def distinct(self) -> int:
+        return self.delivery.received - self.delivery.duplicates - self.delivery.unknown
+
+    @property
+    def lost(self) -> int:
+        return self.expected - self.distinct
+
+    @property
+    def p50(self) -> float | None:
+        return percentile(self.latencies, 0.50)
+
+    @property
+    def p99(self) -> float | None:
+        return percentile(self.latencies, 0.99)
+
+    @property
+    def throughput(self) -> float | None:
+        """Distinct frames delivered per second, writer start → last arrival."""
+        last = self.delivery.last_arrival
+        if last is None or last <= self.written.started:
+            return None
+        return self.distinct / (last - self.written.started)
+
+
+@dataclass
+class Step:
+    rate: float
+    run: Run
+    passed: bool
+
+
+@dataclass
+class Idle:
+    """P4 / P5 / P7 of one server."""
+
+    kind: str
+    target: int
+    opened: OpenReport | None = None
+    rss0: int = 0
+    rss_n: int = 0
+    held: Health | None = None
+    hold_seconds: float = 0.0
+    queries: Snapshot | None = None
+    stretch_open: int | None = None
+    stretch_errors: list[str] = field(default_factory=list)
+    stretch_health: Health | None = None
+    server_alive_after: bool = True
+
+    @property
+    def bytes_per_connection(self) -> float | None:
+        connected = self.opened.connected if self.opened else 0
+        if not connected:
+            return None
+        return (self.rss_n - self.rss0) / connected
+
+
+@dataclass
+class Polling:
+    clients: int
+    requests: int
+    window: float
+    queries: int  # the poll SELECTs
+    statements: Snapshot  # everything the naive server sent to Postgres
+    run: Run
+    errors: list[str]
+    reconnects: int
+
+
+@dataclass
+class Results:
+    p1: dict[str, list[Run]] = field(default_factory=dict)
+    p2: dict[str, list[Step]] = field(default_factory=dict)
+    p3: dict[str, list[Run]] = field(default_factory=dict)
+    p6: dict[str, list[float]] = field(default_factory=dict)  # "plain-1" → rows/s per run
+    idle: dict[str, Idle] = field(default_factory=dict)
+    ours_under_poll_load: tuple[Run, Snapshot, float] | None = None  # run, statements, window
+    polling: Polling | None = None
+    connect: dict[str, OpenReport] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    profiles: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
 class Environment:
     ctx: SpawnContext
     config: BenchConfig
     db: BenchDatabase
     workdir: Path
+    place: Placement
+    fleet: ClientFleet
+    writer: Writer
+    results: Results
+    next_marker: int = 0
 
-
-@dataclass(frozen=True)
-class CpuSnapshot:
-    at: float
-    server: float
-    clients: float
-    postgres: float | None
-    machine_busy: float  # CPU-seconds of every core not idle, machine-wide
+    def base(self, count: int) -> int:
+        base = self.next_marker
+        self.next_marker += count + 1000
+        return base
 
 
 def _machine_busy() -> float:
@@ -51,50 +186,38 @@ def _machine_busy() -> float:
     return float(sum(times)) - idle
 
 
-def _snapshot(server: BridgeServer, clients: list[Any], postgres: Any) -> CpuSnapshot:
-    return CpuSnapshot(
+def _cpu(env: Environment, server: ServerProcess) -> Cpu:
+    postgres = env.db.postmaster()
+    writer = psutil.Process(env.writer.pid) if env.writer.pid else None
+    return Cpu(
         at=time.time(),
         server=server.cpu_seconds(),
-        clients=sum(cpu_seconds(p) for p in clients),
+        clients=sum(cpu_seconds(psutil.Process(pid)) for pid in env.fleet.pids),
+        writer=cpu_seconds(writer) if writer is not None else 0.0,
         postgres=tree_cpu_seconds(postgres) if postgres is not None else None,
-        machine_busy=_machine_busy(),
+        machine=_machine_busy(),
     )
 
 
-def _say(scenario: str, message: str) -> None:
-    print(f"[{scenario}] {message}", flush=True)
+def _cpu_share(before: Cpu, after: Cpu) -> tuple[dict[str, float | None], float]:
+    window = max(after.at - before.at, 1e-9)
 
+    def share(a: float | None, b: float | None) -> float | None:
+        # Clamped: a process tree that lost a child (a closed Postgres backend) can shrink.
+        return None if a is None or b is None else max(b - a, 0.0) / window * 100
 
-def run_per_user(env: Environment) -> list[Record]:
-    n = env.config.clients
-    specs = [
-        SocketSpec(
-            {"type": "subscribe", "channel": "position-updates", "filters": {"user_id": f"u{i}"}},
-            owner=i,
-        )
-        for i in range(n)
-    ]
-    plan = WriterPlan(
-        users=n,
-        rate=env.config.rate,
-        duration=env.config.duration,
-        max_events=max(1, round(env.config.rate * env.config.duration)),
-        connections=env.config.writer_connections,
-    )
-    return _run(env, PER_USER, specs, plan, receivers_per_change=1)
-
-
-def run_fan_out(env: Environment) -> list[Record]:
-    n = env.config.clients
-    specs = [SocketSpec({"type": "subscribe", "table": "public.positions"}) for _ in range(n)]
-    plan = WriterPlan(
-        users=n,
-        rate=env.config.fanout_rate,
-        duration=env.config.duration,
-        max_events=env.config.fanout_events,
-        connections=env.config.writer_connections,
-    )
-    return _run(env, FAN_OUT, specs, plan, receivers_per_change=n)
+    sides: dict[str, float | None] = {
+        "server": share(before.server, after.server),
+        "clients": share(before.clients, after.clients),
+        "writer": share(before.writer, after.writer),
+        "postgres": share(before.postgres, after.postgres),
+        "machine": share(before.machine, after.machine),
+    }
+    ours = sum(v or 0.0 for k, v in sides.items() if k != "machine")
+    machine = sides["machine"]
+    # CPU used by processes that are not part of the benchmark (other work on the box).
+    sides["others"] = None if machine is None else max(machine - ours, 0.0)
+    return sides, window
 
 
 def _drain(fleet: ClientFleet, expected: int, idle: float, limit: float) -> int:
@@ -113,157 +236,471 @@ def _drain(fleet: ClientFleet, expected: int, idle: float, limit: float) -> int:
         time.sleep(0.05)
 
 
-def _run(
+def run_load(
     env: Environment,
-    name: str,
-    specs: list[SocketSpec],
-    plan: WriterPlan,
-    receivers_per_change: int,
-) -> list[Record]:
-    config = env.config
-    _say(name, "starting the bridge")
-    with (
-        BridgeServer(env.db.dsn, env.workdir / f"bridge-{name}.log") as server,
-        ClientFleet(env.ctx, server.ws_url, specs, config.client_processes, plan.users) as fleet,
-    ):
-        ready = fleet.wait_ready(timeout=120 + 0.1 * len(specs))
-        if ready.failed:
-            raise RuntimeError(
-                f"{ready.failed} of {len(specs)} clients could not subscribe: "
-                + "; ".join(ready.errors)
-                + "\n"
-                + server.log_tail()
-            )
-        _say(
-            name,
-            f"{ready.connected} clients connected and subscribed in "
-            f"{ready.connect_seconds:.1f} s over {fleet.count_processes} process(es)",
-        )
-        client_ps = [psutil.Process(pid) for pid in fleet.pids]
-        postgres = env.db.postmaster()
-        with Writer(env.ctx, env.db.dsn, plan) as writer:
-            writer.wait_ready()
-            outbox_before = env.db.outbox_head()
-            time.sleep(0.5)  # let the subscriptions settle
-            before = _snapshot(server, client_ps, postgres)
-            writer.go()
-            pace = f"{plan.rate:g}/s" if plan.rate > 0 else "as fast as it can"
-            _say(name, f"writing ({pace}, up to {plan.max_events:,} changes)")
-            written = writer.wait_done()
-            if written.errors:
-                _say(name, f"writer errors: {'; '.join(written.errors)}")
-            expected = written.committed * receivers_per_change
-            _say(
-                name,
-                f"writer done: {written.committed:,} changes in "
-                f"{written.finished - written.started:.1f} s; waiting for {expected:,} frames",
-            )
-            _drain(fleet, expected, idle=config.drain_idle, limit=config.duration * 6 + 120)
-            after = _snapshot(server, client_ps, postgres)
-        delivery = fleet.results(written.commit_times)
-        stats = server.stats()
-        rss = server.rss_mb()
-    sequencing = env.db.sequencing_delays_ms(outbox_before)
-    return _records(
-        name,
-        config,
-        ready.connected,
-        ready.connect_seconds,
-        written,
-        expected,
-        delivery,
-        before,
-        after,
-        stats,
-        rss,
-        sequencing,
+    server: ServerProcess,
+    plan: UpdatePlan,
+    receivers: int,
+    *,
+    kind: str,
+    profile: str | None = None,
+) -> Run:
+    """One write load; wait for the frames; compute what the clients saw."""
+    profiler: Profiler | None = None
+    if profile is not None:
+        profiler = Profiler(server.pid, PROFILES / f"profile-{profile}.txt")
+        profiler.start()
+    outbox_before = env.db.outbox_head() if kind == "real" else None
+    before = _cpu(env, server)
+    env.writer.start_update(plan)
+    written = env.writer.wait_update(plan)
+    if written.errors:
+        say(kind, f"writer errors: {'; '.join(written.errors)}")
+    expected = written.committed * receivers
+    backlog_limit = max(plan.duration * 3, expected / 5000) + 30
+    _drain(env.fleet, expected, idle=env.config.drain_idle, limit=backlog_limit)
+    after = _cpu(env, server)
+    health = env.fleet.health()
+    if profiler is not None:
+        profiler.stop()
+        if profiler.error:
+            env.results.problems.append(f"profile {profile}: {profiler.error}")
+        else:
+            env.results.profiles[profile or ""] = summarise(profiler.output)
+    delivery = env.fleet.results(plan.base, written.commit_times, plan.users)
+    cpu, window = _cpu_share(before, after)
+    sequencing = env.db.sequencing_delays_ms(outbox_before) if outbox_before is not None else []
+    return Run(
+        kind=kind,
+        written=written,
+        receivers=receivers,
+        delivery=delivery,
+        latencies=sorted(delivery.latencies_ms),
+        cpu=cpu,
+        window=window,
+        sequencing=sequencing,
+        closed_early=health.closed_early,
+        closed_example=health.closed_examples[0] if health.closed_examples else None,
     )
 
 
-def _records(
-    name: str,
-    config: BenchConfig,
-    clients: int,
-    connect_seconds: float,
-    written: WriterResult,
-    expected: int,
-    delivery: Delivery,
-    before: CpuSnapshot,
-    after: CpuSnapshot,
-    stats: dict[str, Any],
-    rss_mb: float,
-    sequencing_ms: list[float],
-) -> list[Record]:
-    latencies = sorted(delivery.latencies_ms)
-    delivered = len(latencies)
-    write_seconds = max(written.finished - written.started, 1e-9)
-    window = max(after.at - before.at, 1e-9)
-    span = delivery.last_arrival - written.started if delivery.last_arrival is not None else None
-    commit_ms = sorted(written.commit_ms)
-    records = [
-        Record(name, "clients", clients, "sockets"),
-        Record(name, "connect + subscribe", connect_seconds, "s"),
-        Record(name, "changes committed", written.committed, "changes"),
-        Record(name, "write rate", written.committed / write_seconds, "changes/s"),
-        Record(name, "writer COMMIT p50", percentile(commit_ms, 0.50), "ms"),
-        Record(name, "frames expected", expected, "frames"),
-        Record(name, "frames received", delivered, "frames"),
-        Record(name, "events lost", expected - delivered, "frames"),
-        Record(name, "duplicates", delivery.duplicates, "frames"),
-    ]
-    if name == PER_USER:
-        records.append(Record(name, "misrouted", delivery.misrouted, "frames"))
-    records += [
-        Record(name, "latency min", latencies[0] if latencies else None, "ms"),
-        Record(name, "latency p50", percentile(latencies, 0.50), "ms"),
-        Record(name, "latency p90", percentile(latencies, 0.90), "ms"),
-        Record(name, "latency p99", percentile(latencies, 0.99), "ms"),
-        Record(name, "latency max", latencies[-1] if latencies else None, "ms"),
-        Record(name, "trigger → sequenced p50", percentile(sequencing_ms, 0.50), "ms"),
-        Record(name, "trigger → sequenced p99", percentile(sequencing_ms, 0.99), "ms"),
-        Record(
-            name,
-            "delivered events/s",
-            delivered / span if span is not None and span > 0 else None,
-            "frames/s",
-        ),
-        Record(name, "delivery time", span, "s"),
-        Record(name, "measured window", window, "s"),
-        Record(name, "server CPU", after.server - before.server, "s"),
-        Record(
-            name, "server CPU load", (after.server - before.server) / window * 100, "% of 1 core"
-        ),
-        Record(name, "client CPU", after.clients - before.clients, "s"),
-        Record(
-            name,
-            "machine CPU busy",
-            (after.machine_busy - before.machine_busy) / window * 100,
-            f"% of {os.cpu_count() or 1} cores",
-        ),
-        Record(
-            name,
-            "postgres CPU",
-            after.postgres - before.postgres
-            if after.postgres is not None and before.postgres is not None
-            else None,
-            "s",
-        ),
-        Record(name, "server RSS", rss_mb, "MiB"),
-        Record(name, "server frames out (live)", stats.get("events_out"), "frames"),
-        Record(name, "server frames replayed", stats.get("events_replayed"), "frames"),
-        Record(
-            name,
-            "slow-consumer cut-offs",
-            (stats.get("dropped") or {}).get("slow_consumers"),
-            "sockets",
-        ),
-        Record(name, "sockets closed early", len(delivery.closed_early), "sockets"),
-        Record(name, "other frames", sum(delivery.other_frames.values()), "frames"),
-    ]
-    if delivery.other_frames:
-        _say(name, f"non-db_change frames received: {delivery.other_frames}")
-    if delivery.closed_early:
-        _say(name, f"sockets closed early, e.g.: {delivery.closed_early[0]}")
-    if delivery.unknown:
-        _say(name, f"{delivery.unknown} frames carried a marker the writer never committed")
-    return records
+def _describe(run: Run) -> str:
+    def ms(value: float | None) -> str:
+        return "—" if value is None else f"{value:.2f}"
+
+    rate = run.throughput
+    return (
+        f"{run.written.committed:,} changes at {run.written.rate:,.0f}/s → "
+        f"{run.distinct:,}/{run.expected:,} frames, lost {run.lost:,}"
+        + (
+            f" ({run.closed_early:,} sockets closed: {run.closed_example})"
+            if run.closed_early
+            else ""
+        )
+        + f", p50 {ms(run.p50)} ms, "
+        f"p99 {ms(run.p99)} ms, {rate or 0:,.0f} frames/s; CPU server "
+        f"{run.cpu['server'] or 0:.0f}%, clients {run.cpu['clients'] or 0:.0f}%, "
+        f"postgres {run.cpu['postgres'] or 0:.0f}%, others {run.cpu['others'] or 0:.0f}%"
+        + (
+            f"; trigger → sequenced p50 {ms(percentile(run.sequencing, 0.5))} ms"
+            if run.sequencing
+            else ""
+        )
+    )
+
+
+# socket specs ---------------------------------------------------------------------------
+
+
+def per_user_specs(server: ServerProcess, users: range) -> list[SocketSpec]:
+    if isinstance(server, BridgeServer):
+        # A signed-in browser: its own `authenticated` token, its own rows.
+        return [SocketSpec(f"apikey={server.user_token(u)}", u) for u in users]
+    return [SocketSpec("", u) for u in users]
+
+
+def table_specs(server: ServerProcess, count: int) -> list[SocketSpec]:
+    query = f"apikey={server.service_key}" if isinstance(server, BridgeServer) else ""
+    return [SocketSpec(query, None)] * count
+
+
+def _open(env: Environment, server: ServerProcess, specs: list[SocketSpec], label: str) -> bool:
+    profiler: Profiler | None = None
+    if env.config.profile and label == "real per-user":
+        profiler = Profiler(server.pid, PROFILES / "profile-connect.txt")
+        profiler.start()
+    report = env.fleet.open(server.ws_url, specs)
+    if profiler is not None:
+        profiler.stop()
+        if profiler.error:
+            env.results.problems.append(f"profile connect: {profiler.error}")
+        else:
+            env.results.profiles["connect"] = summarise(profiler.output)
+    env.results.connect[label] = report
+    say(
+        label,
+        f"{report.connected:,} of {len(specs):,} sockets connected and subscribed in "
+        f"{report.seconds:.1f} s",
+    )
+    if report.failed:
+        problem = f"{label}: {report.failed} of {len(specs)} sockets failed: " + "; ".join(
+            report.errors[:3]
+        )
+        env.results.problems.append(problem)
+        say(label, problem)
+        return False
+    return True
+
+
+# sessions -------------------------------------------------------------------------------
+
+
+def _server(env: Environment, kind: str, dsn: str | None = None) -> ServerProcess:
+    log = env.workdir / f"{kind}-{time.monotonic_ns()}.log"
+    cpus = env.place.server
+    if kind == "real":
+        return BridgeServer(dsn or env.db.dsn, log, cpus)
+    if kind == "floor":
+        return FloorServer(dsn or env.db.dsn, log, cpus)
+    raise ValueError(kind)
+
+
+def main_session(env: Environment, kind: str) -> None:
+    """P1, P2, P3 (and P6 for the real bridge) against one server."""
+    config = env.config
+    with _server(env, kind) as server:
+        say(kind, f"{server.name} up on port {server.port} (pid {server.pid})")
+        if config.wants("P1", "P2"):
+            per_user(env, server, kind, ramp=config.wants("P2"), p1=config.wants("P1"))
+        if config.wants("P3"):
+            fan_out(env, server, kind)
+        if kind == "real" and config.wants("P6"):
+            capture_cost(env)
+        if isinstance(server, BridgeServer):
+            stats = server.stats()
+            slow = (stats.get("dropped") or {}).get("slow_consumers")
+            if slow:
+                env.results.problems.append(f"{kind}: {slow} slow-consumer cut-offs")
+
+
+def per_user(
+    env: Environment, server: ServerProcess, kind: str, *, ramp: bool, p1: bool = True
+) -> None:
+    config = env.config
+    n = config.clients
+    if not _open(env, server, per_user_specs(server, range(n)), f"{kind} per-user"):
+        env.fleet.close_sockets()
+        return
+    time.sleep(0.5)
+    if p1:
+        for rep in range(config.reps):
+            plan = UpdatePlan(
+                target="floor" if kind != "real" else "real",
+                base=env.base(int(config.p1_rate * config.p1_duration)),
+                users=n,
+                rate=config.p1_rate,
+                duration=config.p1_duration,
+                max_events=int(config.p1_rate * config.p1_duration),
+                connections=config.writer_connections,
+            )
+            profile = "P1" if config.profile and kind == "real" and rep == 0 else None
+            run = run_load(env, server, plan, 1, kind=kind, profile=profile)
+            env.results.p1.setdefault(kind, []).append(run)
+            say(f"{kind} P1 #{rep + 1}", _describe(run))
+    if ramp and kind != "naive":
+        steps = env.results.p2.setdefault(kind, [])
+        for rate in config.p2_rates:
+            count = int(rate * config.p2_step)
+            plan = UpdatePlan(
+                target="floor" if kind != "real" else "real",
+                base=env.base(count),
+                users=n,
+                rate=rate,
+                duration=config.p2_step,
+                max_events=count,
+                connections=config.writer_connections,
+            )
+            run = run_load(env, server, plan, 1, kind=kind)
+            passed = (
+                run.p99 is not None
+                and run.p99 <= 100.0
+                and run.lost == 0
+                and run.written.rate >= 0.95 * rate
+            )
+            steps.append(Step(rate, run, passed))
+            say(f"{kind} P2 @{rate:,.0f}/s", ("pass: " if passed else "FAIL: ") + _describe(run))
+            if not passed:
+                break
+            time.sleep(0.5)
+    env.fleet.close_sockets()
+
+
+def fan_out(env: Environment, server: ServerProcess, kind: str) -> None:
+    config = env.config
+    n = config.clients
+    if not _open(env, server, table_specs(server, n), f"{kind} fan-out"):
+        env.fleet.close_sockets()
+        return
+    time.sleep(0.5)
+    for rep in range(config.reps):
+        plan = UpdatePlan(
+            target="floor" if kind != "real" else "real",
+            base=env.base(config.p3_events),
+            users=n,
+            rate=0,
+            duration=60,
+            max_events=config.p3_events,
+            connections=config.writer_connections,
+        )
+        profile = "P3" if config.profile and kind == "real" and rep == 0 else None
+        run = run_load(env, server, plan, n, kind=kind, profile=profile)
+        env.results.p3.setdefault(kind, []).append(run)
+        say(f"{kind} P3 #{rep + 1}", _describe(run))
+        time.sleep(0.5)
+    env.fleet.close_sockets()
+
+
+def capture_cost(env: Environment) -> None:
+    """P6: INSERT throughput into a plain and a captured table (the bridge is running)."""
+    config = env.config
+    connections = min(8, config.writer_connections)
+    for rows in (1, 100):
+        for rep in range(config.reps):
+            # Alternate the order so neither table always goes first.
+            order = ("plain", "tracked") if rep % 2 == 0 else ("tracked", "plain")
+            for table in order:
+                result = env.writer.insert(
+                    InsertPlan(f"bench.capture_{table}", rows, config.p6_duration, connections)
+                )
+                if result.errors:
+                    env.results.problems.append(f"P6 {table}: {'; '.join(result.errors[:2])}")
+                env.results.p6.setdefault(f"{table}-{rows}", []).append(result.rows_per_second)
+                say(
+                    f"P6 {table} ×{rows}",
+                    f"{result.rows:,} rows in {result.seconds:.1f} s = "
+                    f"{result.rows_per_second:,.0f} rows/s",
+                )
+                time.sleep(0.3)
+
+
+def naive_session(env: Environment) -> None:
+    """The naive approach: P1 and P3 through the send_json loop, then the polling clients."""
+    config = env.config
+    with CountingProxy(env.ctx, host_port(env.db.dsn), env.place.load) as proxy:
+        server = NaiveServer(
+            env.db.dsn,
+            via_port(env.db.dsn, proxy.port),
+            env.workdir / "naive.log",
+            env.place.server,
+        )
+        with server:
+            say("naive", f"naive server up on port {server.port} (pid {server.pid})")
+            if config.wants("P1", "P8"):
+                per_user(env, server, "naive", ramp=False)
+            if config.wants("P3", "P8"):
+                fan_out(env, server, "naive")
+            if config.wants("P8"):
+                polling(env, server, proxy)
+
+
+def polling(env: Environment, server: NaiveServer, proxy: CountingProxy) -> None:
+    config = env.config
+    users = list(range(config.poll_clients))
+    report = env.fleet.poll_start(server.poll_url, users, config.poll_interval)
+    say("naive polling", f"{report.connected:,} polling clients every {config.poll_interval:g} s")
+    if report.failed:
+        env.results.problems.append(f"polling: {report.failed} clients could not connect")
+    time.sleep(1.0)
+    before = proxy.snapshot()
+    started = time.monotonic()
+    count = int(config.poll_rate * config.poll_duration)
+    plan = UpdatePlan(
+        target="floor",
+        base=env.base(count),
+        users=len(users),
+        rate=config.poll_rate,
+        duration=config.poll_duration,
+        max_events=count,
+        connections=4,
+    )
+    cpu_before = _cpu(env, server)
+    env.writer.start_update(plan)
+    written = env.writer.wait_update(plan)
+    time.sleep(config.poll_interval + 0.5)  # the last changes get polled
+    after = proxy.snapshot()
+    window = time.monotonic() - started
+    cpu_after = _cpu(env, server)
+    requests, reconnects, errors = env.fleet.poll_stop()
+    if errors:
+        env.results.problems.append(f"polling: {'; '.join(errors[:3])}")
+    delivery = env.fleet.results(plan.base, written.commit_times, len(users), polling=True)
+    cpu, cpu_window = _cpu_share(cpu_before, cpu_after)
+    run = Run("naive", written, 1, delivery, sorted(delivery.latencies_ms), cpu, cpu_window)
+    sent = after.minus(before)
+    env.results.polling = Polling(
+        clients=report.connected,
+        requests=requests,
+        window=window,
+        queries=sum(n for text, n in sent.by_text.items() if "bench.floor_positions" in text),
+        statements=sent,
+        run=run,
+        errors=errors,
+        reconnects=reconnects,
+    )
+    say(
+        "naive polling",
+        f"{after.minus(before).statements:,} statements in {window:.1f} s; " + _describe(run),
+    )
+
+
+def idle_session(env: Environment, kind: str) -> None:
+    """P4 memory; for the bridge also P5 hold (+ P7 idle queries), P8 ours, P5 stretch."""
+    config = env.config
+    n = config.idle_clients if config.wants("P4", "P5", "P7") else config.poll_clients
+    idle = Idle(kind, n)
+    env.results.idle[kind] = idle
+    if kind == "floor":
+        with _server(env, "floor") as server:
+            _idle_memory(env, server, idle, n)
+            env.fleet.close_sockets()
+        return
+    with CountingProxy(env.ctx, host_port(env.db.dsn), env.place.load) as proxy:
+        bridge = _server(env, "real", via_port(env.db.dsn, proxy.port))
+        assert isinstance(bridge, BridgeServer)
+        with bridge:
+            say("real idle", f"bridge up on port {bridge.port} (pid {bridge.pid}), via proxy")
+            if not _idle_memory(env, bridge, idle, n):
+                env.fleet.close_sockets()
+                return
+            if config.wants("P5", "P7") and config.hold > 0:
+                _hold(env, bridge, proxy, idle)
+            if config.wants("P8"):
+                _ours_under_poll_load(env, bridge, proxy)
+            if config.wants("P5") and config.stretch > n:
+                _stretch(env, bridge, idle, n)
+            idle.server_alive_after = bridge.alive()
+        env.fleet.close_sockets()
+
+
+def _idle_memory(env: Environment, server: ServerProcess, idle: Idle, n: int) -> bool:
+    time.sleep(1.0)
+    idle.rss0 = server.rss_bytes()
+    specs = per_user_specs(server, range(n))
+    idle.opened = env.fleet.open(server.ws_url, specs)
+    env.results.connect[f"{idle.kind} idle"] = idle.opened
+    say(
+        f"{idle.kind} idle",
+        f"{idle.opened.connected:,} of {n:,} sockets connected and subscribed in "
+        f"{idle.opened.seconds:.1f} s",
+    )
+    if idle.opened.failed:
+        env.results.problems.append(
+            f"{idle.kind} idle: {idle.opened.failed} of {n} sockets failed: "
+            + "; ".join(idle.opened.errors[:3])
+        )
+    time.sleep(2.0)
+    idle.rss_n = server.rss_bytes()
+    say(
+        f"{idle.kind} P4",
+        f"RSS {idle.rss0 / 2**20:.1f} MiB at 0 → {idle.rss_n / 2**20:.1f} MiB at "
+        f"{idle.opened.connected:,}: {(idle.bytes_per_connection or 0) / 1024:.1f} KiB each",
+    )
+    return idle.opened.connected > 0
+
+
+def _hold(env: Environment, bridge: BridgeServer, proxy: CountingProxy, idle: Idle) -> None:
+    config = env.config
+    env.fleet.heartbeat(config.heartbeat)
+    say(
+        "real P5",
+        f"holding {idle.opened.connected if idle.opened else 0:,} sockets for "
+        f"{config.hold:g} s, each pinging every {config.heartbeat:g} s",
+    )
+    before = proxy.snapshot()
+    started = time.monotonic()
+    deadline = started + config.hold
+    while time.monotonic() < deadline:
+        time.sleep(min(30.0, max(deadline - time.monotonic(), 0)))
+        health = env.fleet.health()
+        say(
+            "real P5",
+            f"{time.monotonic() - started:4.0f} s: {health.open:,} open, "
+            f"{health.closed_early} closed early, {health.pongs:,}/{health.pings_sent:,} pongs",
+        )
+    after = proxy.snapshot()
+    idle.hold_seconds = time.monotonic() - started
+    idle.queries = after.minus(before)
+    env.fleet.heartbeat(0)
+    time.sleep(1.0)  # the last pongs
+    idle.held = env.fleet.health()
+
+
+def _ours_under_poll_load(env: Environment, bridge: BridgeServer, proxy: CountingProxy) -> None:
+    config = env.config
+    count = int(config.poll_rate * config.poll_duration)
+    plan = UpdatePlan(
+        target="real",
+        base=env.base(count),
+        users=config.poll_clients,
+        rate=config.poll_rate,
+        duration=config.poll_duration,
+        max_events=count,
+        connections=4,
+    )
+    before = proxy.snapshot()
+    started = time.monotonic()
+    run = run_load(env, bridge, plan, 1, kind="real")
+    window = time.monotonic() - started
+    sent = proxy.snapshot().minus(before)
+    env.results.ours_under_poll_load = (run, sent, window)
+    say("real P8", f"{sent.statements:,} statements in {window:.1f} s; " + _describe(run))
+
+
+def _stretch(env: Environment, bridge: BridgeServer, idle: Idle, n: int) -> None:
+    config = env.config
+    chunk = 2500
+    opened = n
+    say("real P5 stretch", f"adding sockets up to {config.stretch:,}")
+    while opened < config.stretch:
+        size = min(chunk, config.stretch - opened)
+        report = env.fleet.open(bridge.ws_url, per_user_specs(bridge, range(opened, opened + size)))
+        opened += report.connected
+        say("real P5 stretch", f"+{report.connected:,} ({report.failed} failed): {opened:,} open")
+        if report.failed or not bridge.alive():
+            idle.stretch_errors = report.errors[:3]
+            break
+    time.sleep(10.0)
+    idle.stretch_health = env.fleet.health()
+    idle.stretch_open = idle.stretch_health.open
+    say(
+        "real P5 stretch",
+        f"after 10 s: {idle.stretch_health.open:,} open, "
+        f"{idle.stretch_health.closed_early} closed early",
+    )
+
+
+def pg_seed_users(config: BenchConfig) -> int:
+    return max(config.clients, config.idle_clients, config.stretch, config.poll_clients)
+
+
+def pin_postgres(env: Environment) -> None:
+    postmaster = env.db.postmaster()
+    if postmaster is not None and env.place.load:
+        pin(postmaster.pid, env.place.load, children=True)
+
+
+def fd_note() -> str:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return f"{soft:,} soft / {hard:,} hard"
+
+
+def profiles_text(results: Results) -> list[str]:
+    lines: list[str] = []
+    for name, summary in results.profiles.items():
+        lines.append(
+            f"py-spy profile of the bridge during {name} (real): bench/results/profile-{name}.txt"
+        )
+        lines += [f"  {line}" for line in summary]
+    return lines

@@ -1,11 +1,15 @@
-"""The writer process: position UPDATEs, each its own transaction, timed at COMMIT.
+"""The writer process: paced UPDATEs timed at COMMIT, and INSERT throughput runs.
 
-Change number k (the *marker*, 0, 1, 2, …) sets ``quantity = k`` on the row
-of user ``k % users``; the client reads it back from ``data.quantity``. The
+Change number k of a run sets ``quantity = base + k`` (the *marker*) on the
+row of user ``k % users``; clients read it back from ``data.quantity``. The
 commit time of change k is ``time.time()`` right after its autocommitted
-UPDATE returns, i.e. after COMMIT. Paced mode schedules change k at
+UPDATE returns, i.e. after COMMIT. Paced runs schedule change k at
 ``t0 + k / rate`` over several connections, so one slow commit does not
-delay the ones after it.
+delay the ones after it; a run that cannot keep up stops issuing after
+1.5 × its duration (its achieved rate then shows it).
+
+The process keeps its connections between runs (the parent sends one
+command per run), so a ramp of short runs pays no start-up.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import signal
 import time
 from array import array
@@ -24,13 +29,25 @@ from typing import Any
 
 import asyncpg
 
-UPDATE_SQL = (
-    "UPDATE public.positions SET quantity = $1::bigint, current_price = $2::float8 WHERE id = $3"
+from bench.limits import event_loop_factory, pin
+
+UPDATE_SQL = {
+    "real": "UPDATE public.positions SET quantity = $1::bigint, current_price = $2::float8 "
+    "WHERE id = $3",
+    "floor": "UPDATE bench.floor_positions SET quantity = $1::bigint, current_price = $2::float8, "
+    "updated_at = clock_timestamp() WHERE id = $3",
+}
+INSERT_ONE = "INSERT INTO {table} (user_id, symbol, quantity, price) VALUES ($1, 'BENCH', $2, 100)"
+INSERT_MANY = (
+    "INSERT INTO {table} (user_id, symbol, quantity, price) "
+    "SELECT 'u' || (g % 1000), 'BENCH', g, 100 FROM generate_series(1, {rows}) g"
 )
 
 
 @dataclass(frozen=True)
-class WriterPlan:
+class UpdatePlan:
+    target: str  # "real" (public.positions) or "floor" (bench.floor_positions)
+    base: int  # first marker
     users: int
     rate: float  # changes per second; 0 = as fast as the connections go
     duration: float  # seconds
@@ -40,7 +57,8 @@ class WriterPlan:
 
 @dataclass
 class WriterResult:
-    commit_times: array[float]  # indexed by marker; NaN where the UPDATE failed
+    base: int
+    commit_times: array[float]  # indexed by marker - base; NaN where the UPDATE failed
     commit_ms: array[float]  # issue → commit duration of each successful UPDATE
     issued: int
     failed: int
@@ -52,97 +70,162 @@ class WriterResult:
     def committed(self) -> int:
         return self.issued - self.failed
 
+    @property
+    def rate(self) -> float:
+        return self.committed / max(self.finished - self.started, 1e-9)
 
-def writer_main(control: Connection, dsn: str, plan: WriterPlan) -> None:
+
+@dataclass(frozen=True)
+class InsertPlan:
+    table: str
+    rows_per_statement: int
+    duration: float
+    connections: int
+
+
+@dataclass
+class InsertResult:
+    rows: int
+    statements: int
+    seconds: float
+    errors: list[str]
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / max(self.seconds, 1e-9)
+
+
+def writer_main(control: Connection, dsn: str, connections: int, cpus: list[int] | None) -> None:
     """Entry point of the writer process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent cleans up on Ctrl-C
-    asyncio.run(_write(control, dsn, plan))
+    if cpus:
+        pin(os.getpid(), cpus)
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(_serve(control, dsn, connections))
 
 
-async def _write(control: Connection, dsn: str, plan: WriterPlan) -> None:
+async def _serve(control: Connection, dsn: str, count: int) -> None:
     loop = asyncio.get_running_loop()
-    connections = [await asyncpg.connect(dsn, timeout=30) for _ in range(plan.connections)]
+    connections = [await asyncpg.connect(dsn, timeout=30) for _ in range(count)]
     try:
         for conn in connections:
             await conn.execute("SET synchronous_commit = on")
-            await conn.prepare(UPDATE_SQL)
-        capacity = plan.max_events
-        if plan.rate > 0:
-            capacity = min(capacity, max(1, round(plan.rate * plan.duration)))
-        commits = array("d", [math.nan]) * capacity
-        commit_ms = array("d")
-        errors: list[str] = []
-        state = {"next": 0, "failed": 0}
         control.send(("ready", None))
-        await loop.run_in_executor(None, control.recv)  # "go"
-
-        started = time.time()
-        # A paced writer that cannot keep up keeps going, but not forever.
-        give_up = started + plan.duration * 3 + 10
-
-        async def work(conn: asyncpg.Connection) -> None:
-            while True:
-                marker = state["next"]
-                if marker >= capacity:
-                    return
-                now = time.time()
-                if plan.rate > 0:
-                    if now > give_up:
-                        return
-                    state["next"] += 1
-                    delay = started + marker / plan.rate - now
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                else:
-                    if now - started >= plan.duration:
-                        return
-                    state["next"] += 1
-                user = marker % plan.users
-                issued = time.time()
-                try:
-                    await conn.execute(UPDATE_SQL, marker, 100.0 + (marker % 1000) / 100, user + 1)
-                except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-                    state["failed"] += 1
-                    if len(errors) < 5:
-                        errors.append(f"{type(exc).__name__}: {exc}")
-                    continue
-                committed = time.time()
-                commits[marker] = committed
-                commit_ms.append((committed - issued) * 1000.0)
-
-        await asyncio.gather(*(work(conn) for conn in connections))
-        finished = time.time()
-        issued = state["next"]
-        control.send(
-            (
-                "done",
-                {
-                    "commit_times": commits[:issued].tobytes(),
-                    "commit_ms": commit_ms.tobytes(),
-                    "issued": issued,
-                    "failed": state["failed"],
-                    "started": started,
-                    "finished": finished,
-                    "errors": errors,
-                },
-            )
-        )
-        # Keep the connections (and so their Postgres backends, whose CPU
-        # the parent measures) until the parent has taken its last reading.
-        await loop.run_in_executor(None, control.recv)  # "exit"
+        while True:
+            command, plan = await loop.run_in_executor(None, control.recv)
+            if command == "update":
+                control.send(("done", await _update(connections[: plan.connections], plan)))
+            elif command == "insert":
+                control.send(("inserted", await _insert(connections[: plan.connections], plan)))
+            else:
+                control.send(("exit", None))
+                return
     finally:
         for conn in connections:
             with contextlib.suppress(Exception):
                 await conn.close(timeout=5)
 
 
+async def _update(connections: list[asyncpg.Connection], plan: UpdatePlan) -> dict[str, Any]:
+    sql = UPDATE_SQL[plan.target]
+    capacity = plan.max_events
+    if plan.rate > 0:
+        capacity = min(capacity, max(1, round(plan.rate * plan.duration)))
+    commits = array("d", [math.nan]) * capacity
+    commit_ms = array("d")
+    errors: list[str] = []
+    state = {"next": 0, "failed": 0}
+    started = time.time()
+    give_up = started + plan.duration * 1.5 + 2
+
+    async def work(conn: asyncpg.Connection) -> None:
+        while True:
+            k = state["next"]
+            if k >= capacity:
+                return
+            now = time.time()
+            if plan.rate > 0:
+                if now > give_up:
+                    return
+                state["next"] += 1
+                delay = started + k / plan.rate - now
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            else:
+                if now - started >= plan.duration:
+                    return
+                state["next"] += 1
+            issued = time.time()
+            try:
+                await conn.execute(sql, plan.base + k, 100.0 + (k % 1000) / 100, k % plan.users + 1)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                state["failed"] += 1
+                if len(errors) < 5:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+                continue
+            committed = time.time()
+            commits[k] = committed
+            commit_ms.append((committed - issued) * 1000.0)
+
+    await asyncio.gather(*(work(conn) for conn in connections))
+    finished = time.time()
+    issued = state["next"]
+    return {
+        "commit_times": commits[:issued].tobytes(),
+        "commit_ms": commit_ms.tobytes(),
+        "issued": issued,
+        "failed": state["failed"],
+        "started": started,
+        "finished": finished,
+        "errors": errors,
+    }
+
+
+async def _insert(connections: list[asyncpg.Connection], plan: InsertPlan) -> dict[str, Any]:
+    if plan.rows_per_statement == 1:
+        sql = INSERT_ONE.format(table=plan.table)
+    else:
+        sql = INSERT_MANY.format(table=plan.table, rows=plan.rows_per_statement)
+    errors: list[str] = []
+    totals = {"statements": 0}
+    started = time.monotonic()
+    deadline = started + plan.duration
+
+    async def work(conn: asyncpg.Connection, number: int) -> None:
+        k = number
+        while time.monotonic() < deadline:
+            try:
+                if plan.rows_per_statement == 1:
+                    await conn.execute(sql, f"u{k % 1000}", k)
+                else:
+                    await conn.execute(sql)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                if len(errors) < 5:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+                continue
+            totals["statements"] += 1
+            k += len(connections)
+
+    await asyncio.gather(*(work(conn, i) for i, conn in enumerate(connections)))
+    seconds = time.monotonic() - started
+    return {
+        "rows": totals["statements"] * plan.rows_per_statement,
+        "statements": totals["statements"],
+        "seconds": seconds,
+        "errors": errors,
+    }
+
+
 class Writer:
     """The parent's handle on the writer process."""
 
-    def __init__(self, ctx: SpawnContext, dsn: str, plan: WriterPlan) -> None:
+    def __init__(
+        self, ctx: SpawnContext, dsn: str, connections: int, cpus: list[int] | None
+    ) -> None:
         self.ctx = ctx
         self.dsn = dsn
-        self.plan = plan
+        self.connections = connections
+        self.cpus = cpus
         self.process: SpawnProcess | None = None
         self.pipe: Connection | None = None
 
@@ -150,10 +233,18 @@ class Writer:
         parent, child = self.ctx.Pipe()
         self.pipe = parent
         self.process = self.ctx.Process(
-            target=writer_main, args=(child, self.dsn, self.plan), name="bench-writer", daemon=True
+            target=writer_main,
+            args=(child, self.dsn, self.connections, self.cpus),
+            name="bench-writer",
+            daemon=True,
         )
         self.process.start()
         child.close()
+        try:
+            self._receive("ready", 60)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
         return self
 
     def __exit__(
@@ -178,6 +269,10 @@ class Writer:
             self.pipe.close()
             self.pipe = None
 
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
     def _receive(self, expected: str, timeout: float) -> Any:
         assert self.pipe is not None
         if not self.pipe.poll(timeout):
@@ -190,25 +285,34 @@ class Writer:
             raise RuntimeError(f"the writer answered {kind!r} instead of {expected!r}")
         return payload
 
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        self._receive("ready", timeout)
-
-    def go(self) -> None:
+    def start_update(self, plan: UpdatePlan) -> None:
         assert self.pipe is not None
-        self.pipe.send(("go", None))
+        self.pipe.send(("update", plan))
 
-    def wait_done(self) -> WriterResult:
-        payload = self._receive("done", self.plan.duration * 3 + 60)
+    def wait_update(self, plan: UpdatePlan) -> WriterResult:
+        payload = self._receive("done", plan.duration * 2 + 60)
         commit_times = array("d")
         commit_times.frombytes(payload["commit_times"])
         commit_ms = array("d")
         commit_ms.frombytes(payload["commit_ms"])
         return WriterResult(
+            base=plan.base,
             commit_times=commit_times,
             commit_ms=commit_ms,
             issued=payload["issued"],
             failed=payload["failed"],
             started=payload["started"],
             finished=payload["finished"],
+            errors=payload["errors"],
+        )
+
+    def insert(self, plan: InsertPlan) -> InsertResult:
+        assert self.pipe is not None
+        self.pipe.send(("insert", plan))
+        payload = self._receive("inserted", plan.duration * 2 + 60)
+        return InsertResult(
+            rows=payload["rows"],
+            statements=payload["statements"],
+            seconds=payload["seconds"],
             errors=payload["errors"],
         )

@@ -6,6 +6,7 @@ The public API is exactly what `__all__` lists.
 from realtime_bridge.app import create_app
 from realtime_bridge.bridge import Bridge
 from realtime_bridge.change import Change
+from realtime_bridge.client import connect
 from realtime_bridge.errors import (
     ClientError,
     ConfigurationError,
@@ -37,5 +38,6 @@ __all__ = [
     "broadcast_portfolio_update",
     "broadcast_position_update",
     "broadcast_trade_update",
+    "connect",
     "create_app",
 ]

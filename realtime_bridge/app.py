@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -11,11 +12,12 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 
 from realtime_bridge.bridge import Bridge
 from realtime_bridge.plugins import PluginRegistry
-from realtime_bridge.protocols import rest, sse, websocket
+from realtime_bridge.protocols import phoenix, phoenix_rest, rest, sse, websocket
 from realtime_bridge.protocols.common import error_response
 from realtime_bridge.settings import Settings
 
@@ -41,7 +43,12 @@ def create_app(
         return error_response(exc.status_code, code, str(exc.detail))
 
     routes = [
-        Route("/", rest.index),
+        Route("/", rest.index),  # the web inspector for browsers, the JSON index otherwise
+        Route("/api", rest.index),
+        Mount(
+            "/inspector",
+            StaticFiles(directory=Path(__file__).parent / "static" / "inspector", check_dir=False),
+        ),
         Route("/health", rest.health),
         Route("/metrics", rest.metrics),
         Route("/api/stats", rest.stats),
@@ -50,13 +57,31 @@ def create_app(
         Route("/api/channels/{channel}/events", rest.channel_events),
         Route("/sse/{channel}", sse.sse_stream),
         WebSocketRoute("/ws/db_subscriptions", websocket.db_subscriptions),
+        # The Supabase Realtime protocol (supabase-js, the Python `realtime` client).
+        WebSocketRoute("/realtime/v1/websocket", phoenix.socket),
+        WebSocketRoute("/socket/websocket", phoenix.socket),
+        Route("/realtime/v1/api/broadcast", phoenix_rest.broadcast_batch, methods=["POST"]),
+        Route(
+            "/realtime/v1/api/broadcast/{topic}/events/{event}",
+            phoenix_rest.broadcast_one,
+            methods=["POST"],
+        ),
+        Route(
+            "/api/broadcast/{topic}/events/{event}", phoenix_rest.broadcast_one, methods=["POST"]
+        ),
     ]
     middleware = [
         Middleware(
             CORSMiddleware,
             allow_origins=settings.allowed_origins,
             allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "apikey", "Last-Event-ID"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "apikey",
+                "Last-Event-ID",
+                "x-client-info",
+            ],
         )
     ]
     app = Starlette(

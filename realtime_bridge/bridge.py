@@ -7,7 +7,9 @@ on stop); a task that dies is logged and shown by `/health`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -26,17 +28,31 @@ from realtime_bridge.auth import (
 from realtime_bridge.change import Change
 from realtime_bridge.embedded import EmbeddedPostgres
 from realtime_bridge.errors import PublishError, UnknownChannel, UnknownTable
-from realtime_bridge.events import Event
+from realtime_bridge.events import Event, LogEntry
 from realtime_bridge.hub import Hub
 from realtime_bridge.limits import ConnectionLimits
 from realtime_bridge.migrate import migrate
 from realtime_bridge.plugins import PluginRegistry, discover, qualify
+from realtime_bridge.relay import Relay
 from realtime_bridge.settings import Settings
-from realtime_bridge.sources.outbox import OutboxSource, SourceState, init_connection, row_to_change
+from realtime_bridge.sources.outbox import (
+    READ_SQL,
+    OutboxSource,
+    SourceState,
+    init_connection,
+    rows_to_changes,
+)
 
 logger = logging.getLogger(__name__)
 
 _current: Bridge | None = None
+
+# One channel's rows of the log holding seqs in ($1, $2] (see READ_SQL).
+HISTORY_SQL = READ_SQL.replace(
+    "ORDER BY o.seq",
+    "AND ((o.schema_name || '.' || o.table_name) = ANY($3::text[]) OR o.channel = $4)\n"
+    "ORDER BY o.seq",
+).replace("LIMIT $3", "LIMIT 200")
 
 
 def current_bridge() -> Bridge | None:
@@ -70,11 +86,15 @@ class Bridge:
         self.dsn: str | None = None
         self.pool: asyncpg.Pool | None = None
         self.source: OutboxSource | None = None
+        self.relay: Relay | None = None
         self.tables: dict[str, set[str]] = {}
         self.started_at = time.time()
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._task_errors: dict[str, str] = {}
         self._seq_waiters: dict[int, asyncio.Future[int]] = {}
+        # Seqs of recently routed published events, by outbox id: the
+        # sequencer may route an event before its publisher starts waiting.
+        self._published: collections.OrderedDict[int, int] = collections.OrderedDict()
         self.auth = Authenticator(
             None if settings.auth_disabled else self._jwt_secret(),
             jwks_url=f"{settings.supabase_url.rstrip('/')}/auth/v1/.well-known/jwks.json"
@@ -136,7 +156,21 @@ class Bridge:
             batch_size=self.settings.sequencer_batch,
         )
         self._own("source", self.source.start())
+        # Serve once changes flow (health would say 503 until then anyway);
+        # a database that is down at start makes us serve degraded, not hang.
+        if not await self.source.wait_connected(timeout=15):
+            logger.warning("the outbox source is not connected yet; serving degraded")
         self._own("maintenance", asyncio.create_task(self._maintain(), name="maintenance"))
+        if self.settings.relay_to_supabase:
+            # Only the sequencer relays, so Supabase gets each event once, not once per instance.
+            self.relay = Relay.from_settings(
+                self.settings,
+                self.registry,
+                active=lambda: self.source is not None and self.source.status.role == "sequencer",
+            )
+            # From the head we started at: changes routed while we waited above are relayed too.
+            relayed = self.relay.start(self.hub, list(self.registry.by_channel), since=int(head))
+            self._own("relay", relayed)
         _current = self
         if self.settings.auth_disabled:
             logger.warning(
@@ -173,6 +207,8 @@ class Bridge:
             _current = None
         if self.source is not None:
             await self.source.stop()
+        if self.relay is not None:
+            await self.relay.stop(self.hub)
         for task in self._tasks.values():
             task.cancel()
         for task in self._tasks.values():
@@ -181,8 +217,9 @@ class Bridge:
         self._tasks.clear()
         if self.pool is not None:
             await self.pool.close()
-        # The embedded server is left running: it is cheap to keep and the
-        # next start (or another process on the same folder) reuses it.
+        if self.embedded is not None and self.embedded.started_here:
+            # Stop what we started; a server someone else started stays up.
+            await asyncio.to_thread(self.embedded.stop)
 
     def _own(self, name: str, task: asyncio.Task[Any]) -> None:
         self._tasks[name] = task
@@ -248,7 +285,18 @@ class Bridge:
 
     def _on_changes(self, changes: list[Change]) -> None:
         for change in changes:
-            self.hub.publish(change.seq, self.registry.events_for(change))
+            self.hub.publish(
+                change.seq,
+                LogEntry(
+                    change.seq,
+                    self.registry.channels_for(change),
+                    functools.partial(self.registry.event_for, change),
+                ),
+            )
+            if change.operation == "BROADCAST" and change.outbox_id is not None:
+                self._published[change.outbox_id] = change.seq
+                if len(self._published) > 10_000:
+                    self._published.popitem(last=False)
             if self._seq_waiters and change.outbox_id is not None:
                 waiter = self._seq_waiters.pop(change.outbox_id, None)
                 if waiter is not None and not waiter.done():
@@ -261,28 +309,19 @@ class Bridge:
         tables = list(plugin.tables) if plugin else [channel]
         cursor = after
         while cursor < upto:
-            rows = await self.pool.fetch(
-                """
-                SELECT o.id, o.seq, o.operation, o.schema_name, o.table_name, o.record,
-                       o.old_record, o.created_at, o.channel, o.event
-                FROM realtime_bridge.outbox o
-                WHERE o.seq > $1 AND o.seq <= $2
-                  AND ((o.schema_name || '.' || o.table_name) = ANY($3::text[]) OR o.channel = $4)
-                ORDER BY o.seq
-                LIMIT 1000
-                """,
-                cursor,
-                upto,
-                tables,
-                channel,
-            )
+            rows = await self.pool.fetch(HISTORY_SQL, cursor, upto, tables, channel)
             if not rows:
                 return
             batch: list[Event] = []
-            for row in rows:
-                change = row_to_change(row)
-                batch.extend(e for e in self.registry.events_for(change) if e.channel == channel)
-            cursor = rows[-1]["seq"]
+            for change in rows_to_changes(rows, cursor):
+                if change.seq > upto:
+                    break
+                if channel in self.registry.channels_for(change):
+                    event = self.registry.event_for(change, channel)
+                    if event is not None:
+                        batch.append(event)
+            last = rows[-1]
+            cursor = min(upto, last["seq"] + last["changes"] - 1)
             yield batch
 
     async def _earliest(self) -> int | None:
@@ -312,6 +351,9 @@ class Bridge:
         self.counters.broadcasts += 1
         if wait <= 0:
             return None
+        routed = self._published.get(int(outbox_id))
+        if routed is not None:
+            return routed
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._seq_waiters[int(outbox_id)] = future
         try:
@@ -376,6 +418,7 @@ class Bridge:
             "broadcasts": self.counters.broadcasts,
             "head_seq": self.hub.head,
             "channels": sorted(self.hub.channels),
+            "relay": self.relay.to_json() if self.relay is not None else None,
         }
 
     def encode(self, value: Any) -> bytes:

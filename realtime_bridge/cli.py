@@ -1,4 +1,4 @@
-"""`realtime-bridge`: serve, migrate, keys."""
+"""`realtime-bridge`: serve, migrate, keys, types."""
 
 from __future__ import annotations
 
@@ -74,6 +74,22 @@ def keys_command(args: argparse.Namespace) -> None:
     print(f"SUPABASE_SERVICE_KEY={keys['service_role']}")
 
 
+def types_command(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from realtime_bridge.plugins import discover
+    from realtime_bridge.typegen import json_schema_text, typescript
+
+    registry = discover(_settings().plugin_paths)
+    text = typescript(registry) if args.typescript else json_schema_text(registry)
+    if args.out is None:
+        sys.stdout.write(text)
+        return
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="realtime-bridge", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -87,6 +103,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         "keys", help="print an anon key and a service key made from the JWT secret"
     )
     keys_parser.set_defaults(func=keys_command)
+    types_parser = commands.add_parser(
+        "types", help="write the channels' payload types (TypeScript or JSON Schema)"
+    )
+    kind = types_parser.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--typescript", action="store_true", help="TypeScript declarations")
+    kind.add_argument("--json-schema", action="store_true", help="the JSON Schema")
+    types_parser.add_argument("--out", default=None, help="write to FILE (default: stdout)")
+    types_parser.set_defaults(func=types_command)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO,

@@ -49,6 +49,7 @@ class EmbeddedPostgres:
         self.bin = _bin_dir()
         self.user = _SERVICE_USER if os.name == "posix" and os.geteuid() == 0 else None
         self._socket_dir: Path | None = None
+        self.started_here = False
 
     @property
     def port(self) -> int:
@@ -123,6 +124,7 @@ class EmbeddedPostgres:
         """Start the server (initialising the folder the first time); return its DSN."""
         self._prepare()
         if not self.is_running():
+            self.started_here = True
             socket_dir = self._socket_directory()
             self._run(
                 "pg_ctl",

@@ -8,7 +8,7 @@ format only wraps those shared bytes with a few per-receiver characters
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,3 +111,39 @@ class Event:
 def subscription_prefix(subscription_id: str) -> str:
     """The constant start of every `db_change` frame sent to one subscription."""
     return '{"type":"db_change","subscription_id":' + orjson.dumps(subscription_id).decode() + ","
+
+
+class LogEntry:
+    """One change in the hub's window: its channels now, its events on demand.
+
+    Typing a row (a plugin's pydantic model) is the costly part of routing,
+    so an event is built only the first time a channel with subscribers (or
+    a catching-up subscription) asks for it, then kept for everyone else.
+    """
+
+    __slots__ = ("_build", "_events", "channels", "seq")
+
+    def __init__(
+        self,
+        seq: int,
+        channels: tuple[str, ...],
+        build: Callable[[str], Event | None] | None = None,
+        events: dict[str, Event | None] | None = None,
+    ) -> None:
+        self.seq = seq
+        self.channels = channels
+        self._build = build
+        self._events: dict[str, Event | None] = events or {}
+
+    @classmethod
+    def of(cls, seq: int, events: list[Event]) -> LogEntry:
+        """An entry whose events are already built."""
+        return cls(seq, tuple(e.channel for e in events), events={e.channel: e for e in events})
+
+    def event(self, channel: str) -> Event | None:
+        """The event this change produces on `channel` (None: none, or its plugin failed)."""
+        if channel in self._events:
+            return self._events[channel]
+        built = self._build(channel) if self._build is not None else None
+        self._events[channel] = built
+        return built

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from realtime_bridge.errors import UnknownChannel
-from realtime_bridge.events import Event, Frame
+from realtime_bridge.events import Event, Frame, LogEntry
 from realtime_bridge.filters import Filter, canonical
 
 logger = logging.getLogger(__name__)
@@ -228,7 +228,7 @@ class Hub:
         earliest_seq: Callable[[], Any] | None = None,
     ) -> None:
         self.head = head
-        self.window: deque[tuple[int, list[Event]]] = deque(maxlen=max(window, 1))
+        self.window: deque[LogEntry] = deque(maxlen=max(window, 1))
         self.channels: dict[str, Channel] = {}
         self.subscriptions: dict[str, Subscription] = {}
         self.history = history
@@ -255,8 +255,10 @@ class Hub:
 
     # publishing ----------------------------------------------------------
 
-    def publish(self, seq: int, events: list[Event]) -> None:
-        """Route the events of change `seq` (seqs arrive in increasing order)."""
+    def publish(self, seq: int, entry: LogEntry | list[Event]) -> None:
+        """Route change `seq` (seqs arrive in increasing order) to its subscribers."""
+        if isinstance(entry, list):
+            entry = LogEntry.of(seq, entry)
         if seq <= self.head:
             logger.warning("ignoring seq %s at or below head %s", seq, self.head)
             return
@@ -264,11 +266,14 @@ class Hub:
             logger.warning("seq jumped from %s to %s", self.head, seq)
             self.window.clear()
         self.head = seq
-        self.window.append((seq, events))
+        self.window.append(entry)
         self.stats.events_in += 1
-        for event in events:
-            channel = self.channels.get(event.channel)
+        for name in entry.channels:
+            channel = self.channels.get(name)
             if channel is None or channel.count == 0:
+                continue
+            event = entry.event(name)
+            if event is None:
                 continue
             for sub, version in channel.receivers(event):
                 if sub.deliver(version):
@@ -388,20 +393,19 @@ class Hub:
             if sub.last_seq >= head:
                 sub.state = SubscriptionState.LIVE
                 return
-            first = self.window[0][0] if self.window else head + 1
+            first = self.window[0].seq if self.window else head + 1
             if sub.last_seq + 1 >= first:
                 offset = sub.last_seq + 1 - first
                 chunk = list(itertools.islice(self.window, offset, offset + 1024))
-                for seq, events in chunk:
-                    for event in events:
-                        if event.channel != sub.channel:
-                            continue
-                        version = sub.wants(event)
-                        if version is not None:
-                            await self._send_replayed(sub, version)
-                            if stopped():
-                                return
-                    sub.last_seq = seq
+                for entry in chunk:
+                    event = entry.event(sub.channel) if sub.channel in entry.channels else None
+                    version = sub.wants(event) if event is not None else None
+                    if version is not None:
+                        await self._send_replayed(sub, version)
+                    # Recorded before any early return: the frame is queued.
+                    sub.last_seq = entry.seq
+                    if stopped():
+                        return
                 continue
             earliest = await self._earliest()
             if earliest is None or sub.last_seq + 1 < earliest:
@@ -421,9 +425,9 @@ class Hub:
                     version = sub.wants(event)
                     if version is not None:
                         await self._send_replayed(sub, version)
-                        if stopped():
-                            return
                     sub.last_seq = event.seq
+                    if stopped():
+                        return
             if not stopped():
                 sub.last_seq = max(sub.last_seq, upto)
 

@@ -91,6 +91,29 @@ def render_metrics(bridge: Bridge) -> str:
         "Times the source reconnected.",
         [("", source.get("reconnects", 0))],
     )
+    relay = stats.get("relay")
+    if relay is not None:
+        metric(
+            "realtime_bridge_relay_messages_total",
+            "counter",
+            "Events relayed to Supabase Realtime, by outcome.",
+            [
+                (f'{{result="{result}"}}', relay[result])
+                for result in ("sent", "failed", "dropped", "skipped_inactive")
+            ],
+        )
+        metric(
+            "realtime_bridge_relay_retries_total",
+            "counter",
+            "Relay requests retried after 429, 5xx or a network error.",
+            [("", relay["retries"])],
+        )
+        metric(
+            "realtime_bridge_relay_queued",
+            "gauge",
+            "Events waiting to be relayed.",
+            [("", relay["queued"])],
+        )
     lag = health.get("lag_ms")
     if lag is not None:
         metric(

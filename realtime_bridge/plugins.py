@@ -121,6 +121,37 @@ class PluginRegistry:
             ) from exc
         return event or plugin.event, data
 
+    def channels_for(self, change: Change) -> tuple[str, ...]:
+        """The channels a change appears on (cheap: no payload is built)."""
+        if change.operation == "BROADCAST":
+            return (change.channel or "",)
+        table = change.qualified_table or ""
+        plugins = self.by_table.get(table)
+        if not plugins:
+            return (table,)
+        return (table, *(p.channel for p in plugins))
+
+    def event_for(self, change: Change, channel: str) -> Event | None:
+        """The event of `change` on `channel`; None when a plugin fails (counted, logged)."""
+        timestamp = _iso(change.committed_at)
+        if change.operation == "BROADCAST":
+            return self._broadcast_event(change, timestamp)[0]
+        table = change.qualified_table
+        assert table is not None, "table changes always name their table"
+        if channel == table:
+            return _table_event(change, table, timestamp)
+        plugin = self.by_channel.get(channel)
+        if plugin is None:
+            return None
+        try:
+            return _plugin_event(plugin, change, table, timestamp)
+        except Exception:
+            self.errors[plugin.name] += 1
+            logger.exception(
+                "plugin %s failed on %s seq %s; event skipped", plugin.name, table, change.seq
+            )
+            return None
+
     def events_for(self, change: Change) -> list[Event]:
         """Every event one change produces; a plugin that fails is counted and skipped."""
         timestamp = _iso(change.committed_at)

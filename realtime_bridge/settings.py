@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -40,6 +40,18 @@ class Settings(BaseSettings):
     enable_testing_api: bool = False
 
     poll_interval: float = Field(default=5.0, gt=0)
+
+    relay_to_supabase: bool = Field(
+        default=False,
+        description="Also POST every plugin-channel event to Supabase's broadcast REST API.",
+    )
+    relay_batch_size: int = Field(default=100, ge=1, le=1000)
+    relay_batch_ms: float = Field(default=50.0, ge=0)
+    relay_queue_max: int = Field(default=10_000, ge=1)
+    relay_max_retries: int = Field(default=5, ge=0)
+    relay_private: bool = Field(
+        default=False, description="Relay non-public plugin channels as private broadcasts."
+    )
 
     replay_window: int = Field(
         default=50_000, ge=0, description="Events kept in memory for fast resume."
@@ -79,6 +91,12 @@ class Settings(BaseSettings):
     allowed_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["*"], description="WebSocket Origin allow-list and CORS origins."
     )
+
+    @model_validator(mode="after")
+    def _relay_needs_supabase(self) -> Settings:
+        if self.relay_to_supabase and not (self.supabase_url and self.supabase_service_key):
+            raise ValueError("RELAY_TO_SUPABASE=true needs SUPABASE_URL and SUPABASE_SERVICE_KEY")
+        return self
 
     @field_validator("allowed_origins", mode="before")
     @classmethod

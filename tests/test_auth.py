@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -46,30 +47,34 @@ async def test_a_valid_user_token_gives_its_principal() -> None:
     assert 0 < principal.expires_at - time.time() <= 60
 
 
-@pytest.mark.parametrize(
-    ("raw", "error", "fragment"),
-    [
-        (None, Unauthorized, "missing API key"),
-        ("not-a-jwt", Unauthorized, "malformed"),
-        (token(claims(), key=OTHER_SECRET), Unauthorized, "invalid"),
-        (token(claims(exp=int(time.time()) - 5)), TokenExpired, "expired"),
-        (token(claims(nbf=int(time.time()) + 60)), Unauthorized, "not valid yet"),
-        (token({"sub": "u1", "exp": int(time.time()) + 60}), Unauthorized, "'role'"),
-        (token({"role": "authenticated", "sub": "u1"}), Unauthorized, "'exp'"),
-        (token(claims(role="superuser")), Unauthorized, "unknown role"),
-        (
-            token({"role": "authenticated", "exp": int(time.time()) + 60}),
-            Unauthorized,
-            "needs a 'sub'",
-        ),
-        (token(claims(), alg="HS512"), Unauthorized, "HS512"),
-    ],
-)
-async def test_bad_tokens_are_refused_with_a_reason(
-    raw: str | None, error: type[Exception], fragment: str
-) -> None:
+# Built when each test runs, not at collection: a long suite must not age them.
+BAD_TOKENS: dict[str, tuple[Callable[[], str | None], type[Exception], str]] = {
+    "missing": (lambda: None, Unauthorized, "missing API key"),
+    "malformed": (lambda: "not-a-jwt", Unauthorized, "malformed"),
+    "wrong secret": (lambda: token(claims(), key=OTHER_SECRET), Unauthorized, "invalid"),
+    "expired": (lambda: token(claims(exp=int(time.time()) - 5)), TokenExpired, "expired"),
+    "not yet valid": (
+        lambda: token(claims(nbf=int(time.time()) + 60)),
+        Unauthorized,
+        "not valid yet",
+    ),
+    "no role": (lambda: token({"sub": "u1", "exp": int(time.time()) + 60}), Unauthorized, "'role'"),
+    "no exp": (lambda: token({"role": "authenticated", "sub": "u1"}), Unauthorized, "'exp'"),
+    "unknown role": (lambda: token(claims(role="superuser")), Unauthorized, "unknown role"),
+    "user without sub": (
+        lambda: token({"role": "authenticated", "exp": int(time.time()) + 60}),
+        Unauthorized,
+        "needs a 'sub'",
+    ),
+    "HS512": (lambda: token(claims(), alg="HS512"), Unauthorized, "HS512"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_TOKENS))
+async def test_bad_tokens_are_refused_with_a_reason(case: str) -> None:
+    make, error, fragment = BAD_TOKENS[case]
     with pytest.raises(error, match=fragment):
-        await auth.verify(raw)
+        await auth.verify(make())
 
 
 async def test_alg_none_is_refused() -> None:

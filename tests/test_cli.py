@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from realtime_bridge.embedded import EmbeddedPostgres
+from realtime_bridge.migrate import default_migrations_dir, discover
 from tests.conftest import ROOT
 
 
@@ -94,6 +95,8 @@ async def test_serve_starts_an_embedded_postgres_whose_data_survives_a_restart(
             first_seq = poll.json()["next_seq"]
             assert first_seq >= 1
         assert (tmp_path / ".realtime-bridge" / "pgdata" / "PG_VERSION").exists()
+        # Stopping the service stops the Postgres it started: no orphan server.
+        assert not EmbeddedPostgres(tmp_path / ".realtime-bridge").is_running()
 
         async with (
             serving(tmp_path, env) as url,
@@ -130,7 +133,7 @@ async def test_migrate_command_reports_then_is_a_no_op(dsn: str) -> None:
         [sys.executable, "-m", "realtime_bridge", "migrate"],
         env=env, cwd=ROOT, capture_output=True, text=True, check=True,
     )  # fmt: skip
-    assert "applied 5 migration(s)" in first.stdout
+    assert f"applied {len(discover(default_migrations_dir()))} migration(s)" in first.stdout
     second = subprocess.run(
         [sys.executable, "-m", "realtime_bridge", "migrate"],
         env=env, cwd=ROOT, capture_output=True, text=True, check=True,

@@ -51,6 +51,8 @@ async def test_demo_tables_have_named_capture_triggers(db: asyncpg.Connection) -
     found = {(r["trigger_name"], r["event_object_table"]) for r in rows}
     assert {
         ("position_change_trigger", "positions"),
+        ("position_change_trigger_update", "positions"),
+        ("position_change_trigger_delete", "positions"),
         ("trade_executed_trigger", "trades"),
         ("portfolio_update_trigger", "portfolio_snapshots"),
     } <= found
@@ -72,15 +74,47 @@ async def test_capture_writes_insert_update_delete_with_old_rows(db: asyncpg.Con
     await db.execute("DELETE FROM positions")
     rows = await db.fetch(
         """
-        SELECT operation, record->>'quantity' AS new_qty, old_record->>'quantity' AS old_qty
+        SELECT operation, changes, batch,
+               coalesce(record->0, record)->>'quantity' AS new_qty,
+               coalesce(old_record->0, old_record)->>'quantity' AS old_qty
         FROM realtime_bridge.outbox ORDER BY id
         """
     )
-    assert [(r["operation"], r["new_qty"], r["old_qty"]) for r in rows] == [
-        ("INSERT", "1", None),
-        ("UPDATE", "2", "1"),
-        ("DELETE", None, "2"),
+    # INSERT and DELETE are captured per statement (arrays), UPDATE per row.
+    assert [tuple(r) for r in rows] == [
+        ("INSERT", 1, True, "1", None),
+        ("UPDATE", 1, False, "2", "1"),
+        ("DELETE", 1, True, None, "2"),
     ]
+
+
+async def test_multi_row_statements_are_captured_in_chunks_of_1000(
+    db: asyncpg.Connection,
+) -> None:
+    await db.execute(
+        "INSERT INTO positions (user_id, symbol, quantity, entry_price) "
+        "SELECT 'u', 'S', g, 1 FROM generate_series(1, 2500) g"
+    )
+    await db.execute("DELETE FROM positions WHERE quantity <= 10")
+    await db.execute("UPDATE positions SET quantity = -quantity WHERE quantity > 2495")
+    rows = await db.fetch(
+        "SELECT operation, changes, jsonb_array_length(coalesce(record, old_record)) AS n, "
+        "(coalesce(record, old_record)->0->>'quantity')::int AS first "
+        "FROM realtime_bridge.outbox WHERE batch ORDER BY id"
+    )
+    assert [tuple(r) for r in rows] == [
+        ("INSERT", 1000, 1000, 1),
+        ("INSERT", 1000, 1000, 1001),
+        ("INSERT", 500, 500, 2001),
+        ("DELETE", 10, 10, 1),
+    ]
+    updates = await db.fetchval(
+        "SELECT count(*) FROM realtime_bridge.outbox WHERE operation = 'UPDATE' AND NOT batch"
+    )
+    assert updates == 5
+    # A statement touching no rows writes nothing.
+    await db.execute("DELETE FROM positions WHERE false")
+    assert await db.fetchval("SELECT count(*) FROM realtime_bridge.outbox") == 9
 
 
 async def test_track_and_untrack_any_table(db: asyncpg.Connection) -> None:
@@ -94,7 +128,8 @@ async def test_track_and_untrack_any_table(db: asyncpg.Connection) -> None:
     await db.execute("SELECT realtime_bridge.untrack('public.settings_demo')")
     await db.execute("INSERT INTO settings_demo VALUES (2, 'b')")
     captured = await db.fetch(
-        "SELECT record->>'id' AS id FROM realtime_bridge.outbox WHERE table_name = 'settings_demo'"
+        "SELECT record->0->>'id' AS id FROM realtime_bridge.outbox "
+        "WHERE table_name = 'settings_demo'"
     )
     assert [r["id"] for r in captured] == ["1"]
 

@@ -154,21 +154,21 @@ async def test_a_tracked_table_without_a_plugin_is_a_raw_table_channel(
 ) -> None:
     bridge = await start_bridge()
     await db.execute(
-        "CREATE TABLE public.auto_trade_settings "
+        "CREATE TABLE public.auto_settings_demo "
         "(id int PRIMARY KEY, setting_name text, value jsonb)"
     )
-    await db.execute("SELECT realtime_bridge.track('public.auto_trade_settings')")
+    await db.execute("SELECT realtime_bridge.track('public.auto_settings_demo')")
     async with bridge.websocket() as ws:
         reply = await ws.subscribe(
-            table="auto_trade_settings", filters={"setting_name": "auto_entry_settings"}
+            table="auto_settings_demo", filters={"setting_name": "auto_entry_settings"}
         )
-        assert reply["channel"] == "public.auto_trade_settings"
+        assert reply["channel"] == "public.auto_settings_demo"
         await db.execute(
-            "INSERT INTO auto_trade_settings VALUES (1, 'auto_entry_settings', '{\"on\": true}'), "
+            "INSERT INTO auto_settings_demo VALUES (1, 'auto_entry_settings', '{\"on\": true}'), "
             "(2, 'other', '{}')"
         )
         (event,) = await ws.changes(1)
         assert await ws.silent()
     assert event["data"] == {"id": 1, "setting_name": "auto_entry_settings", "value": {"on": True}}
     assert event["event"] == "row_change"
-    assert event["table"] == "public.auto_trade_settings"
+    assert event["table"] == "public.auto_settings_demo"

@@ -65,7 +65,7 @@ async def seq_of(db: asyncpg.Connection, row_id: int, timeout: float = 10.0) -> 
     while loop.time() < deadline:
         seq = await db.fetchval(
             "SELECT seq FROM realtime_bridge.outbox "
-            "WHERE table_name = 'positions' AND operation = 'INSERT' AND record->>'id' = $1",
+            "WHERE table_name = 'positions' AND operation = 'INSERT' AND record->0->>'id' = $1",
             str(row_id),
         )
         if seq is not None:

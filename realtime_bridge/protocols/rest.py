@@ -257,12 +257,29 @@ async def metrics(request: Request) -> Response:
 
 
 async def index(request: Request) -> Response:
+    """`/`: the web inspector for browsers, this JSON index otherwise (always at `/api`)."""
+    # Imported here to keep the inspector's whole footprint in this one function.
+    from pathlib import Path
+
+    from starlette.concurrency import run_in_threadpool
+    from starlette.responses import FileResponse
+
+    at_root = request.url.path == "/"
+    # The same URL answers two media types, so caches must key on Accept.
+    vary = {"Vary": "Accept"} if at_root else {}
+    page = Path(__file__).parent.parent / "static" / "inspector" / "index.html"
+    wants_html = at_root and "text/html" in request.headers.get("accept", "")
+    if wants_html and await run_in_threadpool(page.is_file):
+        # no-cache: a new build's index.html (naming new hashed assets) shows at once.
+        return FileResponse(page, headers={**vary, "Cache-Control": "no-cache"})
     bridge = _bridge(request)
     return JSONResponse(
         {
             "name": "realtime-bridge",
             "channels": sorted(bridge.hub.channels),
             "endpoints": {
+                "inspector": "/",
+                "index": "/api",
                 "websocket": "/ws/db_subscriptions",
                 "sse": "/sse/{channel}",
                 "poll": "/api/channels/{channel}/events",
@@ -271,5 +288,6 @@ async def index(request: Request) -> Response:
                 "stats": "/api/stats",
                 "metrics": "/metrics",
             },
-        }
+        },
+        headers=vary,
     )

@@ -77,6 +77,7 @@ async def sse_stream(request: Request) -> Response:
                 "subscription_id": sub.id,
                 "channel": channel,
                 "earliest_seq": earliest,
+                "next_seq": sub.last_seq,
             }
         ).decode()
         outlet.offer((f"event: resync_required\ndata: {body}\n\n",))

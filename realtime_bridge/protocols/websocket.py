@@ -293,9 +293,15 @@ class WebSocketSession:
                     "subscription_id": sub.id,
                     "channel": sub.channel,
                     "earliest_seq": earliest,
+                    "next_seq": sub.last_seq,
                 }
             )
 
+        previous = self.replays.get(sub.id)
+        if previous is not None:
+            # A catch-up still waiting for room (paused, then resumed): one
+            # task per subscription, or events could be sent twice.
+            previous.cancel()
         task = asyncio.create_task(
             self.bridge.hub.catch_up(sub, on_resync=resync), name=f"catch-up-{sub.id}"
         )

@@ -46,39 +46,50 @@ SEQ_CHANNEL = "realtime_bridge_seq"
 
 _COLUMNS = (
     "o.id, o.seq, o.operation, o.schema_name, o.table_name, o.record, o.old_record,"
-    " o.created_at, o.channel, o.event"
+    " o.created_at, o.channel, o.event, o.changes, o.batch"
 )
 
-# One pass of the sequencer. `batch` is bounded and materialised; the
-# counter row is touched only when there is something to number, so an
-# idle pass writes nothing; followers are notified once per pass.
+# The most changes one outbox row holds (a statement-level chunk).
+MAX_CHANGES_PER_ROW = 1000
+
+# One pass of the sequencer. Visible unnumbered rows are taken in id order,
+# up to about $1 changes (at least one row); a row of n changes gets n
+# consecutive seqs. `batch` is bounded and materialised; the counter row is
+# touched only when there is something to number, so an idle pass writes
+# nothing; followers are notified once per pass.
 SEQUENCE_SQL = f"""
-WITH batch AS MATERIALIZED (
-    SELECT id, row_number() OVER (ORDER BY id) AS rn
-    FROM realtime_bridge.outbox
+WITH candidates AS MATERIALIZED (
+    SELECT id, changes FROM realtime_bridge.outbox
     WHERE seq IS NULL
     ORDER BY id
     LIMIT $1
+), batch AS MATERIALIZED (
+    SELECT id, changes, running - changes AS before
+    FROM (SELECT id, changes, sum(changes) OVER (ORDER BY id) AS running FROM candidates) c
+    WHERE running - changes < $1
 ), counter AS (
     UPDATE realtime_bridge.sequencer s
     SET last_seq = s.last_seq + b.n
-    FROM (SELECT count(*) AS n FROM batch) b
+    FROM (SELECT sum(changes) AS n FROM batch) b
     WHERE b.n > 0
     RETURNING s.last_seq - b.n AS base
 ), wake AS MATERIALIZED (
     SELECT pg_notify('{SEQ_CHANNEL}', '') AS sent FROM counter
 )
 UPDATE realtime_bridge.outbox o
-SET seq = counter.base + batch.rn, sequenced_at = clock_timestamp()
+SET seq = counter.base + batch.before + 1, sequenced_at = clock_timestamp()
 FROM batch, counter, wake
 WHERE o.id = batch.id
 RETURNING {_COLUMNS}
 """
 
+# Rows holding any seq in ($1, $2]; a batch row may start up to
+# MAX_CHANGES_PER_ROW - 1 before $1, which keeps the seq index usable.
 READ_SQL = f"""
 SELECT {_COLUMNS}
 FROM realtime_bridge.outbox o
-WHERE o.seq > $1 AND o.seq <= $2
+WHERE o.seq > $1 - {MAX_CHANGES_PER_ROW - 1} AND o.seq <= $2
+  AND o.seq + o.changes - 1 > $1
 ORDER BY o.seq
 LIMIT $3
 """
@@ -113,19 +124,45 @@ class SourceStatus:
         }
 
 
-def row_to_change(row: asyncpg.Record) -> Change:
-    return Change(
-        seq=row["seq"],
-        operation=row["operation"],
-        schema=row["schema_name"],
-        table=row["table_name"],
-        record=row["record"],
-        old_record=row["old_record"],
-        committed_at=row["created_at"],
-        channel=row["channel"],
-        event=row["event"],
-        outbox_id=row["id"],
-    )
+def row_to_changes(row: asyncpg.Record) -> list[Change]:
+    """The changes of one numbered outbox row (a batch row holds several)."""
+    if not row["batch"]:
+        return [
+            Change(
+                seq=row["seq"],
+                operation=row["operation"],
+                schema=row["schema_name"],
+                table=row["table_name"],
+                record=row["record"],
+                old_record=row["old_record"],
+                committed_at=row["created_at"],
+                channel=row["channel"],
+                event=row["event"],
+                outbox_id=row["id"],
+            )
+        ]
+    records = row["record"] or [None] * row["changes"]
+    old_records = row["old_record"] or [None] * row["changes"]
+    return [
+        Change(
+            seq=row["seq"] + i,
+            operation=row["operation"],
+            schema=row["schema_name"],
+            table=row["table_name"],
+            record=record,
+            old_record=old,
+            committed_at=row["created_at"],
+            outbox_id=row["id"],
+        )
+        for i, (record, old) in enumerate(zip(records, old_records, strict=True))
+    ]
+
+
+def rows_to_changes(rows: list[asyncpg.Record], after: int) -> list[Change]:
+    """The changes of `rows` with a seq above `after`, in seq order."""
+    changes = [c for row in rows for c in row_to_changes(row) if c.seq > after]
+    changes.sort(key=lambda c: c.seq)
+    return changes
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:
@@ -162,6 +199,7 @@ class OutboxSource:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._lost = asyncio.Event()
+        self._connected = asyncio.Event()
         self._connections: set[asyncpg.Connection] = set()
 
     async def _default_connect(self, dsn: str) -> asyncpg.Connection:
@@ -187,7 +225,19 @@ class OutboxSource:
                 await conn.close(timeout=2)
         self._set_state(SourceState.STOPPED)
 
+    async def wait_connected(self, timeout: float) -> bool:
+        """Wait until the source is connected (True) or `timeout` passes (False)."""
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
     def _set_state(self, state: SourceState, error: str | None = None) -> None:
+        if state is SourceState.CONNECTED:
+            self._connected.set()
+        else:
+            self._connected.clear()
         if state is not self.status.state:
             self.status.state = state
             self.status.since = time.time()
@@ -202,13 +252,10 @@ class OutboxSource:
                 backoff = 0.1
             except asyncio.CancelledError:
                 raise
-            except (
-                OSError,
-                asyncpg.PostgresError,
-                asyncpg.InterfaceError,
-                ConnectionError,
-                TimeoutError,
-            ) as exc:
+            except Exception as exc:
+                # Whatever went wrong (asyncpg raises a few kinds outside its
+                # PostgresError tree when a connection dies mid-operation), the
+                # source must come back: reconnect and resume from last_seq.
                 message = f"{type(exc).__name__}: {exc}"
                 if self.status.state is not SourceState.RECONNECTING:
                     logger.warning("outbox source lost its database (%s); reconnecting", message)
@@ -241,8 +288,7 @@ class OutboxSource:
     def _hand_on(self, rows: list[asyncpg.Record]) -> None:
         if not rows:
             return
-        changes = sorted((row_to_change(r) for r in rows), key=lambda c: c.seq)
-        fresh = [c for c in changes if c.seq > self.status.last_seq]
+        fresh = rows_to_changes(rows, self.status.last_seq)
         if not fresh:
             return
         self.status.last_seq = fresh[-1].seq

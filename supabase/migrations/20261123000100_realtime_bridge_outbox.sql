@@ -1,10 +1,13 @@
 -- realtime-bridge: the outbox, the change log every bridge instance reads.
 --
--- Each captured change (and each event published through the bridge's API)
--- is one row. Rows are inserted without a seq; the elected sequencer
--- (one bridge instance holding an advisory lock) numbers newly committed
--- rows in the order they become visible, so `seq` is gap-free and follows
--- commit order. Readers only ever read by seq.
+-- Each row holds `changes` captured changes: one for a row-level capture
+-- (UPDATE) or a published event, up to 1000 for a statement-level capture
+-- (a multi-row INSERT or DELETE writes one row per chunk of 1000, with
+-- `record` / `old_record` holding JSON arrays; `batch` says which). Rows are
+-- inserted without a seq; the elected sequencer (one bridge instance
+-- holding an advisory lock) numbers newly committed rows in the order they
+-- become visible: a row gets seqs seq .. seq + changes - 1, so seqs are
+-- gap-free and follow commit order. Readers only ever read by seq.
 --
 -- Idempotent: safe to re-apply, on plain Postgres 15+ and on Supabase.
 
@@ -21,6 +24,8 @@ CREATE TABLE IF NOT EXISTS realtime_bridge.outbox (
     old_record   jsonb,
     channel      text,
     event        text,
+    changes      integer NOT NULL DEFAULT 1 CHECK (changes BETWEEN 1 AND 1000),
+    batch        boolean NOT NULL DEFAULT false,
     created_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
     sequenced_at timestamptz
 );

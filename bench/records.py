@@ -1,0 +1,503 @@
+"""Turn the sessions' measurements into records: value, target, met, floor, ratio."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from bench.config import BenchConfig
+from bench.report import Record, detail, median, ratio
+from bench.scenarios import Idle, Results, Run, Step
+
+KIB = 1024
+
+
+def _median_of(
+    runs: list[Run], get: Callable[[Run], float | None]
+) -> tuple[float | None, list[float]]:
+    values = [v for v in (get(r) for r in runs) if v is not None]
+    return median(values), [round(v, 3) for v in values]
+
+
+def _cpu_detail(scenario: str, kind: str, runs: list[Run]) -> Record:
+    def side(name: str) -> str:
+        value = median([r.cpu.get(name) for r in runs])
+        return "—" if value is None else f"{value:.0f}"
+
+    return detail(
+        scenario,
+        f"{kind}: CPU server / clients / writer / postgres / not ours; machine",
+        f"{side('server')} / {side('clients')} / {side('writer')} / {side('postgres')} / "
+        f"{side('others')}; {side('machine')}",
+        "% of a core; % of all",
+    )
+
+
+def p1_records(results: Results) -> list[Record]:
+    out: list[Record] = []
+    real = results.p1.get("real", [])
+    floor = results.p1.get("floor", [])
+    if not real:
+        return out
+    p50, p50_runs = _median_of(real, lambda r: r.p50)
+    p99, p99_runs = _median_of(real, lambda r: r.p99)
+    f50, _ = _median_of(floor, lambda r: r.p50)
+    f99, _ = _median_of(floor, lambda r: r.p99)
+    lost = sum(r.lost for r in real)
+    floor_lost = sum(r.lost for r in floor) if floor else None
+    out += [
+        Record(
+            "P1",
+            "commit → client p50",
+            p50,
+            "ms",
+            "≤ 5",
+            _le(p50, 5),
+            f50,
+            ratio(p50, f50),
+            p50_runs,
+        ),
+        Record(
+            "P1",
+            "commit → client p99",
+            p99,
+            "ms",
+            "≤ 25",
+            _le(p99, 25),
+            f99,
+            ratio(p99, f99),
+            p99_runs,
+        ),
+        Record("P1", "events lost", lost, "frames", "0", lost == 0, floor_lost),
+    ]
+    rel = ratio(p50, f50)
+    out.append(
+        Record(
+            "P1",
+            "p50 ÷ floor p50",
+            rel,
+            "×",
+            "≤ 2",
+            _le(rel, 2.0),
+            None,
+            None,
+            [round(r.p50 / f, 3) for r, f in _paired(real, floor) if r.p50 is not None and f],
+        )
+    )
+    for kind, runs in (("real", real), ("floor", floor)):
+        if runs:
+            out.append(_cpu_detail("P1", kind, runs))
+            out.append(
+                detail(
+                    "P1",
+                    f"{kind}: write rate / frames delivered / misrouted / duplicates",
+                    f"{median([r.written.rate for r in runs]) or 0:,.0f} / "
+                    f"{sum(r.distinct for r in runs):,} / "
+                    f"{sum(r.delivery.misrouted for r in runs)} / "
+                    f"{sum(r.delivery.duplicates for r in runs)}",
+                    "changes/s / frames",
+                )
+            )
+            if kind == "real":
+                seq = [r for r in runs if r.sequencing]
+                out.append(
+                    detail(
+                        "P1",
+                        "real: trigger → sequenced p50 / p99 (outbox timestamps)",
+                        f"{_ms(median([_p(r.sequencing, 0.5) for r in seq]))} / "
+                        f"{_ms(median([_p(r.sequencing, 0.99) for r in seq]))}",
+                        "ms",
+                    )
+                )
+            out.append(
+                detail(
+                    "P1",
+                    f"{kind}: writer COMMIT p50",
+                    median([_p(sorted(r.written.commit_ms), 0.5) for r in runs]),
+                    "ms",
+                )
+            )
+    return out
+
+
+def _paired(real: list[Run], floor: list[Run]) -> list[tuple[Run, float | None]]:
+    return [(r, f.p50) for r, f in zip(real, floor, strict=False)]
+
+
+def _p(values: list[float], q: float) -> float | None:
+    from bench.report import percentile
+
+    return percentile(values, q)
+
+
+def _le(value: float | None, limit: float) -> bool | None:
+    return None if value is None else value <= limit
+
+
+def _ge(value: float | None, limit: float) -> bool | None:
+    return None if value is None else value >= limit
+
+
+def _capacity(steps: list[Step]) -> tuple[float | None, bool]:
+    """Highest passing rate, and whether the ramp ended without a failure."""
+    passed = [s.rate for s in steps if s.passed]
+    topped = bool(steps) and all(s.passed for s in steps)
+    return (max(passed) if passed else (0.0 if steps else None)), topped
+
+
+def p2_records(results: Results, config: BenchConfig) -> list[Record]:
+    out: list[Record] = []
+    real = results.p2.get("real", [])
+    if not real:
+        return out
+    cap, topped = _capacity(real)
+    fcap, ftopped = _capacity(results.p2.get("floor", []))
+    out.append(
+        Record(
+            "P2",
+            "capacity with p99 ≤ 100 ms" + (" (ramp top)" if topped else ""),
+            cap,
+            "changes/s",
+            "≥ 5,000",
+            _ge(cap, 5000),
+            fcap,
+            ratio(cap, fcap),
+        )
+    )
+    for kind in ("real", "floor"):
+        for step in results.p2.get(kind, []):
+            run = step.run
+            out.append(
+                detail(
+                    "P2",
+                    f"{kind} @{step.rate:,.0f}/s: achieved / p50 / p99 / lost / server CPU",
+                    f"{run.written.rate:,.0f} / {_ms(run.p50)} / {_ms(run.p99)} / {run.lost} / "
+                    f"{run.cpu['server'] or 0:.0f}% → {'pass' if step.passed else 'FAIL'}",
+                    "changes/s / ms / ms / frames",
+                )
+            )
+    if ftopped:
+        out.append(detail("P2", "floor: ramp ended without failing", config.p2_rates[-1], "/s"))
+    return out
+
+
+def _ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}"
+
+
+def p3_records(results: Results) -> list[Record]:
+    out: list[Record] = []
+    real = results.p3.get("real", [])
+    floor = results.p3.get("floor", [])
+    if not real:
+        return out
+    rate, runs = _median_of(real, lambda r: r.throughput)
+    frate, _ = _median_of(floor, lambda r: r.throughput)
+    rel = ratio(rate, frate)
+    out.append(
+        Record(
+            "P3",
+            "delivered events/s",
+            rate,
+            "frames/s",
+            "≥ 0.8 × floor",
+            _ge(rel, 0.8),
+            frate,
+            rel,
+            runs,
+        )
+    )
+    lost = sum(r.lost for r in real)
+    out.append(
+        Record(
+            "P3",
+            "events lost",
+            lost,
+            "frames",
+            "0",
+            lost == 0,
+            sum(r.lost for r in floor) if floor else None,
+        )
+    )
+    for kind, kruns in (("real", real), ("floor", floor)):
+        if kruns:
+            out.append(_cpu_detail("P3", kind, kruns))
+            out.append(
+                detail(
+                    "P3",
+                    f"{kind}: clients × changes; burst latency p50 / p99",
+                    f"{kruns[0].receivers:,} × {kruns[0].written.committed:,}; "
+                    f"{_ms(median([r.p50 for r in kruns]))} / "
+                    f"{_ms(median([r.p99 for r in kruns]))}",
+                    "ms",
+                )
+            )
+    return out
+
+
+def p4_records(results: Results) -> list[Record]:
+    real = results.idle.get("real")
+    if real is None or real.opened is None:
+        return []
+    floor = results.idle.get("floor")
+    value = _kib(real)
+    fvalue = _kib(floor) if floor is not None else None
+    out = [
+        Record(
+            "P4",
+            "RSS per idle subscribed connection",
+            value,
+            "KiB",
+            "≤ 15",
+            _le(value, 15),
+            fvalue,
+            ratio(value, fvalue),
+        )
+    ]
+    for idle in (real, floor):
+        if idle is not None and idle.opened is not None:
+            out.append(
+                detail(
+                    "P4",
+                    f"{idle.kind}: RSS at 0 → at {idle.opened.connected:,} connections",
+                    f"{idle.rss0 / 2**20:.1f} → {idle.rss_n / 2**20:.1f}",
+                    "MiB",
+                )
+            )
+            out.append(
+                detail(
+                    "P4",
+                    f"{idle.kind}: connect + subscribe {idle.opened.connected:,} sockets",
+                    idle.opened.seconds,
+                    "s",
+                )
+            )
+    return out
+
+
+def _kib(idle: Idle | None) -> float | None:
+    if idle is None or idle.bytes_per_connection is None:
+        return None
+    return idle.bytes_per_connection / KIB
+
+
+def p5_records(results: Results, config: BenchConfig, fd_limits: str) -> list[Record]:
+    idle = results.idle.get("real")
+    if idle is None or idle.opened is None or idle.held is None:
+        return []
+    held = idle.held
+    errors = (
+        idle.opened.failed
+        + held.closed_early
+        + max(held.pings_sent - held.pongs, 0)
+        + sum(held.other.values())
+    )
+    goal = 10_000
+    target = f"≥ {goal:,}, {config.hold:g} s" if idle.target >= goal else f"{idle.target:,} (quick)"
+    held_ok = held.open >= min(goal, idle.target) and errors == 0
+    out = [
+        Record(
+            "P5",
+            f"connections held {idle.hold_seconds:.0f} s with heartbeats",
+            held.open,
+            "connections",
+            target,
+            held_ok,
+        ),
+        Record("P5", "errors while held", errors, "errors", "0", errors == 0),
+    ]
+    if idle.stretch_open is not None:
+        out.append(
+            Record(
+                "P5",
+                "most concurrent connections (stretch)",
+                idle.stretch_open,
+                "connections",
+                f"{config.stretch:,} (stretch)",
+                idle.stretch_open >= config.stretch,
+            )
+        )
+        if idle.stretch_errors:
+            out.append(detail("P5", "stretch stopped at", "; ".join(idle.stretch_errors), ""))
+        out.append(detail("P5", "bench process fd limit (the bridge inherits it)", fd_limits, ""))
+    out += [
+        detail(
+            "P5",
+            "pings sent / pongs received (JSON heartbeat)",
+            f"{held.pings_sent:,} / {held.pongs:,}",
+            "frames",
+        ),
+        detail("P5", "server WebSocket pings answered", held.server_pings, "frames"),
+    ]
+    if held.closed_examples:
+        out.append(detail("P5", "closed early, e.g.", held.closed_examples[0], ""))
+    if held.other:
+        out.append(detail("P5", "unexpected frames", str(held.other), ""))
+    return out
+
+
+def p6_records(results: Results) -> list[Record]:
+    out: list[Record] = []
+    for rows, label, goal in ((1, "single-row INSERT txns", 0.6), (100, "100-row INSERTs", 0.8)):
+        plain = results.p6.get(f"plain-{rows}", [])
+        tracked = results.p6.get(f"tracked-{rows}", [])
+        if not plain or not tracked:
+            continue
+        value = median(tracked)
+        floor = median(plain)
+        rel = ratio(value, floor)
+        out.append(
+            Record(
+                "P6",
+                f"{label}: captured (floor = not captured)",
+                value,
+                "rows/s",
+                f"≥ {goal} × floor",
+                _ge(rel, goal),
+                floor,
+                rel,
+                [round(v, 1) for v in tracked],
+            )
+        )
+    return out
+
+
+def p7_records(results: Results) -> list[Record]:
+    idle = results.idle.get("real")
+    if idle is None or idle.queries is None or idle.hold_seconds <= 0:
+        return []
+    per_minute = idle.queries.statements / idle.hold_seconds * 60
+    out = [
+        Record(
+            "P7",
+            "queries to Postgres per minute while idle",
+            per_minute,
+            "queries/min",
+            "0",
+            idle.queries.statements == 0,
+        ),
+        detail("P7", "idle window (connections held, no changes)", idle.hold_seconds, "s"),
+    ]
+    for text, count in sorted(idle.queries.by_text.items(), key=lambda kv: -kv[1])[:3]:
+        out.append(detail("P7", f"idle statement ×{count}", text[:80], ""))
+    return out
+
+
+def p8_records(results: Results, config: BenchConfig) -> list[Record]:
+    out: list[Record] = []
+    naive = results.p1.get("naive", [])
+    floor1 = results.p1.get("floor", [])
+    if naive:
+        p50, runs50 = _median_of(naive, lambda r: r.p50)
+        p99, runs99 = _median_of(naive, lambda r: r.p99)
+        f50, _ = _median_of(floor1, lambda r: r.p50)
+        f99, _ = _median_of(floor1, lambda r: r.p99)
+        out += [
+            Record(
+                "P8",
+                "naive send_json loop: P1 p50",
+                p50,
+                "ms",
+                None,
+                None,
+                f50,
+                ratio(p50, f50),
+                runs50,
+            ),
+            Record(
+                "P8",
+                "naive send_json loop: P1 p99",
+                p99,
+                "ms",
+                None,
+                None,
+                f99,
+                ratio(p99, f99),
+                runs99,
+            ),
+            Record(
+                "P8", "naive send_json loop: P1 events lost", sum(r.lost for r in naive), "frames"
+            ),
+        ]
+        out.append(_cpu_detail("P8", "naive P1", naive))
+    naive3 = results.p3.get("naive", [])
+    if naive3:
+        rate, runs = _median_of(naive3, lambda r: r.throughput)
+        frate, _ = _median_of(results.p3.get("floor", []), lambda r: r.throughput)
+        out.append(
+            Record(
+                "P8",
+                "naive send_json loop: P3 delivered events/s",
+                rate,
+                "frames/s",
+                None,
+                None,
+                frate,
+                ratio(rate, frate),
+                runs,
+            )
+        )
+        out.append(_cpu_detail("P8", "naive P3", naive3))
+    poll = results.polling
+    if poll is not None and poll.window > 0:
+        out += [
+            Record(
+                "P8",
+                f"polling every {config.poll_interval:g} s: DB queries/min "
+                f"({poll.clients:,} clients)",
+                poll.queries / poll.window * 60,
+                "queries/min",
+            ),
+            Record("P8", "polling: commit → client p50", poll.run.p50, "ms"),
+            Record("P8", "polling: commit → client p99", poll.run.p99, "ms"),
+            Record("P8", "polling: changes never seen", poll.run.lost, "changes"),
+            detail(
+                "P8",
+                "polling: all statements the naive server sent (with asyncpg pool resets)",
+                poll.statements.statements / poll.window * 60,
+                "statements/min",
+            ),
+            detail(
+                "P8",
+                "polling: requests / reconnects (keep-alive timeout) / window",
+                f"{poll.requests:,} / {poll.reconnects:,} / {poll.window:.1f}",
+                "requests / connections / s",
+            ),
+        ]
+    ours = results.ours_under_poll_load
+    if ours is not None:
+        run, sent, window = ours
+        out += [
+            Record(
+                "P8",
+                f"ours, same load ({config.poll_clients:,} clients, "
+                f"{config.poll_rate:g} changes/s): DB statements/min",
+                sent.statements / window * 60,
+                "queries/min",
+            ),
+            Record("P8", "ours, same load: commit → client p50", run.p50, "ms"),
+            Record("P8", "ours, same load: commit → client p99", run.p99, "ms"),
+        ]
+        for text, count in sorted(sent.by_text.items(), key=lambda kv: -kv[1])[:4]:
+            out.append(detail("P8", f"ours: statement ×{count}", text[:80], ""))
+    return out
+
+
+def connect_records(results: Results) -> list[Record]:
+    return [
+        detail("connect", f"{label}: {r.connected:,} sockets", r.seconds, "s")
+        for label, r in results.connect.items()
+    ]
+
+
+def build(results: Results, config: BenchConfig, fd_limits: str) -> list[Record]:
+    return [
+        *p1_records(results),
+        *p2_records(results, config),
+        *p3_records(results),
+        *p4_records(results),
+        *p5_records(results, config, fd_limits),
+        *p6_records(results),
+        *p7_records(results),
+        *p8_records(results, config),
+        *connect_records(results),
+    ]

@@ -1,0 +1,54 @@
+/**
+ * The package as users install it: the built entry points resolve by name
+ * (`npm run build` first; `make js-test` does), there are no runtime
+ * dependencies, and React is an optional peer.
+ */
+
+import { existsSync, readFileSync } from "node:fs";
+
+import { expect, test } from "vitest";
+
+const manifest = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as {
+  name: string;
+  type: string;
+  dependencies?: Record<string, string>;
+  peerDependencies?: Record<string, string>;
+  peerDependenciesMeta?: Record<string, { optional?: boolean }>;
+  devDependencies: Record<string, string>;
+};
+
+test("no runtime dependencies; React is an optional peer; tools are pinned exactly", () => {
+  expect(manifest.name).toBe("@realtime-bridge/client");
+  expect(manifest.type).toBe("module");
+  expect(manifest.dependencies ?? {}).toEqual({});
+  expect(Object.keys(manifest.peerDependencies ?? {})).toEqual(["react"]);
+  expect(manifest.peerDependenciesMeta?.react?.optional).toBe(true);
+  for (const [name, version] of Object.entries(manifest.devDependencies)) {
+    expect(version, name).toMatch(/^\d+\.\d+\.\d+$/);
+  }
+});
+
+test("the built entry points import by package name", async () => {
+  expect(existsSync(new URL("../dist/index.js", import.meta.url)), "run `npm run build` first").toBe(true);
+  // Specifiers in variables: typechecking must not depend on a build.
+  const names = { main: "@realtime-bridge/client", react: "@realtime-bridge/client/react" };
+  const main = (await import(names.main)) as typeof import("../src/index.js");
+  expect(typeof main.createClient).toBe("function");
+  expect(Object.keys(main.CHANNELS)).toEqual(["portfolio-updates", "position-updates", "trade-updates"]);
+  const react = (await import(names.react)) as typeof import("../src/react.js");
+  for (const hook of ["useRealtimePositions", "useRealtimeTrades", "usePortfolio", "useChannel"] as const) {
+    expect(typeof react[hook]).toBe("function");
+  }
+  expect(typeof react.RealtimeBridgeProvider).toBe("function");
+});
+
+test("the runtime code imports nothing but itself (and React, in the hooks)", () => {
+  for (const file of ["index", "client", "backoff", "environment", "filters", "records", "protocol", "react"]) {
+    const source = readFileSync(new URL(`../dist/${file}.js`, import.meta.url), "utf8");
+    const imports = [...source.matchAll(/from\s+"([^"]+)"/g)].map((m) => m[1]);
+    for (const specifier of imports) {
+      if (file === "react" && specifier === "react") continue;
+      expect(specifier, `${file}.js imports ${specifier}`).toMatch(/^\.\//);
+    }
+  }
+});

@@ -1,0 +1,783 @@
+"""`/realtime/v1/websocket` (and `/socket/websocket`): the Supabase Realtime protocol.
+
+Phoenix channels as `@supabase/supabase-js` and the Python `realtime`
+client speak them, so apps written for hosted Supabase connect unchanged.
+One socket carries many channels, each joined on a topic
+``realtime:<name>`` with a config saying what it wants:
+
+* ``postgres_changes`` bindings: row changes of tracked tables, from the
+  hub, filtered and authorized like every other subscription
+  (`phoenix_changes`);
+* broadcasts: between the members of the topic (`phoenix_rooms`), and, on a
+  topic named after a plugin channel, that channel's typed events;
+* presence: `presence_state` once, then `presence_diff`.
+
+Each channel has its own token (the join's ``access_token``, else the
+socket's ``apikey``). When it expires the channel's subscriptions pause
+and a system message says so; a fresh ``access_token`` resumes them from
+where they stopped, nothing lost. A rejoin of the same topic on the same
+socket (what clients do after an error) carries the position over too.
+
+Handshake refusals are HTTP responses with a JSON body
+``{"error", "code", "message"}``; problems with one message are answered on
+the channel, Supabase's way, and the socket stays up. A frame over
+`MAX_FRAME_BYTES` closes the socket (1009), a client that lets its queue sit
+full is cut off (1008, ``slow_consumer``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+import orjson
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from realtime_bridge.auth import UNCHECKED, Principal, Role, TokenExpired, Unauthorized
+from realtime_bridge.bridge import Bridge
+from realtime_bridge.errors import ClientError, PublishError
+from realtime_bridge.events import Frame
+from realtime_bridge.hub import Subscription, SubscriptionState
+from realtime_bridge.limits import RateLimited, RateLimiter
+from realtime_bridge.protocols.common import Target, request_token, resolve_target
+from realtime_bridge.protocols.outlet import QueueOutlet
+from realtime_bridge.protocols.phoenix_changes import (
+    Binding,
+    BindingError,
+    ColumnTypes,
+    EncodeCache,
+    binding_ids,
+    changes_renderer,
+    plugin_renderer,
+    replay_start,
+    resolve_bindings,
+    seq_since,
+)
+from realtime_bridge.protocols.phoenix_messages import (
+    AccessTokenPush,
+    BroadcastPush,
+    JoinConfig,
+    PresencePush,
+    parse_join,
+)
+from realtime_bridge.protocols.phoenix_rooms import Room, Rooms, generated_presence_key
+from realtime_bridge.protocols.phoenix_wire import (
+    JSON_ENCODING,
+    RAW_ENCODING,
+    BadFrame,
+    Inbound,
+    Vsn,
+    binary_bytes,
+    decode,
+    is_binary,
+    message,
+    reply,
+)
+
+logger = logging.getLogger(__name__)
+
+TOPIC_PREFIX = "realtime:"
+MAX_TOPIC_BYTES = 255
+CLOSE_POLICY = 1008
+CLOSE_TOO_LARGE = 1009
+
+
+@dataclass
+class PhoenixState:
+    """What the Supabase endpoints of one app share: rooms and encodings."""
+
+    rooms: Rooms = field(default_factory=Rooms)
+    columns: ColumnTypes = field(default_factory=ColumnTypes)
+    cache: EncodeCache = field(default_factory=EncodeCache)
+
+
+def phoenix_state(app: Starlette) -> PhoenixState:
+    """This app's shared state, made on first use."""
+    state: PhoenixState | None = getattr(app.state, "phoenix", None)
+    if state is None:
+        state = PhoenixState()
+        app.state.phoenix = state
+    return state
+
+
+class PhoenixOutlet(QueueOutlet):
+    """A connection queue where an empty frame means "nothing to send" (see `NOTHING`)."""
+
+    def offer(self, frame: Frame) -> bool:
+        return True if not frame else super().offer(frame)
+
+    async def put(self, frame: Frame) -> None:
+        if frame:
+            await super().put(frame)
+
+
+@dataclass
+class Plan:
+    """What a join (or a new token) resolved to, before anything is subscribed."""
+
+    plugin: Target | None
+    bindings: list[Binding]
+    changes_error: BindingError | None
+    replay_after: int | None = None
+
+
+def identity(principal: Principal) -> tuple[Role, str | None]:
+    return principal.role, principal.user_id
+
+
+class Channel:
+    """One joined topic on one socket (a room member)."""
+
+    def __init__(
+        self,
+        session: PhoenixSession,
+        topic: str,
+        join_ref: str | None,
+        config: JoinConfig,
+        principal: Principal,
+        token: str | None,
+    ) -> None:
+        self.session = session
+        self.topic = topic
+        self.sub_topic = topic[len(TOPIC_PREFIX) :]
+        self.join_ref = join_ref
+        self.config = config
+        self.private = config.private
+        self.principal = principal
+        self.token = token
+        self.presence_enabled = config.presence.enabled
+        self.presence_key = config.presence.key or generated_presence_key()
+        self.paused = False
+        self.plugin: Target | None = None
+        self.subs: dict[str, Subscription] = {}
+        self.room: Room | None = None
+        self.expiry: asyncio.TimerHandle | None = None
+
+    @property
+    def vsn(self) -> Vsn:
+        return self.session.vsn
+
+    def send(self, frame: Frame) -> None:
+        self.session.send(frame)
+
+    def positions(self) -> dict[str, int]:
+        """How far each subscription was served (to carry over to a replacement)."""
+        return {key: sub.last_seq for key, sub in self.subs.items()}
+
+
+class PhoenixSession:
+    """One socket: its reader, its writer and its channels."""
+
+    def __init__(self, bridge: Bridge, websocket: WebSocket, state: PhoenixState) -> None:
+        self.bridge = bridge
+        self.websocket = websocket
+        self.state = state
+        self.vsn = Vsn.V1
+        self.outlet = PhoenixOutlet(
+            bridge.settings.send_queue_max,
+            on_overflow=self._on_overflow,
+            stall_timeout=bridge.settings.slow_consumer_timeout,
+        )
+        self.channels: dict[str, Channel] = {}
+        self.replays: dict[str, asyncio.Task[None]] = {}
+        self.owners: dict[str, Channel] = {}  # subscription id → its channel
+        self.principal: Principal = UNCHECKED
+        self._rate = RateLimiter(bridge.settings.max_messages_per_second)
+        self._reader: asyncio.Task[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._closing: asyncio.Task[None] | None = None
+        client = websocket.client
+        self.client_ip = client.host if client is not None else "unknown"
+
+    # connection ----------------------------------------------------------------
+
+    async def run(self) -> None:
+        refusal = await self._admit()
+        if refusal is not None:
+            await self._refuse(*refusal)
+            return
+        await self.websocket.accept()
+        counters = self.bridge.counters
+        counters.connections_total += 1
+        counters.connections_open += 1
+        self.bridge.limits.connected(self.client_ip, self.principal.user_id)
+        writer = self._writer = asyncio.create_task(self._write(), name="phoenix-writer")
+        self._reader = asyncio.create_task(self._read(), name="phoenix-reader")
+        try:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        finally:
+            counters.connections_open -= 1
+            self.bridge.limits.disconnected(self.client_ip, self.principal.user_id)
+            for channel in list(self.channels.values()):
+                self._close_channel(channel)
+            self.outlet.close()
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await writer
+            if self._closing is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._closing
+
+    async def _admit(self) -> tuple[int, str, str] | None:
+        ws = self.websocket
+        origin = ws.headers.get("origin")
+        allowed = self.bridge.settings.allowed_origins
+        if origin and "*" not in allowed and origin not in allowed:
+            return 403, "origin_not_allowed", f"origin {origin!r} is not allowed"
+        vsn = Vsn.parse(ws.query_params.get("vsn"))
+        if vsn is None:
+            return 400, "bad_message", "unsupported vsn; use 1.0.0 or 2.0.0"
+        self.vsn = vsn
+        # Supabase reads the `x-api-key` header first, then the `apikey` parameter.
+        token = ws.headers.get("x-api-key") or ws.query_params.get("apikey") or request_token(ws)
+        try:
+            self.principal = await self.bridge.auth.verify(token)
+        except ClientError as exc:
+            return 401, exc.code, exc.message
+        refusal = self.bridge.limits.admit(self.client_ip, self.principal.user_id)
+        if refusal is not None:
+            return 429, "too_many_connections", refusal
+        return None
+
+    async def _refuse(self, status: int, code: str, text: str) -> None:
+        self.bridge.counters.error(code)
+        body = orjson.dumps({"error": text, "code": code, "message": text})
+        if "websocket.http.response" in self.websocket.scope.get("extensions", {}):
+            await self.websocket.send_denial_response(
+                Response(body, status_code=status, media_type="application/json")
+            )
+        else:  # pragma: no cover - servers without the denial-response extension
+            await self.websocket.close(code=CLOSE_POLICY, reason=code)
+
+    async def _read(self) -> None:
+        limit = self.bridge.settings.max_frame_bytes
+        while True:
+            received = await self.websocket.receive()
+            if received["type"] == "websocket.disconnect":
+                return
+            text: str | None = received.get("text")
+            data: str | bytes = text if text is not None else received.get("bytes") or b""
+            size = len(data.encode()) if isinstance(data, str) else len(data)
+            if size > limit:
+                self.bridge.counters.error("too_large")
+                await self._close("too_large", CLOSE_TOO_LARGE)
+                return
+            try:
+                inbound = decode(data, self.vsn)
+            except BadFrame as exc:
+                # Supabase drops a malformed frame and keeps the socket.
+                logger.debug("dropped a malformed frame: %s", exc)
+                self.bridge.counters.error("bad_message")
+                continue
+            await self._handle(inbound)
+            if self.outlet.closed:
+                return
+
+    async def _write(self) -> None:
+        while True:
+            frames = await self.outlet.take()
+            if not frames:
+                return
+            for frame in frames:
+                if is_binary(frame):
+                    await self.websocket.send_bytes(binary_bytes(frame))
+                else:
+                    await self.websocket.send_text(frame)
+
+    def send(self, frame: Frame) -> None:
+        if not self.outlet.offer(frame):
+            self.outlet.overflow("slow_consumer")
+
+    def _on_overflow(self, reason: str) -> None:
+        self.bridge.hub.stats.slow_consumers += 1
+        self.bridge.counters.error(reason)
+        if self._closing is None:
+            self._closing = asyncio.create_task(self._close(reason, CLOSE_POLICY))
+
+    async def _close(self, reason: str, code: int) -> None:
+        self.outlet.close()
+        if self._writer is not None and self._writer is not asyncio.current_task():
+            self._writer.cancel()
+        try:
+            async with asyncio.timeout(2):
+                await self.websocket.close(code=code, reason=reason)
+        except (TimeoutError, WebSocketDisconnect, RuntimeError, OSError):
+            pass
+        finally:
+            if self._reader is not None and self._reader is not asyncio.current_task():
+                self._reader.cancel()
+
+    # dispatch ------------------------------------------------------------------
+
+    def _reply(self, inbound: Inbound, status: str, response: dict[str, Any] | None = None) -> None:
+        self.send(
+            reply(self.vsn, inbound.join_ref, inbound.ref, inbound.topic, status, response or {})
+        )
+
+    def _refuse_message(self, inbound: Inbound, code: str, reason: str) -> None:
+        self.bridge.counters.error(code)
+        self._reply(inbound, "error", {"reason": reason})
+
+    async def _handle(self, inbound: Inbound) -> None:
+        if inbound.topic == "phoenix":
+            if inbound.event == "heartbeat":
+                self._reply(inbound, "ok")
+            return
+        try:
+            self._rate.take()
+        except RateLimited as exc:
+            prefix = "ClientJoinRateLimitReached" if inbound.event == "phx_join" else "RateLimited"
+            self._refuse_message(inbound, exc.code, f"{prefix}: {exc.message}")
+            return
+        if inbound.event == "phx_join":
+            try:
+                await self._join(inbound)
+            except Exception:
+                # Supabase's answer when a join fails for a reason of its own (database down).
+                logger.exception("joining %s failed", inbound.topic)
+                self._refuse_message(inbound, "unavailable", "Unknown Error on Channel")
+            return
+        channel = self.channels.get(inbound.topic)
+        if channel is None or (
+            inbound.join_ref is not None and inbound.join_ref != channel.join_ref
+        ):
+            self._reply(inbound, "error", {"reason": "unmatched topic"})
+            return
+        try:
+            if inbound.event == "phx_leave":
+                self._leave(channel, inbound)
+            elif inbound.event == "broadcast":
+                await self._broadcast(channel, inbound)
+            elif inbound.event == "presence":
+                self._presence(channel, inbound)
+            elif inbound.event == "access_token":
+                await self._access_token(channel, inbound)
+            else:
+                self._reply(inbound, "error", {"reason": f"unknown event {inbound.event!r}"})
+        except Exception:
+            # The channel "crashed": Phoenix tells the client with phx_error, the socket lives.
+            logger.exception("channel %s failed on %s", channel.topic, inbound.event)
+            self._close_channel(channel)
+            self.send(
+                message(
+                    self.vsn, channel.join_ref, channel.join_ref, channel.topic, "phx_error", {}
+                )
+            )
+
+    # joining -------------------------------------------------------------------
+
+    async def _join(self, inbound: Inbound) -> None:
+        topic = inbound.topic
+        join_ref = inbound.join_ref or inbound.ref
+        if not topic.startswith(TOPIC_PREFIX) or topic == TOPIC_PREFIX:
+            self._refuse_message(
+                inbound, "bad_message", "TopicNameRequired: You must provide a topic name"
+            )
+            return
+        if len(topic.encode()) > MAX_TOPIC_BYTES:
+            self._refuse_message(
+                inbound, "bad_message", f"InvalidTopic: topics are at most {MAX_TOPIC_BYTES} bytes"
+            )
+            return
+        limit = self.bridge.settings.max_subscriptions_per_connection
+        if topic not in self.channels and len(self.channels) >= limit:
+            self._refuse_message(
+                inbound, "too_many_subscriptions", "ChannelRateLimitReached: Too many channels"
+            )
+            return
+        payload, problem = parse_join(inbound.payload)
+        if problem is not None:
+            logger.info("join of %s with an invalid payload (%s); using defaults", topic, problem)
+        token = payload.token
+        try:
+            principal = await self.bridge.auth.verify(token) if token else self.principal
+            if principal.expired():
+                raise TokenExpired("token has expired; send a fresh one")
+        except ClientError as exc:
+            self._refuse_message(
+                inbound, exc.code, f"InvalidJWTToken: {_token_problem(exc, token)}"
+            )
+            return
+        sub_topic = topic[len(TOPIC_PREFIX) :]
+        try:
+            plan = await self._plan(sub_topic, payload.config, principal)
+        except Unauthorized as exc:
+            self._refuse_message(
+                inbound,
+                exc.code,
+                "Unauthorized: You do not have permissions to read from this Channel topic: "
+                f"{sub_topic} ({exc.message})",
+            )
+            return
+        resume: dict[str, int] = {}
+        old = self.channels.get(topic)
+        if old is not None:
+            # A rejoin: the old channel goes (quietly: clients ignore a close for an old
+            # join_ref, or worse, close the new one), its position carries over.
+            if identity(old.principal) == identity(principal):
+                resume = old.positions()
+            self._close_channel(old)
+        channel = Channel(self, topic, join_ref, payload.config, principal, token)
+        self.channels[topic] = channel
+        channel.room = self.state.rooms.join(channel.private, sub_topic, channel)
+        self._subscribe(channel, plan, resume)
+        raws = payload.config.postgres_changes
+        ids = binding_ids(raws)
+        echo = [{**raw, "id": binding_id} for raw, binding_id in zip(raws, ids, strict=True)]
+        self._reply(inbound, "ok", {"postgres_changes": echo})
+        if channel.presence_enabled:
+            channel.room.send_state(channel)
+        if raws:
+            self._changes_status(channel, plan)
+        self._start(channel)
+
+    async def _plan(self, sub_topic: str, config: JoinConfig, principal: Principal) -> Plan:
+        """Resolve and authorize what a channel reads; raises `Unauthorized` for the topic."""
+        bridge = self.bridge
+        plugin: Target | None = None
+        if sub_topic in bridge.registry.by_channel:
+            plugin = await resolve_target(
+                bridge, principal, channel=sub_topic, table=None, filter_spec=None
+            )
+        elif config.private and principal.role is Role.ANON:
+            raise Unauthorized("private topics need a signed-in user or the service key")
+        raws = config.postgres_changes
+        bindings: list[Binding] = []
+        error: BindingError | None = None
+        try:
+            bindings = await resolve_bindings(
+                bridge, principal, raws, binding_ids(raws), self.state.columns
+            )
+        except BindingError as exc:
+            error = exc
+        plan = Plan(plugin, bindings, error)
+        replay = config.broadcast.replay
+        if plugin is not None and replay is not None:
+            after = await seq_since(bridge, replay.since)
+            if after is not None:
+                plan.replay_after = await replay_start(bridge, plugin, after, replay.limit)
+        return plan
+
+    def _subscribe(self, channel: Channel, plan: Plan, resume: dict[str, int]) -> None:
+        """Register the plan's hub subscriptions (no await: nothing is missed meanwhile)."""
+        hub = self.bridge.hub
+        channel.plugin = plan.plugin
+        wanted: list[tuple[str, Target, Any, int | None]] = []
+        if plan.plugin is not None:
+            since = resume.get("plugin", plan.replay_after)
+            replayed_upto = hub.head if plan.replay_after is not None else 0
+            render = plugin_renderer(self.vsn, channel.topic, replayed_upto, self.state.cache)
+            wanted.append(("plugin", plan.plugin, render, since))
+        if plan.changes_error is None:
+            for binding in plan.bindings:
+                for source in binding.sources:
+                    key = f"pg:{binding.id}:{source.target.channel}"
+                    render = changes_renderer(
+                        self.vsn, channel.topic, binding, source, self.state.cache
+                    )
+                    wanted.append((key, source.target, render, resume.get(key)))
+        for key, target, render, since in wanted:
+            sub = hub.subscribe(
+                target.channel,
+                target.filter,
+                self.outlet,
+                since=since,
+                render=render,
+                on_lag=self._catch_up,
+                owner=target.owner,
+                owner_column=target.owner_column,
+            )
+            channel.subs[key] = sub
+            self.owners[sub.id] = channel
+
+    def _start(self, channel: Channel) -> None:
+        for sub in channel.subs.values():
+            self._catch_up(sub)
+        self._watch_expiry(channel)
+
+    def _changes_status(self, channel: Channel, plan: Plan) -> None:
+        if plan.changes_error is not None:
+            self.bridge.counters.error(plan.changes_error.code)
+            self._system(channel, "postgres_changes", "error", plan.changes_error.message)
+        else:
+            self._system(channel, "postgres_changes", "ok", "Subscribed to PostgreSQL")
+
+    def _system(self, channel: Channel, extension: str, status: str, text: str) -> None:
+        payload = {
+            "extension": extension,
+            "status": status,
+            "message": text,
+            "channel": channel.sub_topic,
+        }
+        self.send(message(self.vsn, channel.join_ref, None, channel.topic, "system", payload))
+
+    def _unsubscribe_all(self, channel: Channel) -> None:
+        for sub in channel.subs.values():
+            self.bridge.hub.unsubscribe(sub)
+            self.owners.pop(sub.id, None)
+            task = self.replays.pop(sub.id, None)
+            if task is not None:
+                task.cancel()
+        channel.subs.clear()
+
+    def _close_channel(self, channel: Channel) -> None:
+        self._unsubscribe_all(channel)
+        if channel.expiry is not None:
+            channel.expiry.cancel()
+            channel.expiry = None
+        self.state.rooms.leave(channel.private, channel.sub_topic, channel)
+        if self.channels.get(channel.topic) is channel:
+            del self.channels[channel.topic]
+
+    def _leave(self, channel: Channel, inbound: Inbound) -> None:
+        self._reply(inbound, "ok")
+        self._close_channel(channel)
+        self._send_close(channel)
+
+    def _send_close(self, channel: Channel) -> None:
+        self.send(
+            message(self.vsn, channel.join_ref, channel.join_ref, channel.topic, "phx_close", {})
+        )
+
+    # broadcast and presence -------------------------------------------------------
+
+    async def _broadcast(self, channel: Channel, inbound: Inbound) -> None:
+        try:
+            push = BroadcastPush.model_validate(inbound.payload)
+        except ValidationError as exc:
+            reason = exc.errors(include_url=False)[0].get("msg", "invalid")
+            self._refuse_message(inbound, "bad_message", f"bad_message: broadcast {reason}")
+            return
+        ack = channel.config.broadcast.ack
+        if channel.paused:
+            self._refuse_message(inbound, "token_expired", "InvalidJWTToken: Token has expired")
+            return
+        if channel.plugin is not None:
+            await self._publish(channel, inbound, push, ack)
+            return
+        if inbound.raw is not None:
+            raw, encoding = inbound.raw, inbound.raw_encoding
+        else:
+            raw, encoding = orjson.dumps(push.payload), JSON_ENCODING
+        assert channel.room is not None
+        if ack:
+            self._reply(inbound, "ok")
+        channel.room.broadcast(
+            push.event,
+            raw,
+            encoding,
+            sender=channel,
+            include_sender=channel.config.broadcast.self_,
+        )
+
+    async def _publish(
+        self, channel: Channel, inbound: Inbound, push: BroadcastPush, ack: bool
+    ) -> None:
+        """A broadcast on a plugin channel's topic goes into the log, for the service key only."""
+        if not channel.principal.is_service:
+            self._refuse_message(
+                inbound,
+                "forbidden",
+                f"Unauthorized: only the service key may publish on {channel.sub_topic!r}, "
+                "a channel backed by the database",
+            )
+            return
+        if inbound.raw_encoding == RAW_ENCODING:
+            self._refuse_message(
+                inbound, "invalid_payload", "invalid_payload: binary payloads cannot be logged"
+            )
+            return
+        try:
+            await self.bridge.publish(channel.sub_topic, push.event, push.payload, wait=0)
+        except ClientError as exc:
+            self._refuse_message(inbound, exc.code, f"{exc.code}: {exc.message}")
+            return
+        except PublishError as exc:
+            self._refuse_message(inbound, "unavailable", f"unavailable: {exc}")
+            return
+        if ack:
+            self._reply(inbound, "ok")
+
+    def _presence(self, channel: Channel, inbound: Inbound) -> None:
+        try:
+            push = PresencePush.model_validate(inbound.payload)
+        except ValidationError:
+            self._reply(inbound, "error")
+            return
+        room = channel.room
+        assert room is not None
+        if push.event == "track":
+            if not isinstance(push.payload, dict):
+                self._reply(inbound, "error", {"reason": "Presence track payload must be a map"})
+                return
+            room.track(channel, channel.presence_key, push.payload)
+            if not channel.presence_enabled:
+                # Tracking turns presence on; the state comes first (clients buffer diffs).
+                channel.presence_enabled = True
+                room.send_state(channel)
+            self._reply(inbound, "ok")
+        elif push.event == "untrack":
+            room.untrack(channel)
+            self._reply(inbound, "ok")
+        else:
+            self._reply(inbound, "error")
+
+    # tokens ----------------------------------------------------------------------
+
+    async def _access_token(self, channel: Channel, inbound: Inbound) -> None:
+        try:
+            token = AccessTokenPush.model_validate(inbound.payload).access_token
+        except ValidationError:
+            return
+        # Supabase ignores opaque keys, nulls and repeats, and never replies.
+        if not token or token.startswith("sb_") or token == channel.token:
+            return
+        try:
+            principal = await self.bridge.auth.verify(token)
+        except ClientError as exc:
+            self._end(channel, exc.code, _token_problem(exc, token))
+            return
+        if channel is not self.channels.get(channel.topic):
+            return
+        channel.token = token
+        if identity(principal) == identity(channel.principal):
+            channel.principal = principal
+            self._watch_expiry(channel)
+            self._unpause(channel)
+            return
+        # Another identity: what it may read is decided again, from where the channel was.
+        try:
+            plan = await self._plan(channel.sub_topic, channel.config, principal)
+        except Unauthorized as exc:
+            self._end(channel, exc.code, f"Unauthorized: {exc.message}")
+            return
+        if channel is not self.channels.get(channel.topic):
+            return
+        resume = channel.positions()
+        self._unsubscribe_all(channel)
+        channel.principal = principal
+        channel.paused = False
+        self._subscribe(channel, plan, resume)
+        if plan.changes_error is not None:
+            self._changes_status(channel, plan)
+        if channel.presence_enabled and channel.room is not None:
+            channel.room.send_state(channel)
+        self._start(channel)
+
+    def _end(self, channel: Channel, code: str, text: str) -> None:
+        """A fatal channel error: a system message, then phx_close."""
+        self.bridge.counters.error(code)
+        self._system(channel, "system", "error", text)
+        self._close_channel(channel)
+        self._send_close(channel)
+
+    def _watch_expiry(self, channel: Channel) -> None:
+        if channel.expiry is not None:
+            channel.expiry.cancel()
+            channel.expiry = None
+        left = channel.principal.seconds_left()
+        if left is not None:
+            channel.expiry = asyncio.get_running_loop().call_later(
+                max(left, 0), self._expired, channel
+            )
+
+    def _expired(self, channel: Channel) -> None:
+        channel.expiry = None
+        if self.channels.get(channel.topic) is not channel:
+            return
+        channel.paused = True
+        for sub in channel.subs.values():
+            self.bridge.hub.pause(sub)
+        self.bridge.counters.error("token_expired")
+        expires_at = channel.principal.expires_at or time.time()
+        ago = max(int(time.time() - expires_at), 0)
+        self._system(channel, "system", "error", f"Token has expired {ago} seconds ago")
+
+    def _unpause(self, channel: Channel) -> None:
+        if not channel.paused:
+            return
+        channel.paused = False
+        for sub in channel.subs.values():
+            self.bridge.hub.resume(sub)
+            self._catch_up(sub)
+        if channel.presence_enabled and channel.room is not None:
+            channel.room.send_state(channel)
+
+    # catching up -----------------------------------------------------------------
+
+    def _catch_up(self, sub: Subscription) -> None:
+        """Serve `sub` from the replay window until it is live (also after lagging)."""
+        if sub.state is not SubscriptionState.CATCHING_UP:
+            return
+        previous = self.replays.get(sub.id)
+        if previous is not None:
+            # A resumed subscription whose earlier catch-up is still waiting for room.
+            previous.cancel()
+        channel = self.owners.get(sub.id)
+
+        def resync(earliest: int) -> None:
+            if channel is not None:
+                self._system(
+                    channel,
+                    "system",
+                    "error",
+                    f"resync_required: events before seq {earliest} are no longer kept; "
+                    "reload a snapshot",
+                )
+
+        task = asyncio.create_task(
+            self.bridge.hub.catch_up(sub, on_resync=resync), name=f"phoenix-catch-up-{sub.id}"
+        )
+        self.replays[sub.id] = task
+        task.add_done_callback(functools.partial(self._replay_done, sub))
+
+    def _replay_done(self, sub: Subscription, task: asyncio.Task[None]) -> None:
+        if self.replays.get(sub.id) is task:
+            del self.replays[sub.id]
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            return
+        logger.error("catching up %s failed", sub.id, exc_info=exc)
+        channel = self.owners.pop(sub.id, None)
+        self.bridge.hub.unsubscribe(sub)
+        if channel is not None:
+            for key, value in list(channel.subs.items()):
+                if value is sub:
+                    del channel.subs[key]
+            self.bridge.counters.error("replay_failed")
+            self._system(
+                channel,
+                "system",
+                "error",
+                "replay_failed: missed events could not be read; join the channel again",
+            )
+
+
+def _token_problem(exc: ClientError, token: str | None) -> str:
+    """Supabase's wording for a token it refuses."""
+    if isinstance(exc, TokenExpired) and token:
+        try:
+            exp = jwt.decode(token, options={"verify_signature": False}).get("exp")
+        except jwt.PyJWTError:
+            exp = None
+        if isinstance(exp, int | float):
+            return f"Token has expired {max(int(time.time() - exp), 0)} seconds ago"
+        return "Token has expired"
+    return exc.message
+
+
+async def socket(websocket: WebSocket) -> None:
+    bridge: Bridge = websocket.app.state.bridge
+    await PhoenixSession(bridge, websocket, phoenix_state(websocket.app)).run()

@@ -1,0 +1,164 @@
+"""Supabase Realtime's broadcast REST API, for the service key.
+
+* ``POST /realtime/v1/api/broadcast`` ``{"messages": [{topic, event, payload, private?, id?}]}``
+* ``POST /realtime/v1/api/broadcast/{topic}/events/{event}[?private=true]``, body = the
+  payload (JSON, or bytes with ``Content-Type: application/octet-stream``)
+
+Both answer 202 with an empty body once the messages are accepted. A topic
+named after a plugin channel is published through the outbox (validated by
+the channel's model, numbered, replayable, seen by every instance); any
+other topic is an ephemeral broadcast to the sockets joined on it in this
+process, with ``meta: {"id": ...}`` as Supabase adds. A batch is checked
+whole before anything is delivered.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from realtime_bridge.bridge import Bridge
+from realtime_bridge.errors import BadMessage, ClientError, PayloadInvalid, PublishError
+from realtime_bridge.protocols.common import (
+    client_error_response,
+    error_response,
+    require_service,
+    validation_message,
+)
+from realtime_bridge.protocols.phoenix import phoenix_state
+from realtime_bridge.protocols.phoenix_wire import JSON_ENCODING, RAW_ENCODING
+
+MAX_BODY = 1024 * 1024
+MAX_BATCH = 100
+
+
+class RestMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    topic: Annotated[str, Field(min_length=1, max_length=200)]
+    event: Annotated[str, Field(min_length=1, max_length=255)]
+    payload: dict[str, Any]
+    private: bool = False
+    id: Annotated[str, Field(max_length=200)] | None = None
+
+
+class RestBatch(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    messages: Annotated[list[RestMessage], Field(min_length=1, max_length=MAX_BATCH)]
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _body(request: Request) -> bytes:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_BODY:
+        raise _TooLarge
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        raise _TooLarge
+    return raw
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadMessage(f"body is not valid JSON: {exc}") from exc
+
+
+def _check(bridge: Bridge, topic: str, event: str, payload: Any, encoding: int) -> None:
+    """Refuse, before delivering anything, what a plugin channel would not accept."""
+    if topic not in bridge.registry.by_channel:
+        return
+    if encoding == RAW_ENCODING:
+        raise PayloadInvalid(f"{topic!r} is backed by the database: send a JSON object")
+    bridge.registry.validate_broadcast(topic, event, payload)
+
+
+async def _deliver(
+    request: Request,
+    topic: str,
+    event: str,
+    raw: bytes,
+    encoding: int,
+    *,
+    private: bool,
+    message_id: str | None,
+) -> None:
+    bridge: Bridge = request.app.state.bridge
+    if topic in bridge.registry.by_channel:
+        await bridge.publish(topic, event, orjson.loads(raw), wait=0)
+        return
+    room = phoenix_state(request.app).rooms.get(private, topic)
+    if room is not None:
+        room.broadcast(event, raw, encoding, meta={"id": message_id or str(uuid.uuid4())})
+
+
+async def _answer(request: Request, work: Callable[[], Awaitable[None]]) -> Response:
+    bridge: Bridge = request.app.state.bridge
+    try:
+        await require_service(bridge, request)
+        await work()
+    except _TooLarge:
+        return error_response(413, "too_large", f"body exceeds {MAX_BODY} bytes")
+    except ClientError as exc:
+        bridge.counters.error(exc.code)
+        return client_error_response(exc)
+    except PublishError as exc:
+        return error_response(503, "unavailable", str(exc))
+    return Response(status_code=202)
+
+
+async def broadcast_batch(request: Request) -> Response:
+    """`POST /realtime/v1/api/broadcast`: a batch of messages."""
+    bridge: Bridge = request.app.state.bridge
+
+    async def work() -> None:
+        try:
+            batch = RestBatch.model_validate(_json(await _body(request)))
+        except ValidationError as exc:
+            raise BadMessage(validation_message(exc)) from exc
+        for m in batch.messages:
+            _check(bridge, m.topic, m.event, m.payload, JSON_ENCODING)
+        for m in batch.messages:
+            await _deliver(
+                request,
+                m.topic,
+                m.event,
+                orjson.dumps(m.payload),
+                JSON_ENCODING,
+                private=m.private,
+                message_id=m.id,
+            )
+
+    return await _answer(request, work)
+
+
+async def broadcast_one(request: Request) -> Response:
+    """`POST /realtime/v1/api/broadcast/{topic}/events/{event}`: one message."""
+    bridge: Bridge = request.app.state.bridge
+    topic: str = request.path_params["topic"]
+    event: str = request.path_params["event"]
+    private = request.query_params.get("private", "").lower() == "true"
+
+    async def work() -> None:
+        raw = await _body(request)
+        content_type = request.headers.get("content-type", "")
+        if content_type.startswith("application/octet-stream"):
+            encoding, payload = RAW_ENCODING, None
+        else:
+            encoding, payload = JSON_ENCODING, _json(raw)
+            raw = orjson.dumps(payload)
+        _check(bridge, topic, event, payload, encoding)
+        await _deliver(request, topic, event, raw, encoding, private=private, message_id=None)
+
+    return await _answer(request, work)

@@ -1,0 +1,194 @@
+"""The web inspector and the example dashboard in a real browser (headless Chromium).
+
+A real bridge and Postgres; the dashboard's production build served from another
+origin, as a deployed frontend would be; `tests/browser/live-pages.mjs` drives
+Chromium through playwright-core and reports what the pages showed. Screenshots
+land in tests/browser/artifacts/.
+
+`make test` installs Chromium (.ci/run) and builds what this needs; without a
+Chromium the test is skipped, loudly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import shutil
+import threading
+import warnings
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+
+from tests.conftest import ROOT, BridgeFactory
+
+CHROMIUM = Path("/usr/bin/chromium")
+BROWSER_TESTS = ROOT / "tests" / "browser"
+SCRIPT = BROWSER_TESTS / "live-pages.mjs"
+ARTIFACTS = BROWSER_TESTS / "artifacts"
+DASHBOARD = ROOT / "examples" / "react-dashboard" / "dist"
+# A row must be on screen this soon after its write committed.
+ON_SCREEN_MS = 1000
+USER = "browser-user"
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def static_site(folder: Path) -> Iterator[str]:
+    """Serve `folder` over HTTP on a free loopback port."""
+    handler = functools.partial(_QuietHandler, directory=str(folder))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def _require_browser() -> str:
+    if not CHROMIUM.exists():
+        message = (
+            "\n\n*** BROWSER TESTS SKIPPED: no Chromium at /usr/bin/chromium. ***\n"
+            "*** `apt-get install -y chromium` (what .ci/run does) to run them. ***\n"
+        )
+        warnings.warn(message, stacklevel=2)
+        pytest.skip(message)
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is not on PATH: the browser tests need Node 20+")
+    missing = [
+        str(path.relative_to(ROOT))
+        for path in (BROWSER_TESTS / "node_modules" / "playwright-core", DASHBOARD / "index.html")
+        if not path.exists()
+    ]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} missing: run `make web` (make test does)")
+    return node
+
+
+def is_png(path: str) -> bool:
+    return Path(path).read_bytes().startswith(b"\x89PNG")
+
+
+async def converse(process: asyncio.subprocess.Process, db: asyncpg.Connection) -> Any:
+    """Answer the script's requests (writes to Postgres) until it prints its result."""
+    assert process.stdout is not None
+    assert process.stdin is not None
+    while line := await process.stdout.readline():
+        message = orjson.loads(line)
+        if "request" not in message:
+            return message
+        request = message["request"]
+        await db.execute(
+            "UPDATE positions SET current_price = $1 WHERE id = $2",
+            request["price"],
+            request["reprice"],
+        )
+        process.stdin.write(b'{"done": true}\n')
+        await process.stdin.drain()
+    return None
+
+
+async def test_inspector_and_dashboard_stay_live_through_a_websocket_outage(
+    start_bridge: BridgeFactory, db: asyncpg.Connection
+) -> None:
+    node = _require_browser()
+    bridge = await start_bridge(enable_testing_api=True)
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)
+    with static_site(DASHBOARD) as dashboard_url:
+        config = {
+            "bridgeUrl": bridge.url,
+            "serviceKey": bridge.service_key,
+            "anonKey": bridge.anon_key,
+            "userToken": bridge.user_token(USER),
+            "userId": USER,
+            "dashboardUrl": dashboard_url,
+            "artifacts": str(ARTIFACTS),
+            "chromium": str(CHROMIUM),
+        }
+        process = await asyncio.create_subprocess_exec(
+            node,
+            str(SCRIPT),
+            orjson.dumps(config).decode(),
+            cwd=BROWSER_TESTS,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert process.stderr is not None
+        stderr = asyncio.create_task(process.stderr.read())
+        try:
+            async with asyncio.timeout(90):
+                result = await converse(process, db)
+                assert process.stdin is not None
+                process.stdin.close()
+                await process.wait()
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        log = (await stderr).decode(errors="replace")
+    assert process.returncode == 0, log
+    assert result is not None, log
+    assert result["ok"], f"{result.get('error')}\n{log}"
+    print(log)  # the figures, for `pytest -s` and failure reports
+    assert result["pageErrors"] == []
+
+    # The inspector at a glance, from /health and /api/stats.
+    inspector = result["pages"]["inspector"]
+    assert inspector["bridgeStatus"] == "ok"
+    assert inspector["clients"] >= 2  # this page's socket and the dashboard's
+    assert {"position-updates", "trade-updates", "portfolio-updates"} <= set(inspector["channels"])
+    # Its newest event: the position written by the first signal, expanded.
+    first = inspector["firstEvent"]
+    assert first["payloadVisible"]
+    assert first["payload"]["data"]["symbol"] == "RTA"
+    assert first["payload"]["data"]["user_id"] == USER
+    assert int(first["seq"]) >= 1
+    assert first["latency"].endswith("ms")
+
+    dashboard = result["pages"]["dashboard"]
+    assert dashboard["rows"] == ["RTA"]
+    assert dashboard["trades"] == ["RTA"]
+    assert dashboard["portfolioValue"] == "$303.75"  # 3 × 101.25 at market
+    # The UPDATE made in Postgres (price 101.25 → 110) reached both pages at once.
+    assert dashboard["repriced"] == {"pnl": "$26.25", "pnlPct": "+8.64%", "unrealized": "$26.25"}
+    update = result["phases"]["update"]
+    assert update["dashboardMs"] < ON_SCREEN_MS, update
+    assert update["inspectorMs"] < ON_SCREEN_MS, update
+
+    phases = result["phases"]
+    for phase in ("realtime", "polling", "back"):
+        figures = phases[phase]
+        # Each page says how it got the row: the socket, or the long-poll fallback.
+        expected_mode = "polling" if phase == "polling" else "realtime"
+        assert figures["inspectorMode"] == expected_mode, (phase, figures)
+        assert figures["dashboardMode"] == expected_mode, (phase, figures)
+        assert figures["inspectorMs"] < ON_SCREEN_MS, (phase, figures)
+        assert figures["dashboardMs"] < ON_SCREEN_MS, (phase, figures)
+    assert result["socketsCut"] == 2
+    assert result["pages"]["dashboard"]["finalRows"] == ["RTA", "PLA", "BKA"]
+    # Newest first, every event once, across the fallback and the return.
+    seqs = result["pages"]["inspector"]["finalSeqs"]
+    assert seqs == sorted(seqs, reverse=True)
+    assert len(seqs) == len(set(seqs)) == 4  # three INSERTs and the price UPDATE
+
+    assert all(is_png(shot) for shot in result["screenshots"]), result["screenshots"]
+    assert {Path(shot).name for shot in result["screenshots"]} >= {
+        "inspector-realtime.png",
+        "dashboard-polling.png",
+        "inspector-back.png",
+    }

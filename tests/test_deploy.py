@@ -1,0 +1,289 @@
+"""Deployment files: railway.toml, the Dockerfile and .dockerignore say what we run, and it runs.
+
+No Docker engine is needed: the Dockerfile is parsed into its instructions,
+and the commands it and railway.toml name are run here the way the
+container would run them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import httpx
+import pytest
+
+from realtime_bridge.migrate import default_migrations_dir, discover
+from realtime_bridge.settings import Settings
+from tests.conftest import ROOT
+from tests.test_cli import clean_env, free_port, serving
+
+SERVE = "exec realtime-bridge serve --host 0.0.0.0 --port $PORT"
+
+
+@dataclass(frozen=True)
+class Instruction:
+    keyword: str
+    arguments: str
+
+    def exec_form(self) -> list[str] | None:
+        """The JSON-array form of the arguments, or None for the shell form."""
+        if not self.arguments.startswith("["):
+            return None
+        parsed = json.loads(self.arguments)
+        assert isinstance(parsed, list)
+        assert all(isinstance(part, str) for part in parsed)
+        return parsed
+
+
+def parse_dockerfile(text: str) -> list[Instruction]:
+    """Instructions in order: comments dropped, `\\` continuations joined."""
+    instructions: list[Instruction] = []
+    pending = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if pending and line.startswith("#"):
+            continue  # comment lines inside a continuation are skipped by Docker
+        if line.endswith("\\"):
+            pending += line[:-1].strip() + " "
+            continue
+        logical = (pending + line).strip()
+        pending = ""
+        keyword, _, arguments = logical.partition(" ")
+        assert keyword.isalpha(), f"not an instruction: {logical!r}"
+        instructions.append(Instruction(keyword.upper(), arguments.strip()))
+    assert not pending, "the Dockerfile ends inside a line continuation"
+    return instructions
+
+
+def healthcheck_command(instruction: Instruction) -> tuple[dict[str, str], list[str]]:
+    """HEALTHCHECK [--option=value ...] CMD <command>: the options and the command."""
+    options: dict[str, str] = {}
+    rest = instruction.arguments
+    while rest.startswith("--"):
+        option, _, rest = rest.partition(" ")
+        name, _, value = option[2:].partition("=")
+        options[name] = value
+        rest = rest.strip()
+    keyword, _, command = rest.partition(" ")
+    assert keyword == "CMD", f"HEALTHCHECK without CMD: {instruction.arguments!r}"
+    parsed = Instruction("CMD", command.strip()).exec_form()
+    assert parsed is not None, "HEALTHCHECK CMD should use the exec form"
+    return options, parsed
+
+
+def dockerfile() -> list[Instruction]:
+    return parse_dockerfile((ROOT / "Dockerfile").read_text())
+
+
+def only(instructions: list[Instruction], keyword: str) -> Instruction:
+    found = [i for i in instructions if i.keyword == keyword]
+    assert len(found) == 1, f"expected one {keyword}, found {len(found)}"
+    return found[0]
+
+
+def image_env(instructions: list[Instruction]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for instruction in instructions:
+        if instruction.keyword == "ENV":
+            for pair in shlex.split(instruction.arguments):
+                name, sep, value = pair.partition("=")
+                assert sep, f"ENV {pair!r}: use the NAME=value form"
+                env[name] = value
+    return env
+
+
+def copies(instructions: list[Instruction]) -> list[tuple[list[str], PurePosixPath]]:
+    """(sources, absolute destination) of every COPY, resolving WORKDIR."""
+    workdir = PurePosixPath("/")
+    found = []
+    for instruction in instructions:
+        if instruction.keyword == "WORKDIR":
+            workdir = workdir / instruction.arguments
+        elif instruction.keyword == "COPY":
+            parts = [p for p in shlex.split(instruction.arguments) if not p.startswith("--")]
+            *sources, destination = parts
+            found.append((sources, workdir / destination))
+    return found
+
+
+def dockerignored(path: str, patterns: list[str]) -> bool:
+    """Whether .dockerignore keeps `path` (or a folder above it) out of the build context."""
+    ignored = False
+    parts = PurePosixPath(path).parts
+    candidates = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        glob = pattern[1:] if negate else pattern
+        globs = {glob, glob.removeprefix("**/")}
+        if any(fnmatch.fnmatchcase(c, g) for c in candidates for g in globs):
+            ignored = not negate
+    return ignored
+
+
+def expand(command: str, env: dict[str, str]) -> str:
+    """$NAME and ${NAME} as /bin/sh expands them (unset → empty)."""
+    return re.sub(
+        r"\$(?:\{(\w+)\}|(\w+))", lambda m: env.get(m.group(1) or m.group(2), ""), command
+    )
+
+
+def railway() -> dict[str, Any]:
+    with (ROOT / "railway.toml").open("rb") as file:
+        return tomllib.load(file)
+
+
+def shell_wrapped(argv: list[str]) -> str:
+    """The script of `/bin/sh -c <script>`."""
+    assert argv[:2] == ["/bin/sh", "-c"], f"not wrapped in a shell: {argv}"
+    assert len(argv) == 3
+    return argv[2]
+
+
+# railway.toml ------------------------------------------------------------
+
+
+def test_railway_toml_builds_the_dockerfile_and_checks_health() -> None:
+    config = railway()
+    assert config["build"]["builder"] == "DOCKERFILE"
+    assert (ROOT / config["build"]["dockerfilePath"]).is_file()
+    deploy = config["deploy"]
+    assert deploy["healthcheckPath"] == "/health"
+    assert deploy["healthcheckTimeout"] >= 30
+    assert deploy["restartPolicyType"] == "ON_FAILURE"
+    assert deploy["restartPolicyMaxRetries"] >= 1
+
+
+def test_railway_start_command_serves_on_port_through_a_shell() -> None:
+    # A Dockerfile deploy runs startCommand in exec form: without the shell
+    # "$PORT" would reach argparse literally and the service would crash-loop.
+    argv = shlex.split(railway()["deploy"]["startCommand"])
+    assert shell_wrapped(argv) == SERVE
+
+
+# Dockerfile --------------------------------------------------------------
+
+
+def test_the_dockerfile_parser_joins_continuations_and_reads_both_forms() -> None:
+    parsed = parse_dockerfile(
+        '# comment\nFROM x\nRUN a \\\n  # inside\n    && b\nCMD ["p", "q"]\nCMD p q\n'
+    )
+    assert [(i.keyword, i.arguments) for i in parsed] == [
+        ("FROM", "x"),
+        ("RUN", "a && b"),
+        ("CMD", '["p", "q"]'),
+        ("CMD", "p q"),
+    ]
+    assert parsed[2].exec_form() == ["p", "q"]
+    assert parsed[3].exec_form() is None
+
+
+def test_dockerfile_runs_the_same_serve_command_as_railway() -> None:
+    instructions = dockerfile()
+    assert only(instructions, "FROM").arguments == "python:3.11-slim"
+    cmd = only(instructions, "CMD").exec_form()
+    assert cmd is not None, "CMD should use the exec form (signals reach the process)"
+    assert cmd == shlex.split(railway()["deploy"]["startCommand"])
+    assert image_env(instructions)["PORT"] == "8000"  # the default where no host sets PORT
+
+
+def test_dockerfile_runs_as_a_non_root_user_created_in_the_image() -> None:
+    instructions = dockerfile()
+    user = only(instructions, "USER").arguments
+    assert user not in ("root", "0", "")
+    assert any(
+        i.keyword == "RUN"
+        and any(re.search(rf"useradd\b.*\b{user}$", c.strip()) for c in i.arguments.split("&&"))
+        for i in instructions
+    ), f"user {user} is never created"
+    keywords = [i.keyword for i in instructions]
+    # Nothing runs as root after the switch, and the service starts after it.
+    assert keywords.index("USER") > max(n for n, k in enumerate(keywords) if k == "RUN")
+    assert keywords.index("USER") < keywords.index("CMD")
+
+
+def test_dockerfile_healthcheck_hits_health_on_port() -> None:
+    options, command = healthcheck_command(only(dockerfile(), "HEALTHCHECK"))
+    assert command[:2] == ["python", "-c"]
+    assert "/health" in command[2]
+    assert "PORT" in command[2]
+    assert {"interval", "timeout", "start-period", "retries"} <= set(options)
+
+
+def test_dockerfile_env_names_real_settings_and_points_at_copied_files(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    instructions = dockerfile()
+    env = image_env(instructions)
+    setting_names = {name.upper() for name in Settings.model_fields}
+    ours = {k for k in env if not k.startswith(("PYTHON", "PIP_"))}
+    # Settings ignores unknown variables, so a typo here would pass silently.
+    assert ours <= setting_names, ours - setting_names
+    for name in ours:
+        monkeypatch.setenv(name, env[name])
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    destinations = {str(sources[0]): str(dest) for sources, dest in copies(instructions)}
+    assert destinations["supabase/migrations"] == str(settings.migrations_dir)
+    assert destinations["plugins"] in [str(p) for p in settings.plugin_paths]
+
+
+def test_everything_the_dockerfile_copies_exists_and_is_not_dockerignored() -> None:
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    sources = [s for found, _ in copies(dockerfile()) for s in found]
+    assert {"pyproject.toml", "README.md", "realtime_bridge", "plugins"} <= set(sources)
+    for source in sources:
+        assert (ROOT / source).exists(), f"COPY {source}: no such file"
+        assert not dockerignored(source, patterns), f"COPY {source} is excluded by .dockerignore"
+    # The matcher itself: these must stay out of the build context.
+    for unwanted in (".venv/bin/python", ".git/HEAD", "realtime_bridge/__pycache__/x.pyc"):
+        assert dockerignored(unwanted, patterns), unwanted
+    # And the image finds the same migrations as a source checkout.
+    shipped = discover(ROOT / "supabase" / "migrations")
+    assert [m.path.name for m in shipped] == [
+        m.path.name for m in discover(default_migrations_dir())
+    ]
+
+
+# running the commands ------------------------------------------------------
+
+
+async def test_the_start_command_honours_port_and_the_healthcheck_passes(
+    tmp_path: Path, dsn: str
+) -> None:
+    (tmp_path / "plugins").symlink_to(ROOT / "plugins")
+    port = str(free_port())
+    env = clean_env(PORT=port, DATABASE_URL=dsn)
+    script = shell_wrapped(shlex.split(railway()["deploy"]["startCommand"]))
+    argv = shlex.split(expand(script, env))
+    assert argv[:3] == ["exec", "realtime-bridge", "serve"]
+    # Loopback instead of 0.0.0.0: a test should not listen on every interface.
+    args = ["127.0.0.1" if a == "0.0.0.0" else a for a in argv[3:]]
+    assert args == ["--host", "127.0.0.1", "--port", port]
+
+    _, check = healthcheck_command(only(dockerfile(), "HEALTHCHECK"))
+    check = [sys.executable, *check[1:]]
+    async with serving(tmp_path, env, *args) as url:
+        assert url == f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=url) as http:
+            response = await http.get("/health")
+        assert response.status_code == 200
+        assert response.json()["status"] == "ok"
+        passed = subprocess.run(check, env=env, capture_output=True, text=True, timeout=10)
+        assert passed.returncode == 0, passed.stderr
+        closed = {**env, "PORT": str(free_port())}
+        failed = subprocess.run(check, env=closed, capture_output=True, text=True, timeout=10)
+        assert failed.returncode != 0

@@ -1,0 +1,228 @@
+"""The official Python `realtime` client (PyPI, pinned in pyproject) against a running bridge.
+
+Written the way its README and supabase-py use it; the only change from an
+app talking to hosted Supabase is the URL and the key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import asyncpg
+from realtime import AsyncRealtimeChannel, AsyncRealtimeClient, RealtimeSubscribeStates
+
+from realtime_bridge.testing import RunningBridge
+from tests.conftest import BridgeFactory
+
+INSERT = (
+    "INSERT INTO positions (user_id, symbol, quantity, entry_price, current_price) "
+    "VALUES ($1, $2, $3, 100, 110) RETURNING id"
+)
+
+
+async def until(what: str, condition: Callable[[], bool], timeout: float = 8.0) -> None:
+    for _ in range(int(timeout / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@contextlib.asynccontextmanager
+async def client(bridge: RunningBridge, key: str) -> AsyncIterator[AsyncRealtimeClient]:
+    realtime = AsyncRealtimeClient(f"{bridge.url}/realtime/v1", key, auto_reconnect=False)
+    await realtime.connect()
+    try:
+        yield realtime
+    finally:
+        await realtime.close()
+
+
+async def subscribe(channel: AsyncRealtimeChannel) -> list[tuple[str, str | None]]:
+    states: list[tuple[str, str | None]] = []
+    await channel.subscribe(
+        lambda state, error: states.append((state.value, str(error) if error else None))
+    )
+    return states
+
+
+async def test_the_python_client_works_unchanged(
+    start_bridge: BridgeFactory, db: asyncpg.Connection
+) -> None:
+    bridge = await start_bridge()
+    async with client(bridge, bridge.anon_key) as alice, client(bridge, bridge.service_key) as ops:
+        # supabase-py hands the signed-in user's token to realtime with set_auth.
+        await alice.set_auth(bridge.user_token("u1"))
+        changes: list[dict[str, Any]] = []
+        heard: list[dict[str, Any]] = []
+        system: list[Any] = []
+        room = alice.channel(
+            "room1",
+            {
+                "config": {
+                    "broadcast": {"self": True, "ack": True},
+                    "presence": {"key": "alice", "enabled": True},
+                    "private": False,
+                }
+            },
+        )
+        for event in ("INSERT", "UPDATE", "DELETE"):
+            room.on_postgres_changes(
+                event,  # type: ignore[arg-type]
+                table="positions",
+                filter="symbol=in.(AAPL,MSFT)",
+                callback=lambda payload: changes.append(dict(payload)),
+            )
+        room.on_broadcast("cursor", lambda message: heard.append(dict(message)))
+        room.on_system(system.append)
+        presence_syncs: list[dict[str, Any]] = []
+        room.on_presence_sync(lambda: presence_syncs.append(dict(room.presence_state())))
+        assert await subscribe(room) == [("SUBSCRIBED", None)]
+        await until("Subscribed to PostgreSQL", lambda: bool(system))
+        assert system[0].message == "Subscribed to PostgreSQL"
+        assert system[0].extension == "postgres_changes"
+
+        ops_heard: list[dict[str, Any]] = []
+        ops_room = ops.channel(
+            "room1", {"config": {"broadcast": {"ack": True}, "presence": None, "private": False}}
+        )
+        ops_room.on_broadcast("*", lambda message: ops_heard.append(dict(message)))
+        ops_joins: list[str] = []
+        ops_room.on_presence_join(lambda key, current, new: ops_joins.append(key))
+        ops_leaves: list[str] = []
+        ops_room.on_presence_leave(lambda key, current, left: ops_leaves.append(key))
+        assert await subscribe(ops_room) == [("SUBSCRIBED", None)]
+
+        # postgres_changes: the filter and the row scope (u1's token) both apply.
+        row_id = await db.fetchval(INSERT, "u1", "AAPL", 1)
+        await db.fetchval(INSERT, "u2", "AAPL", 1)
+        await db.fetchval(INSERT, "u1", "TSLA", 1)
+        await db.execute("UPDATE positions SET current_price = 130 WHERE id = $1", row_id)
+        await db.execute("DELETE FROM positions WHERE id = $1", row_id)
+        await until("three changes", lambda: len(changes) == 3)
+        insert, update, delete = (change["data"] for change in changes)
+        assert [c["type"] for c in (insert, update, delete)] == ["INSERT", "UPDATE", "DELETE"]
+        assert insert["record"]["symbol"] == "AAPL"
+        assert insert["record"]["user_id"] == "u1"
+        assert "old_record" not in insert
+        assert {"name": "quantity", "type": "numeric"} in insert["columns"]
+        assert update["record"]["current_price"] == 130
+        assert update["old_record"]["current_price"] == 110
+        assert delete["old_record"]["id"] == row_id
+        assert "record" not in delete
+        assert len({change["ids"][0] for change in changes}) == 3
+
+        # Broadcast with ack: self for alice; the other client too.
+        await room.send_broadcast("cursor", {"x": 1})
+        await until("both hear alice", lambda: len(heard) == 1 and len(ops_heard) == 1)
+        assert heard[0]["payload"] == {"x": 1}
+        assert ops_heard[0]["event"] == "cursor"
+        await ops_room.send_broadcast("cursor", {"x": 2})
+        await until("alice hears ops", lambda: len(heard) == 2)
+        assert heard[1]["payload"] == {"x": 2}
+        await asyncio.sleep(0.2)
+        assert len(ops_heard) == 1  # self is off for ops
+
+        # REST broadcast (the client's http_send), with the service key.
+        await ops_room.http_send("cursor", {"x": 3})
+        await until("alice hears the REST message", lambda: len(heard) == 3)
+        assert heard[2]["payload"] == {"x": 3}
+        assert heard[2]["meta"]["id"]
+
+        # Presence: state, then diffs.
+        await room.track({"online_at": "now"})
+        await until("ops sees alice join", lambda: ops_joins == ["alice"])
+        await until("alice's own state", lambda: "alice" in room.presence_state())
+        assert room.presence_state()["alice"][0]["online_at"] == "now"  # type: ignore[typeddict-item]
+        await room.untrack()
+        await until("ops sees alice leave", lambda: ops_leaves == ["alice"])
+        assert presence_syncs[0] == {}
+
+        # Token refresh keeps the subscriptions.
+        await alice.set_auth(bridge.user_token("u1", ttl=900))
+        await db.fetchval(INSERT, "u1", "MSFT", 2)
+        await until("a change after the refresh", lambda: len(changes) == 4)
+
+        # Leave: nothing more arrives.
+        await room.unsubscribe()
+        await until("closed", lambda: room.is_closed)
+        await db.fetchval(INSERT, "u1", "MSFT", 3)
+        await asyncio.sleep(0.3)
+        assert len(changes) == 4
+    assert bridge.bridge.hub.subscriptions == {}
+
+
+async def test_an_expired_token_pauses_and_a_fresh_one_resumes_without_loss(
+    start_bridge: BridgeFactory, db: asyncpg.Connection
+) -> None:
+    bridge = await start_bridge()
+    async with client(bridge, bridge.anon_key) as alice:
+        await alice.set_auth(bridge.user_token("u1", ttl=1))
+        changes: list[dict[str, Any]] = []
+        states: list[tuple[str, str | None]] = []
+        room = alice.channel("positions-feed")
+        room.on_postgres_changes(
+            "*",  # type: ignore[arg-type]
+            table="positions",
+            callback=lambda payload: changes.append(dict(payload)),
+        )
+        await room.subscribe(lambda s, e: states.append((s.value, str(e) if e else None)))
+        await db.fetchval(INSERT, "u1", "BEFORE", 1)
+        await until("the first change", lambda: len(changes) == 1)
+        # Expiry: the server says so, and the client reports a channel error.
+        await until("expiry reported", lambda: len(states) >= 2, timeout=5)
+        assert states[1][0] == RealtimeSubscribeStates.CHANNEL_ERROR.value
+        assert "Token has expired" in (states[1][1] or "")
+        for i in range(3):
+            await db.fetchval(INSERT, "u1", f"MISSED{i}", 1)
+        # The app signs in again; the client rejoins with the fresh token and the
+        # bridge carries the channel's position over: the missed rows arrive.
+        await alice.set_auth(bridge.user_token("u1", ttl=600))
+        await until("the missed changes", lambda: len(changes) == 4, timeout=15)
+        assert [c["data"]["record"]["symbol"] for c in changes[1:]] == [
+            "MISSED0",
+            "MISSED1",
+            "MISSED2",
+        ]
+        await db.fetchval(INSERT, "u1", "LIVE", 1)
+        await until("live again", lambda: len(changes) == 5)
+        assert states[-1] == ("SUBSCRIBED", None)
+
+
+async def test_plugin_channel_events_and_replay_reach_the_python_client(
+    start_bridge: BridgeFactory, db: asyncpg.Connection
+) -> None:
+    bridge = await start_bridge()
+    for i in range(4):
+        await db.fetchval(INSERT, "u1" if i % 2 == 0 else "u2", f"OLD{i}", i + 1)
+    assert await bridge.bridge.hub.wait_for_head(4, timeout=10)
+    async with client(bridge, bridge.anon_key) as alice:
+        await alice.set_auth(bridge.user_token("u1"))
+        updates: list[dict[str, Any]] = []
+        feed = alice.channel(
+            "position-updates",
+            {
+                "config": {
+                    "broadcast": {"replay": {"since": 0, "limit": 1}},
+                    "presence": {"key": "", "enabled": False},
+                    "private": True,
+                }
+            },
+        )
+        feed.on_broadcast("position_update", lambda message: updates.append(dict(message)))
+        assert await subscribe(feed) == [("SUBSCRIBED", None)]
+        # The latest of u1's logged events (limit 1), marked as a replay.
+        await until("the replay", lambda: len(updates) == 1)
+        assert updates[0]["payload"]["symbol"] == "OLD2"
+        assert updates[0]["meta"]["replayed"] is True
+        await db.fetchval(INSERT, "u1", "NEW", 5)
+        await db.fetchval(INSERT, "u2", "NOT-MINE", 5)
+        await until("the live update", lambda: len(updates) == 2)
+        assert updates[1]["payload"]["symbol"] == "NEW"
+        assert updates[1]["payload"]["market_value"] == 550.0
+        assert "replayed" not in updates[1]["meta"]
+        await asyncio.sleep(0.2)
+        assert len(updates) == 2
