@@ -38,6 +38,7 @@ class BenchConfig:
     pin: bool
     profile: bool
     wait_quiet: float  # wait up to this long for the machine to be quiet before starting
+    count_queries: bool  # diagnostic: the main session's bridge talks to Postgres via the proxy
     scenarios: tuple[str, ...]
     output: Path
 
@@ -109,6 +110,12 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
         help="record py-spy profiles of the bridge during P1 and P3 (bench/results/profile-*)",
     )
     parser.add_argument(
+        "--count-queries",
+        action="store_true",
+        help="diagnostic: route the P1-P3 bridge's database traffic through the counting "
+        "proxy and report statements per change and their round trips (adds a hop)",
+    )
+    parser.add_argument(
         "--wait-quiet",
         type=float,
         default=0.0,
@@ -161,6 +168,7 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
         pin=not args.no_pin,
         profile=args.profile,
         wait_quiet=args.wait_quiet,
+        count_queries=args.count_queries,
         scenarios=args.scenario,
         output=args.output,
     )

@@ -18,12 +18,13 @@ import contextlib
 import os
 import signal
 import struct
-from collections import Counter
+import time
+from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnContext, SpawnProcess
 from types import TracebackType
-from typing import Any
 
 from bench.limits import event_loop_factory, pin
 
@@ -37,10 +38,21 @@ class Counts:
     connections: int = 0
     statements: int = 0
     by_text: Counter[str] = field(default_factory=Counter)
+    # Round trip as seen here (statement sent → ReadyForQuery back), per text.
+    seconds: dict[str, list[float]] = field(default_factory=dict)
+
+    def timed(self, text: str, seconds: float) -> None:
+        samples = self.seconds.setdefault(text, [])
+        if len(samples) < 20_000:
+            samples.append(seconds)
+
+
+def _short(text: str) -> str:
+    return " ".join(text.split())[:120]
 
 
 class _Session:
-    """Parses one client → server stream."""
+    """Parses one connection: client → server (statements) and server → client (timing)."""
 
     def __init__(self, counts: Counts) -> None:
         self.counts = counts
@@ -48,6 +60,33 @@ class _Session:
         self.started = False
         self.statements: dict[bytes, str] = {}
         self.portals: dict[bytes, str] = {}
+        self.executed: str | None = None  # the statement executed since the last Sync
+        self.in_flight: deque[tuple[str | None, float]] = deque()
+        self.server_buffer = b""
+        self.single_byte_replies = 0  # answers to SSLRequest / GSSENCRequest
+
+    def feed_server(self, data: bytes) -> None:
+        buffer = self.server_buffer + data
+        pos = 0
+        while True:
+            if self.single_byte_replies:
+                if len(buffer) - pos < 1:
+                    break
+                self.single_byte_replies -= 1
+                pos += 1
+                continue
+            if len(buffer) - pos < 5:
+                break
+            kind = buffer[pos : pos + 1]
+            (length,) = struct.unpack_from("!i", buffer, pos + 1)
+            if len(buffer) - pos < 1 + length:
+                break
+            pos += 1 + length
+            if kind == b"Z" and self.in_flight:
+                text, sent = self.in_flight.popleft()
+                if text is not None:
+                    self.counts.timed(text, time.monotonic() - sent)
+        self.server_buffer = buffer[pos:]
 
     def feed(self, data: bytes) -> None:
         buffer = self.buffer + data
@@ -60,7 +99,9 @@ class _Session:
                 if len(buffer) - pos < length:
                     break
                 pos += length
-                if code not in (SSL_REQUEST, GSSENC_REQUEST, CANCEL_REQUEST):
+                if code in (SSL_REQUEST, GSSENC_REQUEST):
+                    self.single_byte_replies += 1
+                elif code != CANCEL_REQUEST:
                     self.started = True
                 continue
             if len(buffer) - pos < 5:
@@ -76,32 +117,40 @@ class _Session:
 
     def _message(self, kind: bytes, body: bytes) -> None:
         if kind == b"Q":
-            self._count(body.rstrip(b"\0").decode(errors="replace"))
+            text = _short(body.rstrip(b"\0").decode(errors="replace"))
+            self._count(text)
+            self.in_flight.append((text, time.monotonic()))
+        elif kind == b"S":
+            self.in_flight.append((self.executed, time.monotonic()))
+            self.executed = None
         elif kind == b"P":
             name, _, rest = body.partition(b"\0")
-            text, _, _ = rest.partition(b"\0")
-            self.statements[name] = text.decode(errors="replace")
+            query, _, _ = rest.partition(b"\0")
+            self.statements[name] = query.decode(errors="replace")
         elif kind == b"B":
             portal, _, rest = body.partition(b"\0")
             statement, _, _ = rest.partition(b"\0")
             self.portals[portal] = self.statements.get(statement, "?")
         elif kind == b"E":
             portal, _, _ = body.partition(b"\0")
-            self._count(self.portals.get(portal, "?"))
+            text = _short(self.portals.get(portal, "?"))
+            self._count(text)
+            self.executed = text
 
     def _count(self, text: str) -> None:
         self.counts.statements += 1
-        self.counts.by_text[" ".join(text.split())[:120]] += 1
+        self.counts.by_text[text] += 1
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, session: Any) -> None:
+async def _pipe(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, feed: Callable[[bytes], None]
+) -> None:
     try:
         while True:
             data = await reader.read(65536)
             if not data:
                 break
-            if session is not None:
-                session.feed(data)
+            feed(data)
             writer.write(data)
             await writer.drain()
     except (ConnectionError, OSError):
@@ -122,7 +171,9 @@ async def _serve(control: Connection, upstream: tuple[str, int]) -> None:
             writer.close()
             return
         session = _Session(counts)
-        await asyncio.gather(_pipe(reader, up_writer, session), _pipe(up_reader, writer, None))
+        await asyncio.gather(
+            _pipe(reader, up_writer, session.feed), _pipe(up_reader, writer, session.feed_server)
+        )
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -139,6 +190,7 @@ async def _serve(control: Connection, upstream: tuple[str, int]) -> None:
                             "connections": counts.connections,
                             "statements": counts.statements,
                             "by_text": dict(counts.by_text),
+                            "seconds": counts.seconds,
                         },
                     )
                 )
@@ -159,6 +211,7 @@ def proxy_main(control: Connection, upstream: tuple[str, int], cpus: list[int] |
 class Snapshot:
     statements: int
     by_text: dict[str, int]
+    seconds: dict[str, list[float]] = field(default_factory=dict)
 
     def minus(self, earlier: Snapshot) -> Snapshot:
         return Snapshot(
@@ -168,6 +221,21 @@ class Snapshot:
                 for text, count in self.by_text.items()
                 if count - earlier.by_text.get(text, 0)
             },
+            {
+                text: samples[len(earlier.seconds.get(text, [])) :]
+                for text, samples in self.seconds.items()
+                if len(samples) > len(earlier.seconds.get(text, []))
+            },
+        )
+
+    def round_trip_ms(self, text: str) -> tuple[float, float] | None:
+        """Median and p99 round trip of `text` in ms (None when never timed)."""
+        samples = sorted(self.seconds.get(text, []))
+        if not samples:
+            return None
+        return (
+            samples[len(samples) // 2] * 1000,
+            samples[min(len(samples) - 1, int(len(samples) * 0.99))] * 1000,
         )
 
 
@@ -220,4 +288,4 @@ class CountingProxy:
         if not self.pipe.poll(30):
             raise RuntimeError("the counting proxy did not answer")
         _, counts = self.pipe.recv()
-        return Snapshot(counts["statements"], counts["by_text"])
+        return Snapshot(counts["statements"], counts["by_text"], counts["seconds"])

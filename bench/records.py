@@ -83,6 +83,7 @@ def p1_records(results: Results) -> list[Record]:
             [round(r.p50 / f, 3) for r, f in _paired(real, floor) if r.p50 is not None and f],
         )
     )
+    out += _query_details("P1", "real", real)
     for kind, runs in (("real", real), ("floor", floor)):
         if runs:
             out.append(_cpu_detail("P1", kind, runs))
@@ -116,6 +117,47 @@ def p1_records(results: Results) -> list[Record]:
                     "ms",
                 )
             )
+    return out
+
+
+def _query_details(scenario: str, label: str, runs: list[Run]) -> list[Record]:
+    """What the bridge sent to Postgres during `runs` (only when it went through the proxy)."""
+    timed = [r for r in runs if r.queries is not None]
+    if not timed:
+        return []
+    changes = max(sum(r.written.committed for r in timed), 1)
+    counts: dict[str, int] = {}
+    seconds: dict[str, list[float]] = {}
+    for run in timed:
+        assert run.queries is not None
+        for text, count in run.queries.by_text.items():
+            counts[text] = counts.get(text, 0) + count
+        for text, samples in run.queries.seconds.items():
+            seconds.setdefault(text, []).extend(samples)
+    out = [
+        detail(
+            scenario,
+            f"{label}: statements sent to Postgres per change",
+            sum(counts.values()) / changes,
+            "statements",
+        )
+    ]
+    for text, count in sorted(counts.items(), key=lambda kv: -kv[1])[:4]:
+        samples = sorted(seconds.get(text, []))
+        trip = (
+            f"; round trip p50 {samples[len(samples) // 2] * 1000:.1f} / p99 "
+            f"{samples[min(len(samples) - 1, int(len(samples) * 0.99))] * 1000:.1f} ms"
+            if samples
+            else ""
+        )
+        out.append(
+            detail(
+                scenario,
+                f"{label}: {count / changes:.2f}/change{trip}",
+                text[:70],
+                "",
+            )
+        )
     return out
 
 
@@ -175,6 +217,8 @@ def p2_records(results: Results, config: BenchConfig) -> list[Record]:
                     "changes/s / ms / ms / frames",
                 )
             )
+    for step in real:
+        out += _query_details("P2", f"real @{step.rate:,.0f}/s", [step.run])
     if ftopped:
         out.append(detail("P2", "floor: ramp ended without failing", config.p2_rates[-1], "/s"))
     return out
@@ -477,8 +521,7 @@ def p8_records(results: Results, config: BenchConfig) -> list[Record]:
             Record("P8", "ours, same load: commit → client p50", run.p50, "ms"),
             Record("P8", "ours, same load: commit → client p99", run.p99, "ms"),
         ]
-        for text, count in sorted(sent.by_text.items(), key=lambda kv: -kv[1])[:4]:
-            out.append(detail("P8", f"ours: statement ×{count}", text[:80], ""))
+        out += _query_details("P8", "ours at the polling load", [run])
     return out
 
 

@@ -164,8 +164,12 @@ def render_main(records: Sequence[Record]) -> str:
     return "\n".join(_table(headers, rows, right={2, 6, 7}))
 
 
+def _clip(text: str, width: int = 72) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def render_details(records: Sequence[Record]) -> str:
-    rows = [[r.scenario, r.metric, fmt(r.value), r.unit] for r in records if r.detail]
+    rows = [[r.scenario, r.metric, _clip(fmt(r.value)), r.unit] for r in records if r.detail]
     if not rows:
         return ""
     return "\n".join(_table(["scenario", "detail", "value", "unit"], rows, right={2}))

@@ -74,6 +74,7 @@ class Run:
     sequencing: list[float] = field(default_factory=list)  # real: trigger → sequenced, ms
     closed_early: int = 0  # sockets the server closed (cumulative for the open sockets)
     closed_example: str | None = None
+    queries: Snapshot | None = None  # what the bridge sent to Postgres (through the proxy)
 
     @property
     def expected(self) -> int:
@@ -173,6 +174,7 @@ class Environment:
     writer: Writer
     results: Results
     next_marker: int = 0
+    proxy: CountingProxy | None = None  # the bridge's database traffic goes through it
 
     def base(self, count: int) -> int:
         base = self.next_marker
@@ -251,6 +253,8 @@ def run_load(
         profiler = Profiler(server.pid, PROFILES / f"profile-{profile}.txt")
         profiler.start()
     outbox_before = env.db.outbox_head() if kind == "real" else None
+    proxy = env.proxy if kind == "real" else None
+    queries_before = proxy.snapshot() if proxy is not None else None
     before = _cpu(env, server)
     env.writer.start_update(plan)
     written = env.writer.wait_update(plan)
@@ -260,6 +264,11 @@ def run_load(
     backlog_limit = max(plan.duration * 3, expected / 5000) + 30
     _drain(env.fleet, expected, idle=env.config.drain_idle, limit=backlog_limit)
     after = _cpu(env, server)
+    queries = (
+        proxy.snapshot().minus(queries_before)
+        if proxy is not None and queries_before is not None
+        else None
+    )
     health = env.fleet.health()
     if profiler is not None:
         profiler.stop()
@@ -281,6 +290,7 @@ def run_load(
         sequencing=sequencing,
         closed_early=health.closed_early,
         closed_example=health.closed_examples[0] if health.closed_examples else None,
+        queries=queries,
     )
 
 
@@ -304,6 +314,11 @@ def _describe(run: Run) -> str:
         + (
             f"; trigger → sequenced p50 {ms(percentile(run.sequencing, 0.5))} ms"
             if run.sequencing
+            else ""
+        )
+        + (
+            f"; {run.queries.statements / max(run.written.committed, 1):.1f} statements/change"
+            if run.queries is not None
             else ""
         )
     )
@@ -367,8 +382,22 @@ def _server(env: Environment, kind: str, dsn: str | None = None) -> ServerProces
 
 def main_session(env: Environment, kind: str) -> None:
     """P1, P2, P3 (and P6 for the real bridge) against one server."""
+    if kind == "real" and env.config.count_queries:
+        # Diagnostic: the bridge's database traffic through the counting proxy
+        # (one more hop on every round trip, so latencies grow a little).
+        with CountingProxy(env.ctx, host_port(env.db.dsn), env.place.load) as proxy:
+            env.proxy = proxy
+            try:
+                _main_session(env, kind, via_port(env.db.dsn, proxy.port))
+            finally:
+                env.proxy = None
+        return
+    _main_session(env, kind, None)
+
+
+def _main_session(env: Environment, kind: str, dsn: str | None) -> None:
     config = env.config
-    with _server(env, kind) as server:
+    with _server(env, kind, dsn) as server:
         say(kind, f"{server.name} up on port {server.port} (pid {server.pid})")
         if config.wants("P1", "P2"):
             per_user(env, server, kind, ramp=config.wants("P2"), p1=config.wants("P1"))
@@ -567,6 +596,7 @@ def idle_session(env: Environment, kind: str) -> None:
     with CountingProxy(env.ctx, host_port(env.db.dsn), env.place.load) as proxy:
         bridge = _server(env, "real", via_port(env.db.dsn, proxy.port))
         assert isinstance(bridge, BridgeServer)
+        env.proxy = proxy
         with bridge:
             say("real idle", f"bridge up on port {bridge.port} (pid {bridge.pid}), via proxy")
             if not _idle_memory(env, bridge, idle, n):
@@ -579,6 +609,7 @@ def idle_session(env: Environment, kind: str) -> None:
             if config.wants("P5") and config.stretch > n:
                 _stretch(env, bridge, idle, n)
             idle.server_alive_after = bridge.alive()
+        env.proxy = None
         env.fleet.close_sockets()
 
 

@@ -402,6 +402,8 @@ class Hub:
                     version = sub.wants(event) if event is not None else None
                     if version is not None:
                         await self._send_replayed(sub, version)
+                        if sub.outlet.closed:
+                            return  # not accepted: the client is gone (or the poll is full)
                     # Recorded before any early return: the frame is queued.
                     sub.last_seq = entry.seq
                     if stopped():
@@ -425,6 +427,8 @@ class Hub:
                     version = sub.wants(event)
                     if version is not None:
                         await self._send_replayed(sub, version)
+                        if sub.outlet.closed:
+                            return
                     sub.last_seq = event.seq
                     if stopped():
                         return

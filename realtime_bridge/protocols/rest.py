@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -103,8 +104,13 @@ async def channel_events(request: Request) -> Response:
                 earliest_seq=resync["earliest_seq"],
                 next_seq=hub.head,
             )
-        if not outlet.items and wait > 0:
-            await outlet.wait(wait)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        # Wait in short slices so a client that gave up frees its subscription.
+        while not outlet.items and loop.time() < deadline:
+            await outlet.wait(min(1.0, deadline - loop.time()))
+            if not outlet.items and await request.is_disconnected():
+                break
         # No await from here on: every event up to hub.head has been offered.
         next_seq = sub.last_seq if outlet.full else max(hub.head, sub.last_seq, start)
         body = '{"events":[' + ",".join(outlet.items) + '],"next_seq":' + str(next_seq) + "}"

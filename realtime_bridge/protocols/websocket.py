@@ -149,9 +149,15 @@ class WebSocketSession:
         except ValidationError as exc:
             raise BadMessage(validation_message(exc), message_type=kind) from exc
         if isinstance(message, Subscribe):
-            if message.token is not None:
-                await self._use_token(message.token, reply=False)
-            await self._subscribe(message)
+            try:
+                if message.token is not None:
+                    await self._use_token(message.token, reply=False)
+                await self._subscribe(message)
+            except ClientError as exc:
+                # Lets a client match the error to the subscribe it answers.
+                if message.client_id is not None:
+                    exc.details.setdefault("client_id", message.client_id)
+                raise
         elif isinstance(message, Unsubscribe):
             self._unsubscribe(message)
         elif isinstance(message, Ping):

@@ -20,14 +20,13 @@
 
 import { backoffDelay, type BackoffOptions } from "./backoff.js";
 import { browserEnvironment, type ClientEnvironment } from "./environment.js";
-import { filterToString } from "./filters.js";
+import { pollOnce, pollUrl, type FetchLike } from "./poll.js";
 import type {
   ChangeEvent,
   ClientFrame,
   ErrorFrame,
   FilterMap,
   PayloadOf,
-  PollResponse,
   ServerFrame,
   SubscribeFrame,
 } from "./protocol.js";
@@ -47,7 +46,7 @@ export interface WebSocketLike {
 }
 
 export type WebSocketConstructor = new (url: string) => WebSocketLike;
-export type FetchLike = (input: string, init?: RequestInit) => Promise<Response>;
+export type { FetchLike } from "./poll.js";
 export type AccessTokenSource = () =>
   | string
   | null
@@ -140,7 +139,12 @@ export class RealtimeError extends Error {
   readonly channel: string | undefined;
   readonly details: Readonly<Record<string, unknown>>;
 
-  constructor(code: string, message: string, channel?: string, details: Record<string, unknown> = {}) {
+  constructor(
+    code: string,
+    message: string,
+    channel?: string,
+    details: Record<string, unknown> = {},
+  ) {
     super(message);
     this.code = code;
     this.channel = channel;
@@ -374,9 +378,12 @@ export class RealtimeClient {
   /** Use a new user token from now on (e.g. after signing in or a refresh). */
   setAccessToken(token: string | null): void {
     this.token = token ?? undefined;
-    if (token !== null && this.socketOpen) this.send({ type: "access_token", token }, { kind: "access_token" });
+    if (token !== null && this.socketOpen) {
+      this.send({ type: "access_token", token }, { kind: "access_token" });
+    }
     for (const sub of this.subs.values()) {
-      if (sub.state === "needs-token" || (sub.state === "failed" && AUTH_CODES.has(sub.failure ?? ""))) {
+      const refused = sub.state === "failed" && AUTH_CODES.has(sub.failure ?? "");
+      if (sub.state === "needs-token" || refused) {
         sub.state = "idle";
         sub.failure = null;
         if (this.mode === "polling") this.startPolling(sub);
@@ -464,7 +471,10 @@ export class RealtimeClient {
       return;
     }
     this.socket = socket;
-    this.connectTimer = setTimeout(() => this.dropSocket("connect timeout", true), this.connectTimeoutMs);
+    this.connectTimer = setTimeout(
+      () => this.dropSocket("connect timeout", true),
+      this.connectTimeoutMs,
+    );
     socket.onopen = () => {
       if (this.socket === socket) this.opened();
     };
@@ -673,8 +683,10 @@ export class RealtimeClient {
     }
     const request = this.pending.shift();
     if (request?.kind === "subscribe") this.subscribeRefused(request.sub, error);
-    else if (request?.kind === "access_token" && error.code === "token_expired") void this.refreshToken();
-    else if (request?.kind === "access_token") this.emitError(error);
+    else if (request?.kind === "access_token") {
+      if (error.code === "token_expired") void this.refreshToken();
+      else this.emitError(error);
+    }
   }
 
   private subscribeRefused(sub: Sub, error: RealtimeError): void {
@@ -763,14 +775,18 @@ export class RealtimeClient {
     if (!source) {
       for (const listener of this.listeners.tokenExpired) listener();
       if (this.listeners.tokenExpired.size === 0) {
-        this.emitError(new RealtimeError("token_expired", "the access token expired; call setAccessToken"));
+        this.emitError(
+          new RealtimeError("token_expired", "the access token expired; call setAccessToken"),
+        );
       }
       return Promise.resolve(false);
     }
     const now = Date.now();
     if (this.refreshing === null && now - this.lastRefresh < MIN_REFRESH_INTERVAL_MS) {
       // getAccessToken just gave a token the bridge calls expired: do not spin.
-      this.emitError(new RealtimeError("token_expired", "getAccessToken returned an expired token"));
+      this.emitError(
+        new RealtimeError("token_expired", "getAccessToken returned an expired token"),
+      );
       return Promise.resolve(false);
     }
     this.refreshing ??= (async () => {
@@ -825,9 +841,8 @@ export class RealtimeClient {
   }
 
   private startPolling(sub: Sub): void {
-    if (sub.poll !== null || !this.online || sub.state === "failed" || sub.state === "needs-token") {
-      return;
-    }
+    const waiting = sub.state === "failed" || sub.state === "needs-token";
+    if (sub.poll !== null || !this.online || waiting) return;
     const controller = new AbortController();
     sub.poll = controller;
     sub.state = "active";
@@ -839,19 +854,6 @@ export class RealtimeClient {
     sub.poll = null;
   }
 
-  private pollUrl(sub: Sub, wait: number): string {
-    const params = new URLSearchParams();
-    if (sub.cursor !== undefined) params.set("since", String(sub.cursor));
-    params.set("wait", String(wait));
-    params.set("limit", String(this.pollLimit));
-    const { filter, filters } = sub.options;
-    const spec = filters ?? filter;
-    if (spec !== undefined) params.set("filter", typeof spec === "string" ? spec : filterToString(spec));
-    params.set("apikey", this.options.apiKey);
-    const channel = encodeURIComponent(sub.channel);
-    return `${trimSlash(this.options.url)}/api/channels/${channel}/events?${params.toString()}`;
-  }
-
   private async pollLoop(sub: Sub, signal: AbortSignal): Promise<void> {
     let failures = 0;
     // The first request answers at once: it confirms HTTP works and catches up.
@@ -860,12 +862,21 @@ export class RealtimeClient {
     while (!signal.aborted && this.subs.get(sub.key) === sub) {
       let url: string;
       try {
-        url = this.pollUrl(sub, wait);
+        url = pollUrl({
+          url: this.options.url,
+          apiKey: this.options.apiKey,
+          channel: sub.channel,
+          since: sub.cursor,
+          wait,
+          limit: this.pollLimit,
+          filter: sub.options.filters ?? sub.options.filter,
+        });
       } catch (error) {
         this.fail(sub, new RealtimeError("invalid_filter", String(error), sub.channel));
         return;
       }
-      const outcome = await this.pollOnce(url, wait, signal);
+      this.stats.pollRequests += 1;
+      const outcome = await pollOnce(this.fetchImpl, url, this.authHeaders(), wait, signal);
       if (signal.aborted || this.subs.get(sub.key) !== sub) return;
       if (outcome.kind === "events") {
         failures = 0;
@@ -901,37 +912,6 @@ export class RealtimeClient {
       this.setPollHealth(false);
       await sleep(backoffDelay(failures, this.options.fallback?.retry ?? { baseMs: 1000 }), signal);
       failures += 1;
-    }
-  }
-
-  private async pollOnce(
-    url: string,
-    wait: number,
-    signal: AbortSignal,
-  ): Promise<
-    | { kind: "events"; body: PollResponse }
-    | { kind: "error"; status: number; code: string; body: Record<string, unknown> }
-    | { kind: "failed" }
-  > {
-    const request = new AbortController();
-    const abort = () => request.abort();
-    signal.addEventListener("abort", abort);
-    // A long-poll answers within `wait`; a request that hangs past that is dead.
-    const timer = setTimeout(abort, (wait + 15) * 1000);
-    this.stats.pollRequests += 1;
-    try {
-      const response = await this.fetchImpl(url, { signal: request.signal, headers: this.authHeaders() });
-      const body = (await response.json().catch(() => ({}))) as Record<string, unknown>;
-      if (response.ok && Array.isArray(body.events) && typeof body.next_seq === "number") {
-        return { kind: "events", body: body as unknown as PollResponse };
-      }
-      const code = typeof body.code === "string" ? body.code : `http_${response.status}`;
-      return { kind: "error", status: response.status, code, body };
-    } catch {
-      return { kind: "failed" };
-    } finally {
-      clearTimeout(timer);
-      signal.removeEventListener("abort", abort);
     }
   }
 

@@ -15,6 +15,7 @@
 import {
   createContext,
   createElement,
+  useCallback,
   useContext,
   useEffect,
   useMemo,
@@ -25,7 +26,7 @@ import {
 } from "react";
 
 import type { RealtimeClient, RealtimeError, ResyncInfo, Status } from "./client.js";
-import { compileFilter } from "./filters.js";
+import { compileFilter, filterToString } from "./filters.js";
 import type { PortfolioUpdate, PositionUpdate, TradeUpdate } from "./generated/channels.js";
 import type { ChangeEvent, FilterMap, PayloadOf } from "./protocol.js";
 import {
@@ -62,14 +63,14 @@ export function useRealtimeClient(explicit?: RealtimeClient): RealtimeClient {
   return client;
 }
 
+const serverStatus = (): Status => "connecting";
+
 /** The client's status: `connecting | realtime | polling | offline`. */
 export function useRealtimeStatus(explicit?: RealtimeClient): Status {
   const client = useRealtimeClient(explicit);
-  return useSyncExternalStore(
-    (notify) => client.onStatusChange(notify),
-    () => client.status,
-    () => "connecting",
-  );
+  const subscribe = useCallback((notify: () => void) => client.onStatusChange(notify), [client]);
+  const current = useCallback(() => client.status, [client]);
+  return useSyncExternalStore(subscribe, current, serverStatus);
 }
 
 export interface UseChannelOptions<T> extends RecordsOptions<T> {
@@ -256,16 +257,14 @@ export type HookOptions<T> = Omit<UseChannelOptions<T>, "initial"> & {
   userId?: string | undefined;
 };
 
-function scoped<T>(options: HookOptions<T>): UseChannelOptions<T> {
-  const { userId, ...rest } = options;
-  if (userId === undefined) return rest;
-  if (typeof rest.filter === "string") {
-    return { ...rest, filter: `user_id=eq.${userId},${rest.filter}` };
+function scoped<T>({ userId, ...options }: HookOptions<T>): UseChannelOptions<T> {
+  if (userId === undefined) return options;
+  const { filter, filters, ...rest } = options;
+  if (typeof filter === "string" && filter !== "") {
+    return { ...rest, filter: `${filterToString({ user_id: userId })},${filter}` };
   }
-  const base = rest.filters ?? (rest.filter as FilterMap | undefined) ?? {};
-  const { filter: _unused, ...withoutFilter } = rest;
-  void _unused;
-  return { ...withoutFilter, filters: { ...base, user_id: userId } };
+  const map = filters ?? (typeof filter === "object" ? filter : undefined) ?? {};
+  return { ...rest, filters: { ...map, user_id: userId } };
 }
 
 export interface RealtimeView {

@@ -144,6 +144,17 @@ describe("useRealtimePositions", () => {
     expect(socket().sent.at(-1)).toEqual({ type: "unsubscribe", subscription_id: sub });
   });
 
+  test("userId joins either kind of filter", () => {
+    const client = newClient();
+    renderHook(() => useRealtimePositions([], { userId: "u,1", filter: "status=eq.open" }), client);
+    renderHook(() => useRealtimeTrades([], { userId: "u2", filters: { symbol: "AAPL" } }), client);
+    socket().open();
+    expect(socket().sent.filter((f) => f.type === "subscribe")).toEqual([
+      { type: "subscribe", channel: "position-updates", client_id: "sub-1", filter: 'user_id=eq."u,1",status=eq.open' },
+      { type: "subscribe", channel: "trade-updates", client_id: "sub-2", filters: { symbol: "AAPL", user_id: "u2" } },
+    ]);
+  });
+
   test("an UPDATE that leaves the hook's filter removes the row", () => {
     const client = newClient();
     const view = renderHook(() => useRealtimePositions([position({ id: 1 })], { filters: { status: "open" } }), client);
