@@ -57,7 +57,7 @@ web: inspector-typecheck example tests/browser/node_modules/.installed  # for th
 pytest: $(STAMP) $(JS_STAMP) web
 	$(BIN)/pytest -q
 
-test: lint typecheck pytest js-test  ## the whole suite, exactly what CI runs
+test: lint typecheck js-test pytest  ## the whole suite, exactly what CI runs
 
 # The TypeScript client (clients/js): typecheck, build, then Vitest, which starts a real bridge.
 CLIENT_STAMP := clients/js/node_modules/.installed

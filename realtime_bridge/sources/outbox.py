@@ -322,23 +322,25 @@ class OutboxSource:
         self._set_state(SourceState.CONNECTED)
         logger.info("outbox source connected as sequencer at seq %s", self.status.last_seq)
         wake_key = await conn.fetchval("SELECT realtime_bridge.wake_key()")
-        pause = 0.001
+        idle_polls = 0
         while True:
             if await self._sequence(conn):
-                pause = 0.001
+                idle_polls = 0
                 continue
             if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", wake_key):
                 # Writers hold the shared lock: they are mid-transaction and
-                # did not notify. Look again shortly.
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 0.01)
+                # did not notify. Look again in a millisecond (latency is the
+                # point); only a writer that stays open for long (a batch
+                # job on a tracked table) makes us slow down, to 5 ms.
+                idle_polls += 1
+                await asyncio.sleep(0.001 if idle_polls < 50 else 0.005)
                 continue
             self._wake.clear()
             # The final drain: rows committed before we took the lock.
             if not await self._sequence(conn):
                 await self._sleep()
             await conn.fetchval("SELECT pg_advisory_unlock($1)", wake_key)
-            pause = 0.001
+            idle_polls = 0
 
     async def _sequence(self, conn: asyncpg.Connection) -> bool:
         rows = await conn.fetch(SEQUENCE_SQL, self.batch_size)

@@ -37,9 +37,8 @@ COMMENT ON TABLE realtime_bridge.outbox IS
 CREATE INDEX IF NOT EXISTS outbox_unsequenced_idx
     ON realtime_bridge.outbox (id) WHERE seq IS NULL;
 
--- Retention pruning walks rows by age.
-CREATE INDEX IF NOT EXISTS outbox_created_at_idx
-    ON realtime_bridge.outbox (created_at);
+-- (No index on created_at: every index is paid by every captured change.
+-- Retention pruning walks the primary key from the oldest id instead.)
 
 -- The sequencer's counter: one row, the last seq handed out.
 CREATE TABLE IF NOT EXISTS realtime_bridge.sequencer (

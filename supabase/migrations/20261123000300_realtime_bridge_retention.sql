@@ -28,7 +28,7 @@ BEGIN
         WHERE id IN (
             SELECT id FROM realtime_bridge.outbox
             WHERE seq IS NOT NULL AND created_at < now() - keep
-            ORDER BY created_at
+            ORDER BY id
             LIMIT batch_size
         );
         GET DIAGNOSTICS n = ROW_COUNT;
