@@ -9,6 +9,7 @@ import orjson
 from pydantic import ValidationError
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
+from starlette.websockets import WebSocket
 
 from realtime_bridge.auth import Access, Forbidden, Principal, authorize, denial
 from realtime_bridge.bridge import Bridge
@@ -101,3 +102,40 @@ async def require_service(bridge: Bridge, request: HTTPConnection) -> Principal:
     if not principal.is_service:
         raise Forbidden("this endpoint needs the service key")
     return principal
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a WebSocket handshake is refused: HTTP status, code, sentence."""
+
+    status: int
+    code: str
+    message: str
+
+
+async def admit_socket(
+    bridge: Bridge, websocket: WebSocket, token: str | None, client_ip: str
+) -> Principal | Refusal:
+    """Check origin, key and connection limits before a socket is accepted."""
+    origin = websocket.headers.get("origin")
+    allowed = bridge.settings.allowed_origins
+    if origin and "*" not in allowed and origin not in allowed:
+        return Refusal(403, "origin_not_allowed", f"origin {origin!r} is not allowed")
+    try:
+        principal = await bridge.auth.verify(token)
+    except ClientError as exc:
+        return Refusal(401, exc.code, exc.message)
+    reason = bridge.limits.admit(client_ip, principal.user_id)
+    if reason is not None:
+        return Refusal(429, "too_many_connections", reason)
+    return principal
+
+
+async def refuse_socket(bridge: Bridge, websocket: WebSocket, refusal: Refusal) -> None:
+    """Answer the handshake with an HTTP error and a JSON body (Supabase's `error` too)."""
+    bridge.counters.error(refusal.code)
+    body = {"code": refusal.code, "message": refusal.message, "error": refusal.message}
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(JSONResponse(body, status_code=refusal.status))
+    else:  # pragma: no cover - servers without the denial-response extension
+        await websocket.close(code=1008, reason=refusal.code)

@@ -39,7 +39,6 @@ import jwt
 import orjson
 from pydantic import ValidationError
 from starlette.applications import Starlette
-from starlette.responses import Response
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from realtime_bridge.auth import UNCHECKED, Principal, Role, TokenExpired, Unauthorized
@@ -48,7 +47,14 @@ from realtime_bridge.errors import ClientError, PublishError
 from realtime_bridge.events import Frame
 from realtime_bridge.hub import Subscription, SubscriptionState
 from realtime_bridge.limits import RateLimited, RateLimiter
-from realtime_bridge.protocols.common import Target, request_token, resolve_target
+from realtime_bridge.protocols.common import (
+    Refusal,
+    Target,
+    admit_socket,
+    refuse_socket,
+    request_token,
+    resolve_target,
+)
 from realtime_bridge.protocols.outlet import QueueOutlet
 from realtime_bridge.protocols.phoenix_changes import (
     Binding,
@@ -203,7 +209,7 @@ class PhoenixSession:
     async def run(self) -> None:
         refusal = await self._admit()
         if refusal is not None:
-            await self._refuse(*refusal)
+            await refuse_socket(self.bridge, self.websocket, refusal)
             return
         await self.websocket.accept()
         counters = self.bridge.counters
@@ -228,36 +234,19 @@ class PhoenixSession:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self._closing
 
-    async def _admit(self) -> tuple[int, str, str] | None:
+    async def _admit(self) -> Refusal | None:
         ws = self.websocket
-        origin = ws.headers.get("origin")
-        allowed = self.bridge.settings.allowed_origins
-        if origin and "*" not in allowed and origin not in allowed:
-            return 403, "origin_not_allowed", f"origin {origin!r} is not allowed"
         vsn = Vsn.parse(ws.query_params.get("vsn"))
         if vsn is None:
-            return 400, "bad_message", "unsupported vsn; use 1.0.0 or 2.0.0"
+            return Refusal(400, "bad_message", "unsupported vsn; use 1.0.0 or 2.0.0")
         self.vsn = vsn
         # Supabase reads the `x-api-key` header first, then the `apikey` parameter.
         token = ws.headers.get("x-api-key") or ws.query_params.get("apikey") or request_token(ws)
-        try:
-            self.principal = await self.bridge.auth.verify(token)
-        except ClientError as exc:
-            return 401, exc.code, exc.message
-        refusal = self.bridge.limits.admit(self.client_ip, self.principal.user_id)
-        if refusal is not None:
-            return 429, "too_many_connections", refusal
+        admitted = await admit_socket(self.bridge, ws, token, self.client_ip)
+        if isinstance(admitted, Refusal):
+            return admitted
+        self.principal = admitted
         return None
-
-    async def _refuse(self, status: int, code: str, text: str) -> None:
-        self.bridge.counters.error(code)
-        body = orjson.dumps({"error": text, "code": code, "message": text})
-        if "websocket.http.response" in self.websocket.scope.get("extensions", {}):
-            await self.websocket.send_denial_response(
-                Response(body, status_code=status, media_type="application/json")
-            )
-        else:  # pragma: no cover - servers without the denial-response extension
-            await self.websocket.close(code=CLOSE_POLICY, reason=code)
 
     async def _read(self) -> None:
         limit = self.bridge.settings.max_frame_bytes

@@ -25,7 +25,9 @@ from realtime_bridge.events import subscription_prefix
 from realtime_bridge.hub import Subscription, SubscriptionState
 from realtime_bridge.limits import RateLimiter, TooManySubscriptions
 from realtime_bridge.protocols.common import (
-    error_response,
+    Refusal,
+    admit_socket,
+    refuse_socket,
     request_token,
     resolve_target,
     validation_message,
@@ -73,10 +75,13 @@ class WebSocketSession:
         self.client_ip = client.host if client is not None else "unknown"
 
     async def run(self) -> None:
-        refusal = await self._admit()
-        if refusal is not None:
-            await self._refuse(refusal)
+        admitted = await admit_socket(
+            self.bridge, self.websocket, request_token(self.websocket), self.client_ip
+        )
+        if isinstance(admitted, Refusal):
+            await refuse_socket(self.bridge, self.websocket, admitted)
             return
+        self.principal = admitted
         await self.websocket.accept()
         counters = self.bridge.counters
         counters.connections_total += 1
@@ -206,34 +211,6 @@ class WebSocketSession:
         self._catch_up(sub)
 
     # tokens -----------------------------------------------------------------
-
-    async def _admit(self) -> tuple[int, str, str] | None:
-        """Check origin, key and connection limits before accepting the socket."""
-        origin = self.websocket.headers.get("origin")
-        allowed = self.bridge.settings.allowed_origins
-        if origin and "*" not in allowed and origin not in allowed:
-            return 403, "origin_not_allowed", f"origin {origin!r} is not allowed"
-        try:
-            self.principal = await self.bridge.auth.verify(request_token(self.websocket))
-        except ClientError as exc:
-            return 401, exc.code, exc.message
-        refusal = self.bridge.limits.admit(self.client_ip, self.principal.user_id)
-        if refusal is not None:
-            return 429, "too_many_connections", refusal
-        return None
-
-    async def _refuse(self, refusal: tuple[int, str, str]) -> None:
-        status, code, message = refusal
-        self.bridge.counters.error(code)
-        response = error_response(status, code, message)
-        if "websocket.http.response" in self.websocket.scope.get("extensions", {}):
-            await self.websocket.send_denial_response(response)
-        else:  # pragma: no cover - servers without the denial-response extension
-            await self.websocket.accept()
-            await self.websocket.send_text(
-                dumps({"type": "error", "code": code, "message": message})
-            )
-            await self.websocket.close(code=CLOSE_POLICY, reason=code)
 
     async def _use_token(self, token: str, *, reply: bool) -> None:
         """Switch the connection to a fresh token; resume what expiry paused."""
