@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -42,6 +43,7 @@ from realtime_bridge.sources.outbox import (
     init_connection,
     rows_to_changes,
 )
+from realtime_bridge.sources.supabase import SupabaseSource
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +88,11 @@ class Bridge:
         self.dsn: str | None = None
         self.pool: asyncpg.Pool | None = None
         self.source: OutboxSource | None = None
+        # Hosted Supabase mode (SUPABASE_URL + service key, no DATABASE_URL): no pool, no outbox.
+        self.supabase_mode = bool(
+            not settings.database_url and settings.supabase_url and settings.supabase_service_key
+        )
+        self.supabase: SupabaseSource | None = None
         self.relay: Relay | None = None
         self.tables: dict[str, set[str]] = {}
         self.started_at = time.time()
@@ -139,6 +146,9 @@ class Bridge:
 
     async def start(self) -> None:
         global _current
+        if self.supabase_mode:
+            await self._start_supabase()
+            return
         self.dsn = await asyncio.to_thread(self._resolve_dsn)
         if self.settings.migrate_on_start:
             await migrate(self.dsn, self.settings.migrations_dir)
@@ -193,6 +203,31 @@ class Bridge:
             self.hub.head,
         )
 
+    async def _start_supabase(self) -> None:
+        """Hosted Supabase mode: Realtime `postgres_changes`, PostgREST polling as fallback."""
+        global _current
+        assert self.settings.supabase_url
+        assert self.settings.supabase_service_key
+        await self.refresh_tables()
+        self.supabase = SupabaseSource(
+            self.settings.supabase_url,
+            self.settings.supabase_service_key,
+            sorted(self.tables),
+            self._on_changes,
+            grace=self.settings.realtime_grace_period,
+            poll_interval=self.settings.poll_interval,
+        )
+        self._own("source", self.supabase.start())
+        if not await self.supabase.wait_connected(timeout=15):
+            logger.warning("hosted Supabase is not reachable yet; serving degraded")
+        _current = self
+        logger.info(
+            "realtime-bridge ready (hosted Supabase mode, seqs are process-local): "
+            "%d plugin channel(s), %d table(s)",
+            len(self.registry.by_channel),
+            len(self.tables),
+        )
+
     def _resolve_dsn(self) -> str:
         if self.settings.database_url:
             return self.settings.database_url
@@ -207,6 +242,8 @@ class Bridge:
             _current = None
         if self.source is not None:
             await self.source.stop()
+        if self.supabase is not None:
+            await self.supabase.stop()
         if self.relay is not None:
             await self.relay.stop(self.hub)
         for task in self._tasks.values():
@@ -238,6 +275,15 @@ class Bridge:
 
     async def refresh_tables(self) -> None:
         """Load the tracked tables and their columns (for table channels and filters)."""
+        if self.supabase_mode:
+            # No database to ask: the plugins' tables, with their models' columns.
+            tables: dict[str, set[str]] = {}
+            for plugin in self.registry:
+                for table in plugin.tables:
+                    tables.setdefault(table, set()).update(plugin.columns())
+            self.tables = tables
+            self._register_channels()
+            return
         assert self.pool is not None
         rows = await self.pool.fetch(
             """
@@ -304,6 +350,8 @@ class Bridge:
 
     async def _history(self, after: int, upto: int, channel: str) -> AsyncIterator[list[Event]]:
         """Events of `channel` in (after, upto] read back from the outbox log."""
+        if self.supabase_mode:
+            return  # no outbox: only the hub's window can be replayed
         assert self.pool is not None
         plugin = self.registry.by_channel.get(channel)
         tables = list(plugin.tables) if plugin else [channel]
@@ -325,6 +373,8 @@ class Bridge:
             yield batch
 
     async def _earliest(self) -> int | None:
+        if self.supabase_mode:
+            return self.hub.head + 1  # no outbox: beyond the window means resync
         assert self.pool is not None
         value = await self.pool.fetchval(
             "SELECT min(seq) FROM realtime_bridge.outbox WHERE seq IS NOT NULL"
@@ -340,6 +390,8 @@ class Bridge:
         self, channel: str, event: str | None, payload: Any, *, wait: float = 5.0
     ) -> int | None:
         """Validate and write an event to the outbox; return its seq once numbered."""
+        if self.supabase_mode:
+            raise PublishError("publishing needs DATABASE_URL")
         event_name, data = self.registry.validate_broadcast(channel, event, payload)
         assert self.pool is not None
         try:
@@ -384,14 +436,19 @@ class Bridge:
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         source = self.source.status if self.source else None
+        mode = self.mode()
+        if self.supabase is not None:
+            source = self.supabase.status
         healthy = (
-            source is not None and source.state is SourceState.CONNECTED and not self._task_errors
+            source is not None
+            and (source.state is SourceState.CONNECTED or mode["mode"] == "polling")
+            and not self._task_errors
         )
         body: dict[str, Any] = {
             "status": "ok" if healthy else "degraded",
-            "source": "outbox",
-            "mode": "realtime",
-            "database": "embedded" if self.embedded else "external",
+            "source": "supabase" if self.supabase_mode else "outbox",
+            **mode,
+            "database": "none" if self.supabase_mode else self._database_kind(),
             "last_seq": self.hub.head,
             "lag_ms": round(source.last_lag_ms, 3)
             if source and source.last_lag_ms is not None
@@ -402,9 +459,24 @@ class Bridge:
         }
         return healthy, body
 
+    def _database_kind(self) -> str:
+        return "embedded" if self.embedded else "external"
+
+    def mode(self) -> dict[str, Any]:
+        """`mode` (realtime|polling), `mode_reason`, `mode_since`, `mode_switches`."""
+        if self.supabase is not None:
+            return self.supabase.mode.to_json()
+        return {
+            "mode": "realtime",
+            "mode_reason": "outbox" if not self.supabase_mode else "starting",
+            "mode_since": datetime.fromtimestamp(self.started_at, UTC).isoformat(),
+            "mode_switches": 0,
+        }
+
     def stats(self) -> dict[str, Any]:
         hub = self.hub.stats
         return {
+            **self.mode(),
             "connections": self.counters.connections_open,
             "connections_total": self.counters.connections_total,
             "subscriptions": self.hub.subscriptions_per_channel(),

@@ -73,6 +73,12 @@ def render_metrics(bridge: Bridge) -> str:
         [("", stats["dropped"]["slow_consumers"])],
     )
     metric(
+        "realtime_bridge_mode_switches_total",
+        "counter",
+        "Switches between realtime and polling mode (hosted Supabase mode).",
+        [("", health.get("mode_switches", 0))],
+    )
+    metric(
         "realtime_bridge_errors_total",
         "counter",
         "Error frames and responses by code.",

@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     enable_testing_api: bool = False
 
     poll_interval: float = Field(default=5.0, gt=0)
+    realtime_grace_period: float = Field(
+        default=10.0,
+        ge=0,
+        description="Seconds hosted Supabase Realtime may be down before polling PostgREST.",
+    )
 
     relay_to_supabase: bool = Field(
         default=False,
