@@ -181,6 +181,7 @@ class _Process:
             "server_pings": sum(s.server_pings for s in self.sinks),
             "other": other,
             "errors": [e for s in self.sinks for e in s.errors][:5],
+            "rtts": b"".join(s.rtts.tobytes() for s in self.sinks),
         }
 
     async def do_close_sockets(self, _payload: Any = None) -> None:
@@ -330,6 +331,7 @@ class Health:
     server_pings: int
     other: dict[str, int]
     errors: list[str]
+    rtts_ms: list[float]  # heartbeat ping → pong round trips, sorted
 
 
 class ClientFleet:
@@ -461,6 +463,7 @@ class ClientFleet:
             server_pings=sum(p["server_pings"] for p in parts),
             other=other,
             errors=[e for p in parts for e in p["errors"]][:5],
+            rtts_ms=sorted(_doubles(b"".join(p["rtts"] for p in parts))),
         )
 
     def close_sockets(self) -> None:
@@ -511,6 +514,12 @@ class ClientFleet:
             pipe.close()
         self.processes.clear()
         self.pipes.clear()
+
+
+def _doubles(raw: bytes) -> array[float]:
+    values = array("d")
+    values.frombytes(raw)
+    return values
 
 
 def spawn_context() -> SpawnContext:

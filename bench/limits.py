@@ -53,10 +53,12 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 class Placement:
     """Which CPUs the server under test gets, and which everything else gets.
 
-    With 2+ CPUs the server (bridge, floor or naive) has the last CPU to
-    itself and the load (clients, writer, Postgres) shares the others: a
-    single-threaded server can use one core at most anyway, and this way
-    the load generators cannot steal it. None: no pinning.
+    With ``--pin`` and 2+ CPUs the server (bridge, floor or naive) has the
+    last CPU to itself and the load (clients, writer, Postgres) shares the
+    others: a single-threaded server can use one core at most anyway, and
+    the load generators cannot steal it. Off by default: on a 2-CPU box the
+    one CPU left is too little for Postgres, whose round trips are on the
+    bridge's critical path. None: no pinning.
     """
 
     server: list[int] | None

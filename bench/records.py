@@ -372,6 +372,16 @@ def p5_records(results: Results, config: BenchConfig, fd_limits: str) -> list[Re
         ),
         detail("P5", "server WebSocket pings answered", held.server_pings, "frames"),
     ]
+    if held.rtts_ms:
+        rtts = held.rtts_ms
+        out.append(
+            detail(
+                "P5",
+                "heartbeat ping → pong p50 / p99 / max (event-loop stalls show here)",
+                f"{_p(rtts, 0.5) or 0:.1f} / {_p(rtts, 0.99) or 0:.1f} / {rtts[-1]:.1f}",
+                "ms",
+            )
+        )
     if held.closed_examples:
         out.append(detail("P5", "closed early, e.g.", held.closed_examples[0], ""))
     if held.other:

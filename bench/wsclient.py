@@ -22,6 +22,7 @@ import re
 import socket
 import time
 from array import array
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -80,6 +81,8 @@ class Sink:
     pongs: int = 0
     pings_sent: int = 0
     server_pings: int = 0
+    ping_times: deque[float] = field(default_factory=deque)
+    rtts: array[float] = field(default_factory=lambda: array("d"))  # ping → pong, ms
 
     def reset(self) -> None:
         self.markers = array("q")
@@ -226,6 +229,9 @@ class WsClient(asyncio.Protocol):
         kind = str(frame.get("type")) if isinstance(frame, dict) else "?"
         if kind == "pong":
             self.sink.pongs += 1
+            if self.sink.ping_times:
+                sent = self.sink.ping_times.popleft()
+                self.sink.rtts.append((time.monotonic() - sent) * 1000.0)
             return
         if self.replied is not None and not self.replied.done():
             self.replied.set_result(frame)
@@ -251,6 +257,7 @@ class WsClient(asyncio.Protocol):
 
     def ping(self) -> None:
         self.sink.pings_sent += 1
+        self.sink.ping_times.append(time.monotonic())
         self.send_json({"type": "ping"})
 
     def close(self) -> None:
