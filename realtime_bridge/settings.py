@@ -28,6 +28,10 @@ class Settings(BaseSettings):
     supabase_service_key: str | None = None
     supabase_jwt_secret: str | None = None
     redis_url: str | None = None
+    realtime_bridge_url: str | None = Field(
+        default=None, description="A bridge to publish to over HTTP (broadcast() from services)."
+    )
+    realtime_bridge_key: str | None = Field(default=None, description="That bridge's service key.")
 
     data_dir: Path = Field(
         default=Path(".realtime-bridge"),
