@@ -49,6 +49,9 @@ _COLUMNS = (
     " o.created_at, o.channel, o.event, o.changes, o.batch"
 )
 
+# Changes routed between two yields to the event loop.
+HAND_ON_SLICE = 200
+
 # The most changes one outbox row holds (a statement-level chunk).
 MAX_CHANGES_PER_ROW = 1000
 
@@ -285,17 +288,23 @@ class OutboxSource:
 
     # reading -------------------------------------------------------------
 
-    def _hand_on(self, rows: list[asyncpg.Record]) -> None:
+    async def _hand_on(self, rows: list[asyncpg.Record]) -> None:
         if not rows:
             return
         fresh = rows_to_changes(rows, self.status.last_seq)
         if not fresh:
             return
-        self.status.last_seq = fresh[-1].seq
         self.status.last_lag_ms = (
             datetime.now(UTC) - fresh[-1].committed_at
         ).total_seconds() * 1000
-        self.deliver(fresh)
+        # Routing a large pass to many subscribers is long CPU work: hand it
+        # on in slices and let sockets, heartbeats and /health run between.
+        for start in range(0, len(fresh), HAND_ON_SLICE):
+            part = fresh[start : start + HAND_ON_SLICE]
+            self.status.last_seq = part[-1].seq
+            self.deliver(part)
+            if start + HAND_ON_SLICE < len(fresh):
+                await asyncio.sleep(0)
 
     async def _catch_up(self, conn: asyncpg.Connection) -> None:
         """Hand on rows numbered while we were not looking (after a reconnect)."""
@@ -307,7 +316,7 @@ class OutboxSource:
                     "outbox rows %s..%s are missing (pruned?)", self.status.last_seq + 1, head
                 )
                 break
-            self._hand_on(rows)
+            await self._hand_on(rows)
 
     # sequencer -------------------------------------------------------------
 
@@ -344,7 +353,7 @@ class OutboxSource:
 
     async def _sequence(self, conn: asyncpg.Connection) -> bool:
         rows = await conn.fetch(SEQUENCE_SQL, self.batch_size)
-        self._hand_on(rows)
+        await self._hand_on(rows)
         return bool(rows)
 
     def _on_notify(self, *_args: Any) -> None:
