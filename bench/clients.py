@@ -22,9 +22,9 @@ from array import array
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnContext, SpawnProcess
-from types import TracebackType
 from typing import Any
 
+from bench.lifecycle import Managed
 from bench.limits import event_loop_factory, pin, raise_fd_limit
 from bench.wsclient import HttpPoller, Sink, WsClient, open_socket
 
@@ -334,7 +334,7 @@ class Health:
     rtts_ms: list[float]  # heartbeat ping → pong round trips, sorted
 
 
-class ClientFleet:
+class ClientFleet(Managed):
     """The client processes; sockets are dealt to them round-robin."""
 
     def __init__(self, ctx: SpawnContext, processes: int, cpus: list[int] | None) -> None:
@@ -343,22 +343,6 @@ class ClientFleet:
         self.cpus = cpus
         self.processes: list[SpawnProcess] = []
         self.pipes: list[Connection] = []
-
-    def __enter__(self) -> ClientFleet:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> None:
         for index in range(self.count_processes):

@@ -15,12 +15,12 @@ import asyncio
 import contextlib
 import os
 from pathlib import Path
-from types import TracebackType
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import psutil
 
+from bench.lifecycle import Managed
 from realtime_bridge.embedded import EmbeddedPostgres
 from realtime_bridge.migrate import migrate
 
@@ -150,7 +150,7 @@ async def _seed(dsn: str, users: int) -> None:
         await conn.close()
 
 
-class BenchDatabase:
+class BenchDatabase(Managed):
     """Start (or create) the database, migrate it, seed it; undo all of it on exit."""
 
     def __init__(self, workdir: Path, database_url: str | None = None) -> None:
@@ -160,22 +160,6 @@ class BenchDatabase:
         self.created: str | None = None
         self.admin_dsn: str | None = None
         self.dsn = ""
-
-    def __enter__(self) -> BenchDatabase:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def kind(self) -> str:

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import httpx
@@ -27,6 +26,7 @@ import jwt
 import psutil
 
 from bench.config import REPO
+from bench.lifecycle import Managed
 from bench.limits import pin
 
 
@@ -57,7 +57,7 @@ def tree_cpu_seconds(process: Any) -> float:
     return cpu_seconds(process) + sum(cpu_seconds(child) for child in children)
 
 
-class ServerProcess:
+class ServerProcess(Managed):
     """Start a server on a free loopback port, wait until it answers, stop it on exit."""
 
     name = "server"
@@ -95,22 +95,6 @@ class ServerProcess:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> ServerProcess:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self, timeout: float = 60.0) -> None:
         with self.log_path.open("wb") as log:
