@@ -14,11 +14,8 @@ import orjson
 
 from realtime_bridge.testing import RunningBridge
 from tests.conftest import BridgeFactory
+from tests.helpers import head, http, insert_position, seq_of, wait_routed
 
-INSERT = (
-    "INSERT INTO positions (user_id, symbol, quantity, entry_price, current_price) "
-    "VALUES ($1, $2, $3, $4, $5) RETURNING id"
-)
 POLL = "/api/channels/position-updates/events"
 
 POSITION = {
@@ -45,49 +42,6 @@ TYPED_POSITION = {
     "market_value": 240.0,
     "unrealized_pnl_pct": 20.0,
 }
-
-
-def http(bridge: RunningBridge) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=bridge.url, timeout=30, headers=bridge.service_headers)
-
-
-async def insert_position(
-    db: asyncpg.Connection, user_id: str, symbol: str, quantity: float = 10
-) -> int:
-    row_id: int = await db.fetchval(INSERT, user_id, symbol, quantity, 100, 110)
-    return row_id
-
-
-async def seq_of(db: asyncpg.Connection, row_id: int, timeout: float = 10.0) -> int:
-    """The seq the sequencer gave the INSERT of positions row `row_id`."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        seq = await db.fetchval(
-            "SELECT seq FROM realtime_bridge.outbox "
-            "WHERE table_name = 'positions' AND operation = 'INSERT' AND record->0->>'id' = $1",
-            str(row_id),
-        )
-        if seq is not None:
-            return int(seq)
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"positions row {row_id} was never numbered")
-
-
-async def head(client: httpx.AsyncClient) -> int:
-    value: int = (await client.get("/health")).json()["last_seq"]
-    return value
-
-
-async def wait_routed(client: httpx.AsyncClient, seq: int, timeout: float = 10.0) -> None:
-    """Wait until the hub has routed `seq` (its /health last_seq reaches it)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        if await head(client) >= seq:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"the bridge never routed seq {seq}")
 
 
 async def insert_routed(

@@ -16,11 +16,8 @@ import orjson
 
 from realtime_bridge.testing import RunningBridge
 from tests.conftest import BridgeFactory
+from tests.helpers import http, insert_position, seq_of, wait_routed
 
-INSERT = (
-    "INSERT INTO positions (user_id, symbol, quantity, entry_price, current_price) "
-    "VALUES ($1, $2, $3, $4, $5) RETURNING id"
-)
 SUBSCRIBED = re.compile(r"^subscribed (\S+) at seq (\d+)$")
 
 
@@ -133,49 +130,6 @@ async def open_sse(
             yield reader
         finally:
             await reader.close()
-
-
-def http(bridge: RunningBridge) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=bridge.url, timeout=30, headers=bridge.service_headers)
-
-
-async def insert_position(
-    db: asyncpg.Connection,
-    user_id: str,
-    symbol: str,
-    quantity: float = 10,
-    entry_price: float = 100,
-    current_price: float | None = 110,
-) -> int:
-    row_id: int = await db.fetchval(INSERT, user_id, symbol, quantity, entry_price, current_price)
-    return row_id
-
-
-async def seq_of(db: asyncpg.Connection, row_id: int, timeout: float = 10.0) -> int:
-    """The seq the sequencer gave the INSERT of positions row `row_id`."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        seq = await db.fetchval(
-            "SELECT seq FROM realtime_bridge.outbox "
-            "WHERE table_name = 'positions' AND operation = 'INSERT' AND record->0->>'id' = $1",
-            str(row_id),
-        )
-        if seq is not None:
-            return int(seq)
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"positions row {row_id} was never numbered")
-
-
-async def wait_routed(client: httpx.AsyncClient, seq: int, timeout: float = 10.0) -> None:
-    """Wait until the bridge's hub has routed `seq` (its /health last_seq reaches it)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        if (await client.get("/health")).json()["last_seq"] >= seq:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"the bridge never routed seq {seq}")
 
 
 async def insert_routed(

@@ -1,0 +1,64 @@
+"""Helpers the REST and SSE tests share: positions rows and waiting for their seqs."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import httpx
+
+from realtime_bridge.testing import RunningBridge
+
+INSERT = (
+    "INSERT INTO positions (user_id, symbol, quantity, entry_price, current_price) "
+    "VALUES ($1, $2, $3, $4, $5) RETURNING id"
+)
+
+
+def http(bridge: RunningBridge) -> httpx.AsyncClient:
+    """An HTTP client for `bridge` carrying the service key."""
+    return httpx.AsyncClient(base_url=bridge.url, timeout=30, headers=bridge.service_headers)
+
+
+async def insert_position(
+    db: asyncpg.Connection,
+    user_id: str,
+    symbol: str,
+    quantity: float = 10,
+    entry_price: float = 100,
+    current_price: float | None = 110,
+) -> int:
+    row_id: int = await db.fetchval(INSERT, user_id, symbol, quantity, entry_price, current_price)
+    return row_id
+
+
+async def seq_of(db: asyncpg.Connection, row_id: int, timeout: float = 10.0) -> int:
+    """The seq the sequencer gave the INSERT of positions row `row_id`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        seq = await db.fetchval(
+            "SELECT seq FROM realtime_bridge.outbox "
+            "WHERE table_name = 'positions' AND operation = 'INSERT' AND record->0->>'id' = $1",
+            str(row_id),
+        )
+        if seq is not None:
+            return int(seq)
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"positions row {row_id} was never numbered")
+
+
+async def head(client: httpx.AsyncClient) -> int:
+    value: int = (await client.get("/health")).json()["last_seq"]
+    return value
+
+
+async def wait_routed(client: httpx.AsyncClient, seq: int, timeout: float = 10.0) -> None:
+    """Wait until the hub has routed `seq` (its /health last_seq reaches it)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if await head(client) >= seq:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"the bridge never routed seq {seq}")
