@@ -28,7 +28,6 @@ full is cut off (1008, ``slow_consumer``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -41,17 +40,16 @@ from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from realtime_bridge.auth import UNCHECKED, Principal, Role, TokenExpired, Unauthorized
+from realtime_bridge.auth import Principal, Role, TokenExpired, Unauthorized
 from realtime_bridge.bridge import Bridge
 from realtime_bridge.errors import ClientError, PublishError
 from realtime_bridge.events import Frame
 from realtime_bridge.hub import Subscription, SubscriptionState
-from realtime_bridge.limits import RateLimited, RateLimiter
+from realtime_bridge.limits import RateLimited
 from realtime_bridge.protocols.common import (
     Refusal,
     Target,
     admit_socket,
-    refuse_socket,
     request_token,
     resolve_target,
 )
@@ -88,6 +86,7 @@ from realtime_bridge.protocols.phoenix_wire import (
     message,
     reply,
 )
+from realtime_bridge.protocols.session import SocketSession
 
 logger = logging.getLogger(__name__)
 
@@ -180,12 +179,11 @@ class Channel:
         return {key: sub.last_seq for key, sub in self.subs.items()}
 
 
-class PhoenixSession:
+class PhoenixSession(SocketSession):
     """One socket: its reader, its writer and its channels."""
 
     def __init__(self, bridge: Bridge, websocket: WebSocket, state: PhoenixState) -> None:
-        self.bridge = bridge
-        self.websocket = websocket
+        super().__init__(bridge, websocket)
         self.state = state
         self.vsn = Vsn.V1
         self.outlet = PhoenixOutlet(
@@ -194,45 +192,16 @@ class PhoenixSession:
             stall_timeout=bridge.settings.slow_consumer_timeout,
         )
         self.channels: dict[str, Channel] = {}
-        self.replays: dict[str, asyncio.Task[None]] = {}
         self.owners: dict[str, Channel] = {}  # subscription id → its channel
-        self.principal: Principal = UNCHECKED
-        self._rate = RateLimiter(bridge.settings.max_messages_per_second)
-        self._reader: asyncio.Task[None] | None = None
-        self._writer: asyncio.Task[None] | None = None
-        self._closing: asyncio.Task[None] | None = None
-        client = websocket.client
-        self.client_ip = client.host if client is not None else "unknown"
 
     # connection ----------------------------------------------------------------
 
-    async def run(self) -> None:
-        refusal = await self._admit()
-        if refusal is not None:
-            await refuse_socket(self.bridge, self.websocket, refusal)
-            return
-        await self.websocket.accept()
-        counters = self.bridge.counters
-        counters.connections_total += 1
-        counters.connections_open += 1
-        self.bridge.limits.connected(self.client_ip, self.principal.user_id)
-        writer = self._writer = asyncio.create_task(self._write(), name="phoenix-writer")
-        self._reader = asyncio.create_task(self._read(), name="phoenix-reader")
-        try:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-        finally:
-            counters.connections_open -= 1
-            self.bridge.limits.disconnected(self.client_ip, self.principal.user_id)
-            for channel in list(self.channels.values()):
-                self._close_channel(channel)
-            self.outlet.close()
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await writer
-            if self._closing is not None:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await self._closing
+    def _closed(self) -> None:
+        for channel in list(self.channels.values()):
+            self._close_channel(channel)
+
+    def _close_outlet(self) -> None:
+        self.outlet.close()
 
     async def _admit(self) -> Refusal | None:
         ws = self.websocket

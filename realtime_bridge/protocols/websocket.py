@@ -18,16 +18,15 @@ import orjson
 from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from realtime_bridge.auth import UNCHECKED, Principal, TokenExpired
+from realtime_bridge.auth import TokenExpired
 from realtime_bridge.bridge import Bridge
 from realtime_bridge.errors import BadMessage, ClientError, UnknownSubscription
 from realtime_bridge.events import subscription_prefix
 from realtime_bridge.hub import Subscription, SubscriptionState
-from realtime_bridge.limits import RateLimiter, TooManySubscriptions
+from realtime_bridge.limits import TooManySubscriptions
 from realtime_bridge.protocols.common import (
     Refusal,
     admit_socket,
-    refuse_socket,
     request_token,
     resolve_target,
     validation_message,
@@ -41,6 +40,7 @@ from realtime_bridge.protocols.messages import (
     Unsubscribe,
 )
 from realtime_bridge.protocols.outlet import QueueOutlet
+from realtime_bridge.protocols.session import SocketSession
 
 logger = logging.getLogger(__name__)
 
@@ -52,63 +52,39 @@ def dumps(frame: dict[str, Any]) -> str:
     return orjson.dumps(frame).decode()
 
 
-class WebSocketSession:
+class WebSocketSession(SocketSession):
     """One client connection: its reader loop, its writer and its subscriptions."""
 
     def __init__(self, bridge: Bridge, websocket: WebSocket) -> None:
-        self.bridge = bridge
-        self.websocket = websocket
+        super().__init__(bridge, websocket)
         self.outlet = QueueOutlet(
             bridge.settings.send_queue_max,
             on_overflow=self._on_overflow,
             stall_timeout=bridge.settings.slow_consumer_timeout,
         )
         self.subscriptions: dict[str, Subscription] = {}
-        self.replays: dict[str, asyncio.Task[None]] = {}
-        self._closing: asyncio.Task[None] | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._writer: asyncio.Task[None] | None = None
         self._expiry: asyncio.TimerHandle | None = None
-        self._rate = RateLimiter(bridge.settings.max_messages_per_second)
-        self.principal: Principal = UNCHECKED
-        client = websocket.client
-        self.client_ip = client.host if client is not None else "unknown"
 
-    async def run(self) -> None:
+    async def _admit(self) -> Refusal | None:
         admitted = await admit_socket(
             self.bridge, self.websocket, request_token(self.websocket), self.client_ip
         )
         if isinstance(admitted, Refusal):
-            await refuse_socket(self.bridge, self.websocket, admitted)
-            return
+            return admitted
         self.principal = admitted
-        await self.websocket.accept()
-        counters = self.bridge.counters
-        counters.connections_total += 1
-        counters.connections_open += 1
-        self.bridge.limits.connected(self.client_ip, self.principal.user_id)
+        return None
+
+    def _opened(self) -> None:
         self._watch_expiry()
-        writer = self._writer = asyncio.create_task(self._write(), name="ws-writer")
-        self._reader = asyncio.create_task(self._read(), name="ws-reader")
-        try:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-        finally:
-            counters.connections_open -= 1
-            self.bridge.limits.disconnected(self.client_ip, self.principal.user_id)
-            if self._expiry is not None:
-                self._expiry.cancel()
-            for sub in self.subscriptions.values():
-                self.bridge.hub.unsubscribe(sub)
-            for task in self.replays.values():
-                task.cancel()
-            self.outlet.close()
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await writer
-            if self._closing is not None:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await self._closing
+
+    def _closed(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+        for sub in self.subscriptions.values():
+            self.bridge.hub.unsubscribe(sub)
+
+    def _close_outlet(self) -> None:
+        self.outlet.close()
 
     async def _read(self) -> None:
         limit = self.bridge.settings.max_frame_bytes

@@ -1,0 +1,84 @@
+"""The lifecycle both WebSocket protocols share.
+
+Admit (origin, key, limits) or refuse the handshake; accept; count the
+connection; run one reader and one writer task until the reader ends; then
+undo all of it, whatever ended the connection. Each protocol supplies how it
+admits, reads and writes, and what it opens and closes beyond that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from starlette.websockets import WebSocket
+
+from realtime_bridge.auth import UNCHECKED, Principal
+from realtime_bridge.bridge import Bridge
+from realtime_bridge.limits import RateLimiter
+from realtime_bridge.protocols.common import Refusal, refuse_socket
+
+
+class SocketSession:
+    """One client socket, from handshake to cleanup."""
+
+    def __init__(self, bridge: Bridge, websocket: WebSocket) -> None:
+        self.bridge = bridge
+        self.websocket = websocket
+        self.principal: Principal = UNCHECKED
+        self.replays: dict[str, asyncio.Task[None]] = {}
+        self._rate = RateLimiter(bridge.settings.max_messages_per_second)
+        self._reader: asyncio.Task[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._closing: asyncio.Task[None] | None = None
+        client = websocket.client
+        self.client_ip = client.host if client is not None else "unknown"
+
+    async def run(self) -> None:
+        refusal = await self._admit()
+        if refusal is not None:
+            await refuse_socket(self.bridge, self.websocket, refusal)
+            return
+        await self.websocket.accept()
+        counters = self.bridge.counters
+        counters.connections_total += 1
+        counters.connections_open += 1
+        self.bridge.limits.connected(self.client_ip, self.principal.user_id)
+        self._opened()
+        writer = self._writer = asyncio.create_task(self._write(), name="socket-writer")
+        self._reader = asyncio.create_task(self._read(), name="socket-reader")
+        try:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        finally:
+            counters.connections_open -= 1
+            self.bridge.limits.disconnected(self.client_ip, self.principal.user_id)
+            self._closed()
+            for task in self.replays.values():
+                task.cancel()
+            self._close_outlet()
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await writer
+            if self._closing is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._closing
+
+    async def _admit(self) -> Refusal | None:
+        """Check the handshake; set `self.principal` or say why not."""
+        raise NotImplementedError
+
+    async def _read(self) -> None:
+        raise NotImplementedError
+
+    async def _write(self) -> None:
+        raise NotImplementedError
+
+    def _close_outlet(self) -> None:
+        raise NotImplementedError
+
+    def _opened(self) -> None:
+        """After accept: anything the protocol starts per connection."""
+
+    def _closed(self) -> None:
+        """Before the outlet closes: release what the protocol holds (subscriptions...)."""
