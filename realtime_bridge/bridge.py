@@ -14,7 +14,6 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -28,7 +27,13 @@ from realtime_bridge.auth import (
 )
 from realtime_bridge.change import Change
 from realtime_bridge.embedded import EmbeddedPostgres
-from realtime_bridge.errors import PublishError, UnknownChannel, UnknownTable
+from realtime_bridge.errors import (
+    ConfigurationError,
+    MigrationError,
+    PublishError,
+    UnknownChannel,
+    UnknownTable,
+)
 from realtime_bridge.events import Event, LogEntry
 from realtime_bridge.hub import Hub
 from realtime_bridge.limits import ConnectionLimits
@@ -36,13 +41,14 @@ from realtime_bridge.migrate import migrate
 from realtime_bridge.plugins import PluginRegistry, discover, qualify
 from realtime_bridge.relay import Relay
 from realtime_bridge.settings import Settings
+from realtime_bridge.sources.base import ModeStatus, Source
 from realtime_bridge.sources.outbox import (
     READ_SQL,
     OutboxSource,
-    SourceState,
     init_connection,
     rows_to_changes,
 )
+from realtime_bridge.sources.poll import PollSource
 from realtime_bridge.sources.supabase import SupabaseSource
 
 logger = logging.getLogger(__name__)
@@ -56,10 +62,46 @@ HISTORY_SQL = READ_SQL.replace(
     "ORDER BY o.seq",
 ).replace("LIMIT $3", "LIMIT 200")
 
+# Errors that say this database role cannot use the outbox.
+NO_OUTBOX = (
+    asyncpg.InsufficientPrivilegeError,
+    asyncpg.InvalidSchemaNameError,
+    asyncpg.UndefinedTableError,
+)
+
+# The outbox's head, and whether this role may number it (be the sequencer).
+OUTBOX_HEAD_SQL = """
+SELECT s.last_seq,
+       has_table_privilege('realtime_bridge.outbox', 'SELECT, UPDATE')
+       AND has_table_privilege('realtime_bridge.sequencer', 'SELECT, UPDATE') AS usable
+FROM realtime_bridge.sequencer s
+"""
+
+# The columns of each named table this role may read (missing ones left out).
+READABLE_TABLES_SQL = """
+SELECT n.name, array_agg(a.attname::text ORDER BY a.attnum) AS columns
+FROM unnest($1::text[]) AS n(name)
+JOIN pg_catalog.pg_attribute a
+  ON a.attrelid = to_regclass(n.name) AND a.attnum > 0 AND NOT a.attisdropped
+WHERE has_table_privilege(to_regclass(n.name), 'SELECT')
+GROUP BY n.name
+"""
+
 
 def current_bridge() -> Bridge | None:
     """The bridge running in this process, if any (used by `broadcast()`)."""
     return _current
+
+
+@dataclass(frozen=True)
+class NoOutbox:
+    """Why the outbox cannot be used: a reason for everyone, the error for the service key."""
+
+    reason: str
+    detail: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.reason} ({self.detail})" if self.detail else self.reason
 
 
 @dataclass
@@ -87,12 +129,12 @@ class Bridge:
         self.embedded: EmbeddedPostgres | None = None
         self.dsn: str | None = None
         self.pool: asyncpg.Pool | None = None
-        self.source: OutboxSource | None = None
+        # Outbox, polling or hosted Supabase: chosen by `start` (see `sources.base`).
+        self.source: Source | None = None
         # Hosted Supabase mode (SUPABASE_URL + service key, no DATABASE_URL): no pool, no outbox.
-        self.supabase_mode = bool(
+        self.hosted = bool(
             not settings.database_url and settings.supabase_url and settings.supabase_service_key
         )
-        self.supabase: SupabaseSource | None = None
         self.relay: Relay | None = None
         self.tables: dict[str, set[str]] = {}
         self.started_at = time.time()
@@ -146,41 +188,14 @@ class Bridge:
 
     async def start(self) -> None:
         global _current
-        if self.supabase_mode:
-            await self._start_supabase()
-            return
-        self.dsn = await asyncio.to_thread(self._resolve_dsn)
-        if self.settings.migrate_on_start:
-            await migrate(self.dsn, self.settings.migrations_dir)
-        self.pool = await asyncpg.create_pool(
-            self.dsn, min_size=1, max_size=10, init=init_connection
-        )
-        await self.refresh_tables()
-        head = await self.pool.fetchval("SELECT last_seq FROM realtime_bridge.sequencer")
-        self.hub.head = int(head)
-        self._register_channels()
-        self.source = OutboxSource(
-            self.dsn,
-            self._on_changes,
-            start_after=self.hub.head,
-            batch_size=self.settings.sequencer_batch,
-        )
-        self._own("source", self.source.start())
-        # Serve once changes flow (health would say 503 until then anyway);
-        # a database that is down at start makes us serve degraded, not hang.
-        if not await self.source.wait_connected(timeout=15):
-            logger.warning("the outbox source is not connected yet; serving degraded")
-        self._own("maintenance", asyncio.create_task(self._maintain(), name="maintenance"))
-        if self.settings.relay_to_supabase:
-            # Only the sequencer relays, so Supabase gets each event once, not once per instance.
-            self.relay = Relay.from_settings(
-                self.settings,
-                self.registry,
-                active=lambda: self.source is not None and self.source.status.role == "sequencer",
-            )
-            # From the head we started at: changes routed while we waited above are relayed too.
-            relayed = self.relay.start(self.hub, list(self.registry.by_channel), since=int(head))
-            self._own("relay", relayed)
+        try:
+            if self.hosted:
+                await self._start_hosted()
+            else:
+                await self._start_database()
+        except BaseException:
+            await self.stop()  # what started before the failure stops with it
+            raise
         _current = self
         if self.settings.auth_disabled:
             logger.warning(
@@ -196,20 +211,125 @@ class Bridge:
                 keys["anon"],
                 keys["service_role"],
             )
+        assert self.source is not None
         logger.info(
-            "realtime-bridge ready: %d plugin channel(s), %d tracked table(s), head seq %d",
+            "realtime-bridge ready: %s capture, %s mode, %d plugin channel(s), %d table(s), "
+            "head seq %d%s",
+            self.source.name,
+            self.source.mode.mode,
             len(self.registry.by_channel),
             len(self.tables),
             self.hub.head,
+            "" if self.source.durable else " (seqs are this process's own)",
         )
 
-    async def _start_supabase(self) -> None:
+    async def _start_database(self) -> None:
+        """DATABASE_URL or the embedded Postgres: the outbox where this role can, else polling."""
+        self.dsn = await asyncio.to_thread(self._resolve_dsn)
+        why_not = await self._install_outbox()
+        self.pool = await asyncpg.create_pool(
+            self.dsn, min_size=1, max_size=10, init=init_connection
+        )
+        head: int | None = None
+        if why_not is None:
+            try:
+                row = await self.pool.fetchrow(OUTBOX_HEAD_SQL)
+            except NO_OUTBOX as exc:
+                why_not = NoOutbox("this database role cannot use the outbox", str(exc))
+            else:
+                assert row is not None
+                if row["usable"]:
+                    head = int(row["last_seq"])
+                else:
+                    why_not = NoOutbox(
+                        "this database role may not number the outbox (it needs SELECT and "
+                        "UPDATE on realtime_bridge.outbox and realtime_bridge.sequencer)"
+                    )
+        if head is not None:
+            await self._start_outbox(head)
+            return
+        assert why_not is not None
+        if self.settings.capture == "outbox":
+            raise ConfigurationError(f"CAPTURE=outbox, but {why_not}")
+        await self._start_polling(why_not)
+
+    async def _install_outbox(self) -> NoOutbox | None:
+        """Apply the migrations; say why not when this role may not (None: done or not asked)."""
+        if self.settings.capture == "poll":
+            return NoOutbox("CAPTURE=poll")
+        if not self.settings.migrate_on_start:
+            return None
+        assert self.dsn is not None
+        try:
+            await migrate(self.dsn, self.settings.migrations_dir)
+        except asyncpg.InsufficientPrivilegeError as exc:
+            return NoOutbox("this database role cannot install the capture triggers", str(exc))
+        except MigrationError as exc:
+            if isinstance(exc.__cause__, asyncpg.InsufficientPrivilegeError):
+                return NoOutbox("this database role cannot install the capture triggers", str(exc))
+            raise
+        return None
+
+    async def _start_outbox(self, head: int) -> None:
+        assert self.dsn is not None
+        assert self.pool is not None
+        self.hub.head = head
+        source = OutboxSource(
+            self.dsn,
+            self._on_changes,
+            start_after=head,
+            batch_size=self.settings.sequencer_batch,
+        )
+        self.source = source
+        await self.refresh_tables()
+        self._own("source", source.start())
+        # Serve once changes flow (health would say 503 until then anyway);
+        # a database that is down at start makes us serve degraded, not hang.
+        if not await source.wait_connected(timeout=15):
+            logger.warning("the outbox source is not connected yet; serving degraded")
+        self._own("maintenance", asyncio.create_task(self._maintain(), name="maintenance"))
+        if self.settings.relay_to_supabase:
+            # Only the sequencer relays, so Supabase gets each event once, not once per instance.
+            self.relay = Relay.from_settings(
+                self.settings, self.registry, active=lambda: source.status.role == "sequencer"
+            )
+            # From the head we started at: changes routed while we waited above are relayed too.
+            relayed = self.relay.start(self.hub, list(self.registry.by_channel), since=head)
+            self._own("relay", relayed)
+
+    async def _start_polling(self, why: NoOutbox) -> None:
+        """No outbox: read the plugins' tables every POLL_INTERVAL seconds over SQL."""
+        assert self.dsn is not None
+        await self.refresh_tables()
+        wanted = sorted({table for plugin in self.registry for table in plugin.tables})
+        missing = [table for table in wanted if table not in self.tables]
+        if missing:
+            logger.warning(
+                "polling: %s not found or not readable by this role; not polled",
+                ", ".join(missing),
+            )
+        interval = self.settings.poll_interval
+        self.source = PollSource(
+            self.dsn,
+            sorted(self.tables),
+            self._on_changes,
+            interval=interval,
+            reason=f"{why.reason}; polling the tables every {interval:g} s",
+            detail=why.detail,
+        )
+        logger.warning("realtime-bridge is polling, not realtime: %s", why)
+        self._own("source", self.source.start())
+        if not await self.source.wait_connected(timeout=15):
+            logger.warning("the poll source has not read the tables yet; serving degraded")
+        if self.settings.relay_to_supabase:
+            logger.warning("RELAY_TO_SUPABASE needs the outbox; nothing is relayed while polling")
+
+    async def _start_hosted(self) -> None:
         """Hosted Supabase mode: Realtime `postgres_changes`, PostgREST polling as fallback."""
-        global _current
         assert self.settings.supabase_url
         assert self.settings.supabase_service_key
         await self.refresh_tables()
-        self.supabase = SupabaseSource(
+        self.source = SupabaseSource(
             self.settings.supabase_url,
             self.settings.supabase_service_key,
             sorted(self.tables),
@@ -217,16 +337,11 @@ class Bridge:
             grace=self.settings.realtime_grace_period,
             poll_interval=self.settings.poll_interval,
         )
-        self._own("source", self.supabase.start())
-        if not await self.supabase.wait_connected(timeout=15):
+        self._own("source", self.source.start())
+        if not await self.source.wait_connected(timeout=15):
             logger.warning("hosted Supabase is not reachable yet; serving degraded")
-        _current = self
-        logger.info(
-            "realtime-bridge ready (hosted Supabase mode, seqs are process-local): "
-            "%d plugin channel(s), %d table(s)",
-            len(self.registry.by_channel),
-            len(self.tables),
-        )
+        if self.settings.relay_to_supabase:
+            logger.warning("RELAY_TO_SUPABASE needs the outbox; nothing is relayed in hosted mode")
 
     def _resolve_dsn(self) -> str:
         if self.settings.database_url:
@@ -242,8 +357,6 @@ class Bridge:
             _current = None
         if self.source is not None:
             await self.source.stop()
-        if self.supabase is not None:
-            await self.supabase.stop()
         if self.relay is not None:
             await self.relay.stop(self.hub)
         for task in self._tasks.values():
@@ -274,14 +387,22 @@ class Bridge:
     # channels --------------------------------------------------------------
 
     async def refresh_tables(self) -> None:
-        """Load the tracked tables and their columns (for table channels and filters)."""
-        if self.supabase_mode:
-            # No database to ask: the plugins' tables, with their models' columns.
-            tables: dict[str, set[str]] = {}
-            for plugin in self.registry:
-                for table in plugin.tables:
-                    tables.setdefault(table, set()).update(plugin.columns())
-            self.tables = tables
+        """Load the captured tables and their columns (for table channels and filters).
+
+        With the outbox: the tracked tables. Polling: the plugins' tables this
+        role can read. Hosted: the plugins' tables, with their models' columns.
+        """
+        if self.source is None or not self.source.durable:
+            plugin_tables = {table for plugin in self.registry for table in plugin.tables}
+            if self.pool is not None:
+                rows = await self.pool.fetch(READABLE_TABLES_SQL, sorted(plugin_tables))
+                self.tables = {r["name"]: set(r["columns"]) for r in rows}
+            else:
+                tables: dict[str, set[str]] = {}
+                for plugin in self.registry:
+                    for table in plugin.tables:
+                        tables.setdefault(table, set()).update(plugin.columns())
+                self.tables = tables
             self._register_channels()
             return
         assert self.pool is not None
@@ -316,6 +437,12 @@ class Bridge:
         if name not in self.tables:
             await self.refresh_tables()
         if name not in self.tables:
+            if self.source is not None and not self.source.durable:
+                raise UnknownTable(
+                    f"table {name!r} is not captured: without the outbox only the plugins' "
+                    "tables are read",
+                    table=name,
+                )
             raise UnknownTable(
                 f"table {name!r} is not tracked; run SELECT realtime_bridge.track('{name}')",
                 table=name,
@@ -350,7 +477,7 @@ class Bridge:
 
     async def _history(self, after: int, upto: int, channel: str) -> AsyncIterator[list[Event]]:
         """Events of `channel` in (after, upto] read back from the outbox log."""
-        if self.supabase_mode:
+        if not self._durable:
             return  # no outbox: only the hub's window can be replayed
         assert self.pool is not None
         plugin = self.registry.by_channel.get(channel)
@@ -372,8 +499,13 @@ class Bridge:
             cursor = min(upto, last["seq"] + last["changes"] - 1)
             yield batch
 
+    @property
+    def _durable(self) -> bool:
+        """Seqs live in the outbox (replay beyond the window and publishing work)."""
+        return self.source is not None and self.source.durable
+
     async def _earliest(self) -> int | None:
-        if self.supabase_mode:
+        if not self._durable:
             return self.hub.head + 1  # no outbox: beyond the window means resync
         assert self.pool is not None
         value = await self.pool.fetchval(
@@ -390,8 +522,14 @@ class Bridge:
         self, channel: str, event: str | None, payload: Any, *, wait: float = 5.0
     ) -> int | None:
         """Validate and write an event to the outbox; return its seq once numbered."""
-        if self.supabase_mode:
-            raise PublishError("publishing needs DATABASE_URL")
+        if not self._durable:
+            if self.hosted:
+                why = "hosted Supabase mode (no DATABASE_URL) has none"
+            elif self.source is None:
+                why = "the bridge has not started"
+            else:
+                why = f"this bridge polls without it ({self.source.mode.reason})"
+            raise PublishError(f"publishing needs the outbox: {why}")
         event_name, data = self.registry.validate_broadcast(channel, event, payload)
         assert self.pool is not None
         try:
@@ -435,25 +573,19 @@ class Bridge:
     # reporting ---------------------------------------------------------------
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        source = self.source.status if self.source else None
-        mode = self.mode()
-        if self.supabase is not None:
-            source = self.supabase.status
-        healthy = (
-            source is not None
-            and (source.state is SourceState.CONNECTED or mode["mode"] == "polling")
-            and not self._task_errors
-        )
+        source = self.source
+        status = source.status if source is not None else None
+        healthy = source is not None and source.healthy and not self._task_errors
         body: dict[str, Any] = {
             "status": "ok" if healthy else "degraded",
-            "source": "supabase" if self.supabase_mode else "outbox",
-            **mode,
-            "database": "none" if self.supabase_mode else self._database_kind(),
+            "source": source.name if source is not None else "starting",
+            **self.mode(),
+            "database": "none" if self.hosted else self._database_kind(),
             "last_seq": self.hub.head,
-            "lag_ms": round(source.last_lag_ms, 3)
-            if source and source.last_lag_ms is not None
+            "lag_ms": round(status.last_lag_ms, 3)
+            if status is not None and status.last_lag_ms is not None
             else None,
-            "source_status": source.to_json() if source else None,
+            "source_status": status.to_json() if status is not None else None,
             "failed_tasks": dict(self._task_errors),
             "uptime_s": round(time.time() - self.started_at, 1),
         }
@@ -464,14 +596,9 @@ class Bridge:
 
     def mode(self) -> dict[str, Any]:
         """`mode` (realtime|polling), `mode_reason`, `mode_since`, `mode_switches`."""
-        if self.supabase is not None:
-            return self.supabase.mode.to_json()
-        return {
-            "mode": "realtime",
-            "mode_reason": "outbox" if not self.supabase_mode else "starting",
-            "mode_since": datetime.fromtimestamp(self.started_at, UTC).isoformat(),
-            "mode_switches": 0,
-        }
+        if self.source is None:
+            return ModeStatus(since=self.started_at).to_json()
+        return self.source.mode.to_json()
 
     def stats(self) -> dict[str, Any]:
         hub = self.hub.stats

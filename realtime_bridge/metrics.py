@@ -29,6 +29,12 @@ def render_metrics(bridge: Bridge) -> str:
         "1 when the source is connected and no task failed.",
         [("", 1 if healthy else 0)],
     )
+    metric(
+        "realtime_bridge_mode",
+        "gauge",
+        "1 for the source and mode (realtime|polling) the bridge runs in.",
+        [(f'{{source="{_label(health["source"])}",mode="{_label(health["mode"])}"}}', 1)],
+    )
     metric("realtime_bridge_head_seq", "gauge", "Highest seq routed.", [("", stats["head_seq"])])
     metric(
         "realtime_bridge_connections",
@@ -75,7 +81,7 @@ def render_metrics(bridge: Bridge) -> str:
     metric(
         "realtime_bridge_mode_switches_total",
         "counter",
-        "Switches between realtime and polling mode (hosted Supabase mode).",
+        "Switches between realtime and polling mode.",
         [("", health.get("mode_switches", 0))],
     )
     metric(

@@ -57,17 +57,20 @@ async def migrate(dsn: str, directory: Path | None = None) -> list[str]:
     applied_now: list[str] = []
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
-        await conn.execute(
-            """
-            CREATE SCHEMA IF NOT EXISTS realtime_bridge;
-            CREATE TABLE IF NOT EXISTS realtime_bridge.schema_migrations (
-                version    text PRIMARY KEY,
-                name       text NOT NULL,
-                checksum   text NOT NULL,
-                applied_at timestamptz NOT NULL DEFAULT now()
-            );
-            """
-        )
+        # Only when missing: a role that may use an installed outbox but not
+        # create schemas still finds nothing to do here.
+        if await conn.fetchval("SELECT to_regclass('realtime_bridge.schema_migrations')") is None:
+            await conn.execute(
+                """
+                CREATE SCHEMA IF NOT EXISTS realtime_bridge;
+                CREATE TABLE IF NOT EXISTS realtime_bridge.schema_migrations (
+                    version    text PRIMARY KEY,
+                    name       text NOT NULL,
+                    checksum   text NOT NULL,
+                    applied_at timestamptz NOT NULL DEFAULT now()
+                );
+                """
+            )
         done = {
             r["version"]: r["checksum"]
             for r in await conn.fetch(

@@ -7,7 +7,7 @@ with the variable's name (pydantic-settings does that for us).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -43,6 +43,13 @@ class Settings(BaseSettings):
     plugin_paths: Annotated[list[Path], NoDecode] = Field(default_factory=lambda: [Path("plugins")])
     enable_testing_api: bool = False
 
+    capture: Literal["auto", "outbox", "poll"] = Field(
+        default="auto",
+        description=(
+            "How changes are found with a database: the outbox (capture triggers), polling the "
+            "tables over SQL, or auto (the outbox where this role can install and use it)."
+        ),
+    )
     poll_interval: float = Field(default=5.0, gt=0)
     realtime_grace_period: float = Field(
         default=10.0,

@@ -11,7 +11,7 @@ import pytest
 from realtime_bridge.change import Change
 from realtime_bridge.errors import ConfigurationError
 from realtime_bridge.plugins import PluginRegistry
-from realtime_bridge.sources.outbox import SourceState
+from realtime_bridge.sources.base import SourceState
 from realtime_bridge.sources.poll import PollSource, describe_tables
 
 TABLES = ["public.positions", "public.portfolio_snapshots"]

@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from realtime_bridge.sources.supabase import SupabaseSource
 from realtime_bridge.testing import RunningBridge, run_bridge
 from tests.conftest import BridgeFactory, make_settings
 
@@ -232,7 +233,8 @@ async def test_hosted_mode_follows_realtime_and_falls_back_to_polling(
     ):
         bridge = local.bridge
         assert bridge.pool is None
-        assert bridge.supabase is not None
+        source = bridge.source
+        assert isinstance(source, SupabaseSource)
         ok, health = bridge.health()
         assert ok, health
         assert (health["source"], health["mode"], health["database"]) == (
@@ -260,7 +262,7 @@ async def test_hosted_mode_follows_realtime_and_falls_back_to_polling(
 
             # 2. Realtime is cut: within the grace period nothing is lost either.
             proxy.cut()
-            await until("realtime noticed down", lambda: not bridge.supabase._realtime_up)  # type: ignore[union-attr]
+            await until("realtime noticed down", lambda: not source.healthy)
             c = await db.fetchval(INSERT, "u2", "C", 3)
             await until("polling", lambda: bridge.mode()["mode"] == "polling", timeout=4)
             ok, health = bridge.health()

@@ -239,6 +239,7 @@ async def health(request: Request) -> Response:
     except ClientError:
         if body.get("source_status"):
             body["source_status"].pop("last_error", None)
+        body.pop("mode_detail", None)
         body["failed_tasks"] = sorted(body["failed_tasks"])
     body["time"] = datetime.now(UTC).isoformat()
     return JSONResponse(body, status_code=200 if healthy else 503)

@@ -1,5 +1,6 @@
 """Sources produce the ordered stream of `Change` records the bridge routes."""
 
-from realtime_bridge.sources.outbox import OutboxSource, SourceState
+from realtime_bridge.sources.base import ModeStatus, Source, SourceState, SourceStatus
+from realtime_bridge.sources.outbox import OutboxSource
 
-__all__ = ["OutboxSource", "SourceState"]
+__all__ = ["ModeStatus", "OutboxSource", "Source", "SourceState", "SourceStatus"]

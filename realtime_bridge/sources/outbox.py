@@ -25,11 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,6 +35,13 @@ import asyncpg
 import orjson
 
 from realtime_bridge.change import Change
+from realtime_bridge.sources.base import (
+    Deliver,
+    ModeStatus,
+    SourceState,
+    SourceStatus,
+    wait_for,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -98,35 +103,6 @@ LIMIT $3
 """
 
 
-class SourceState(enum.Enum):
-    STARTING = "starting"
-    CONNECTED = "connected"
-    RECONNECTING = "reconnecting"
-    STOPPED = "stopped"
-
-
-@dataclass
-class SourceStatus:
-    state: SourceState = SourceState.STARTING
-    role: str = "none"
-    since: float = field(default_factory=time.time)
-    last_error: str | None = None
-    reconnects: int = 0
-    last_seq: int = 0
-    last_lag_ms: float | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "state": self.state.value,
-            "role": self.role,
-            "since": datetime.fromtimestamp(self.since, UTC).isoformat(),
-            "last_error": self.last_error,
-            "reconnects": self.reconnects,
-            "last_seq": self.last_seq,
-            "lag_ms": self.last_lag_ms,
-        }
-
-
 def row_to_changes(row: asyncpg.Record) -> list[Change]:
     """The changes of one numbered outbox row (a batch row holds several)."""
     if not row["batch"]:
@@ -179,11 +155,11 @@ async def init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
-Deliver = Callable[[list[Change]], None]
-
-
 class OutboxSource:
     """Streams numbered changes to `deliver`, in seq order, forever."""
+
+    name = "outbox"
+    durable = True
 
     def __init__(
         self,
@@ -198,6 +174,7 @@ class OutboxSource:
         self.deliver = deliver
         self.batch_size = batch_size
         self.status = SourceStatus(last_seq=start_after)
+        self.mode = ModeStatus(reason="capture triggers and the outbox")
         self._connect = connect or self._default_connect
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -230,11 +207,11 @@ class OutboxSource:
 
     async def wait_connected(self, timeout: float) -> bool:
         """Wait until the source is connected (True) or `timeout` passes (False)."""
-        try:
-            await asyncio.wait_for(self._connected.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        return await wait_for(self._connected, timeout)
+
+    @property
+    def healthy(self) -> bool:
+        return self.status.state is SourceState.CONNECTED
 
     def _set_state(self, state: SourceState, error: str | None = None) -> None:
         if state is SourceState.CONNECTED:

@@ -50,7 +50,14 @@ import asyncpg
 
 from realtime_bridge.change import Change, Operation, Row
 from realtime_bridge.errors import ConfigurationError
-from realtime_bridge.sources.outbox import Deliver, SourceState, SourceStatus, init_connection
+from realtime_bridge.sources.base import (
+    Deliver,
+    ModeStatus,
+    SourceState,
+    SourceStatus,
+    wait_for,
+)
+from realtime_bridge.sources.outbox import init_connection
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +155,9 @@ class PollStats:
 class PollSource:
     """Reads `tables` every `interval` seconds and delivers what changed, numbered."""
 
+    name = "poll"
+    durable = False
+
     def __init__(
         self,
         dsn: str,
@@ -162,6 +172,8 @@ class PollSource:
         remember: int = 100_000,
         delete_window: int = 1000,
         id_column: str = "id",
+        reason: str = "polling the tables",
+        detail: str | None = None,
         connect: Callable[[str], Awaitable[asyncpg.Connection]] | None = None,
     ) -> None:
         self.dsn = dsn
@@ -175,6 +187,7 @@ class PollSource:
         self.delete_window = min(delete_window, remember)
         self.id_column = id_column
         self.status = SourceStatus(last_seq=start_after, role="poller")
+        self.mode = ModeStatus("polling", reason, detail=detail)
         self.stats = PollStats()
         self.tables: list[PolledTable] = []
         self._state: dict[str, _TableState] = {}
@@ -182,6 +195,7 @@ class PollSource:
         self._connect = connect or self._default_connect
         self._conn: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
 
     async def _default_connect(self, dsn: str) -> asyncpg.Connection:
         conn = await asyncpg.connect(dsn, timeout=10)
@@ -193,6 +207,15 @@ class PollSource:
     def start(self) -> asyncio.Task[None]:
         self._task = asyncio.create_task(self._run(), name="poll-source")
         return self._task
+
+    async def wait_connected(self, timeout: float) -> bool:
+        """Wait until a pass has succeeded (True) or `timeout` passes (False)."""
+        return await wait_for(self._connected, timeout)
+
+    @property
+    def healthy(self) -> bool:
+        """The last pass succeeded."""
+        return self.status.state is SourceState.CONNECTED
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -209,6 +232,10 @@ class PollSource:
             self._conn = None
 
     def _set_state(self, state: SourceState, error: str | None = None) -> None:
+        if state is SourceState.CONNECTED:
+            self._connected.set()
+        else:
+            self._connected.clear()
         if state is not self.status.state:
             self.status.state = state
             self.status.since = time.time()

@@ -30,22 +30,26 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
 from realtime.types import RealtimePostgresChangesListenEvent
 
 from realtime_bridge.change import Change, Operation, Row
-from realtime_bridge.sources.outbox import SourceState, SourceStatus
+from realtime_bridge.sources.base import (
+    Deliver,
+    Mode,
+    ModeStatus,
+    SourceState,
+    SourceStatus,
+    wait_for,
+)
 
 logger = logging.getLogger(__name__)
 
-Deliver = Callable[[list[Change]], None]
-Mode = Literal["realtime", "polling"]
 CURSOR_CANDIDATES = ("updated_at", "created_at")
 
 
@@ -126,24 +130,11 @@ class _Table:
         return self.name
 
 
-@dataclass
-class ModeStatus:
-    mode: Mode = "realtime"
-    reason: str = "starting"
-    since: float = field(default_factory=time.time)
-    switches: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "mode": self.mode,
-            "mode_reason": self.reason,
-            "mode_since": datetime.fromtimestamp(self.since, UTC).isoformat(),
-            "mode_switches": self.switches,
-        }
-
-
 class SupabaseSource:
     """Hosted Supabase Realtime, falling back to PostgREST polling while it is down."""
+
+    name = "supabase"
+    durable = False
 
     def __init__(
         self,
@@ -181,6 +172,7 @@ class SupabaseSource:
             self.tables[item.qualified] = item
         self._down_since: float | None = time.monotonic()
         self._realtime_up = False
+        self._last_poll_ok = False
         self._baselined = False
         self._lock = asyncio.Lock()
         self._connected = asyncio.Event()
@@ -197,11 +189,14 @@ class SupabaseSource:
         return self._tasks[1]
 
     async def wait_connected(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self._connected.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        return await wait_for(self._connected, timeout)
+
+    @property
+    def healthy(self) -> bool:
+        """Realtime is up, or polling and its last pass succeeded."""
+        if self._realtime_up:
+            return True
+        return self.mode.mode == "polling" and self._last_poll_ok
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -219,15 +214,8 @@ class SupabaseSource:
             with contextlib.suppress(Exception):
                 await client.close()
 
-    def _set_mode(self, mode: Mode, reason: str) -> None:
-        if mode == self.mode.mode:
-            self.mode.reason = reason
-            return
-        self.mode.mode = mode
-        self.mode.reason = reason
-        self.mode.since = time.time()
-        self.mode.switches += 1
-        logger.warning("realtime-bridge mode switch: now %s (%s)", mode, reason)
+    def _set_mode(self, mode: Mode, reason: str, detail: str | None = None) -> None:
+        self.mode.switch(mode, reason, detail)
 
     # realtime --------------------------------------------------------------
 
@@ -419,18 +407,21 @@ class SupabaseSource:
                 and self.mode.mode == "realtime"
                 and time.monotonic() - down >= self.grace
             ):
-                why = self.status.last_error or "not connected"
                 self._set_mode(
-                    "polling", f"Supabase Realtime down for over {self.grace:g} s ({why})"
+                    "polling",
+                    f"Supabase Realtime down for over {self.grace:g} s",
+                    self.status.last_error or "not connected",
                 )
             if self.mode.mode == "polling" and not self._realtime_up:
                 try:
                     async with self._lock:
                         await self._pass()
+                    self._last_poll_ok = True
                     self._connected.set()
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # a failed pass is retried, never ends polling
+                    self._last_poll_ok = False
                     logger.warning("PostgREST poll failed: %r", exc)
                     self.status.last_error = f"poll: {type(exc).__name__}: {exc}"
                 await asyncio.sleep(self.poll_interval)
