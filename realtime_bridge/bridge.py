@@ -62,18 +62,13 @@ HISTORY_SQL = READ_SQL.replace(
     "ORDER BY o.seq",
 ).replace("LIMIT $3", "LIMIT 200")
 
-# Errors that say this database role cannot use the outbox.
-NO_OUTBOX = (
-    asyncpg.InsufficientPrivilegeError,
-    asyncpg.InvalidSchemaNameError,
-    asyncpg.UndefinedTableError,
-)
-
 # The outbox's head, and whether this role may number it (be the sequencer).
+# (A list of privileges in one has_table_privilege call means "any of them".)
 OUTBOX_HEAD_SQL = """
 SELECT s.last_seq,
-       has_table_privilege('realtime_bridge.outbox', 'SELECT, UPDATE')
-       AND has_table_privilege('realtime_bridge.sequencer', 'SELECT, UPDATE') AS usable
+       has_table_privilege('realtime_bridge.outbox', 'SELECT')
+       AND has_table_privilege('realtime_bridge.outbox', 'UPDATE')
+       AND has_table_privilege('realtime_bridge.sequencer', 'UPDATE') AS usable
 FROM realtime_bridge.sequencer s
 """
 
@@ -234,7 +229,11 @@ class Bridge:
         if why_not is None:
             try:
                 row = await self.pool.fetchrow(OUTBOX_HEAD_SQL)
-            except NO_OUTBOX as exc:
+            except (asyncpg.InvalidSchemaNameError, asyncpg.UndefinedTableError) as exc:
+                why_not = NoOutbox(
+                    "the outbox is not installed (run `realtime-bridge migrate`)", str(exc)
+                )
+            except asyncpg.InsufficientPrivilegeError as exc:
                 why_not = NoOutbox("this database role cannot use the outbox", str(exc))
             else:
                 assert row is not None

@@ -286,3 +286,26 @@ async def test_health_degrades_while_polling_cannot_reach_the_database(
                     break
                 await asyncio.sleep(0.05)
             assert response.status_code == 200
+
+
+async def test_a_missing_or_read_only_outbox_is_named_as_the_reason_for_polling(
+    databases: TestDatabase,
+) -> None:
+    async with (
+        plain_database(databases) as plain,
+        polling_bridge(plain.admin, migrate_on_start=False) as bridge,
+    ):
+        reason = bridge.bridge.mode()["mode_reason"]
+        assert reason.startswith("the outbox is not installed (run `realtime-bridge migrate`);")
+    async with plain_database(databases, capture=True) as granted:
+        admin = await asyncpg.connect(granted.admin)
+        try:
+            await admin.execute(
+                f"GRANT USAGE ON SCHEMA realtime_bridge TO {granted.role};"
+                f"GRANT SELECT ON ALL TABLES IN SCHEMA realtime_bridge TO {granted.role};"
+            )
+        finally:
+            await admin.close()
+        async with polling_bridge(granted.reader) as bridge:
+            reason = bridge.bridge.mode()["mode_reason"]
+            assert reason.startswith("this database role may not number the outbox")
