@@ -264,28 +264,29 @@ async def test_a_role_granted_an_installed_outbox_uses_it_without_creating_anyth
             await admin.close()
 
 
+async def health_once(client: httpx.AsyncClient, status: int) -> httpx.Response:
+    """`/health` once it answers `status` (the last answer after 10 s)."""
+    for _ in range(200):
+        response = await client.get("/health")
+        if response.status_code == status:
+            break
+        await asyncio.sleep(0.05)
+    return response
+
+
 async def test_health_degrades_while_polling_cannot_reach_the_database(
     plain: Database, admin_db: asyncpg.Connection
 ) -> None:
     async with polling_bridge(plain.reader) as bridge:
         await admin_db.execute(f"REVOKE SELECT ON public.positions FROM {plain.role}")
-        async with httpx.AsyncClient(base_url=bridge.url, headers=bridge.service_headers) as c:
-            for _ in range(100):
-                response = await c.get("/health")
-                if response.status_code == 503:
-                    break
-                await asyncio.sleep(0.05)
+        async with http(bridge) as client:
+            response = await health_once(client, 503)
             assert response.status_code == 503
             body = response.json()
             assert (body["status"], body["mode"]) == ("degraded", "polling")
             assert "permission denied" in body["source_status"]["last_error"]
             await admin_db.execute(f"GRANT SELECT ON public.positions TO {plain.role}")
-            for _ in range(200):
-                response = await c.get("/health")
-                if response.status_code == 200:
-                    break
-                await asyncio.sleep(0.05)
-            assert response.status_code == 200
+            assert (await health_once(client, 200)).status_code == 200
 
 
 async def test_a_missing_or_read_only_outbox_is_named_as_the_reason_for_polling(
