@@ -55,6 +55,7 @@ def create_app(
         Route("/api/broadcast", rest.broadcast, methods=["POST"]),
         Route("/api/testing/simulate-signal", rest.simulate_signal, methods=["POST"]),
         Route("/api/channels/{channel}/events", rest.channel_events),
+        Route("/api/channels/{channel}/snapshot", rest.channel_snapshot),
         Route("/sse/{channel}", sse.sse_stream),
         WebSocketRoute("/ws/db_subscriptions", websocket.db_subscriptions),
         # The Supabase Realtime protocol (supabase-js, the Python `realtime` client).

@@ -310,3 +310,23 @@ async def test_a_missing_or_read_only_outbox_is_named_as_the_reason_for_polling(
         async with polling_bridge(granted.reader) as bridge:
             reason = bridge.bridge.mode()["mode_reason"]
             assert reason.startswith("this database role may not number the outbox")
+
+
+async def test_a_snapshot_while_polling_is_followed_from_its_seq(
+    plain: Database, admin_db: asyncpg.Connection
+) -> None:
+    async with polling_bridge(plain.reader) as bridge:
+        first = await insert_position(admin_db, "u1", "S1")
+        assert await bridge.bridge.hub.wait_for_head(1, timeout=5)
+        async with http(bridge) as client:
+            response = await client.get("/api/channels/position-updates/snapshot")
+        assert response.status_code == 200, response.text
+        snapshot = response.json()
+        assert snapshot["seq"] == 1
+        assert [r["id"] for r in snapshot["records"]] == [first]
+        second = await insert_position(admin_db, "u1", "S2")
+        async with bridge.websocket() as ws:
+            await ws.subscribe(channel="position-updates", since=snapshot["seq"])
+            (event,) = await ws.changes(1)
+            assert (event["seq"], event["data"]["id"]) == (2, second)
+            assert await ws.silent(0.3)

@@ -28,6 +28,7 @@ from realtime_bridge.protocols.common import (
 from realtime_bridge.protocols.messages import BroadcastRequest, SimulateSignal
 from realtime_bridge.protocols.outlet import CollectOutlet
 from realtime_bridge.protocols.sse import parse_since
+from realtime_bridge.snapshot import DEFAULT_LIMIT, MAX_LIMIT, SnapshotUnavailable, take_snapshot
 
 MAX_BODY = 1024 * 1024
 MAX_POLL_LIMIT = 1000
@@ -117,6 +118,34 @@ async def channel_events(request: Request) -> Response:
     finally:
         hub.unsubscribe(sub)
     return Response(body, media_type="application/json")
+
+
+async def channel_snapshot(request: Request) -> Response:
+    """A channel's current rows (scope and filter applied) and the seq to subscribe from."""
+    bridge = _bridge(request)
+    params = request.query_params
+    try:
+        principal = await bridge.auth.verify(request_token(request))
+        target = await resolve_target(
+            bridge,
+            principal,
+            channel=request.path_params["channel"],
+            table=None,
+            filter_spec=params.get("filter"),
+        )
+        limit = int(_number(params.get("limit"), "limit", DEFAULT_LIMIT, 1, MAX_LIMIT))
+        try:
+            snapshot = await take_snapshot(bridge, target, limit=limit, cursor=params.get("cursor"))
+        except asyncpg.DataError:
+            raise BadMessage("cursor is not one this bridge gave out") from None
+    except ClientError as exc:
+        bridge.counters.error(exc.code)
+        return client_error_response(exc)
+    except SnapshotUnavailable as exc:
+        return error_response(503, "unavailable", str(exc))
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        return error_response(503, "unavailable", f"could not read the snapshot: {exc}")
+    return JSONResponse(snapshot.to_json())
 
 
 async def _json_body(request: Request) -> Any:
@@ -290,6 +319,7 @@ async def index(request: Request) -> Response:
                 "websocket": "/ws/db_subscriptions",
                 "sse": "/sse/{channel}",
                 "poll": "/api/channels/{channel}/events",
+                "snapshot": "/api/channels/{channel}/snapshot",
                 "broadcast": "/api/broadcast",
                 "health": "/health",
                 "stats": "/api/stats",

@@ -1,0 +1,186 @@
+"""Snapshots: a channel's current rows, and the seq to follow them live from.
+
+A client that starts (or is told `resync_required`) loads the snapshot and
+then subscribes with ``since=<its seq>``: every change numbered up to that
+seq is in the rows, and every later one arrives on the subscription. Some
+changes after the seq may already be in the rows too (they had committed
+but were not numbered yet when the snapshot was read); each event carries
+the whole new row and a row's events keep their order, so applying them as
+"this row is now `data`" (DELETE: "this row is gone") ends in the same state.
+
+The rows are the plugin's typed payloads (or the raw rows of a table
+channel), with the same row scope and filter as a subscription, read in one
+REPEATABLE READ transaction per page, in id order. Pages after the first
+carry a cursor; follow them all from the *first* page's seq.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from realtime_bridge.change import Change, Row
+from realtime_bridge.errors import BadMessage, PublishError
+from realtime_bridge.filters import canonical
+
+if TYPE_CHECKING:
+    from realtime_bridge.bridge import Bridge
+    from realtime_bridge.protocols.common import Target
+
+DEFAULT_LIMIT = 1000
+MAX_LIMIT = 10_000
+# Rows read per page at most, whatever the filter keeps (the rest is the next page).
+MAX_SCANNED = 50_000
+
+
+class SnapshotUnavailable(PublishError):
+    """This bridge has no database to read a snapshot from (hosted Supabase mode)."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    channel: str
+    seq: int
+    records: list[Row]
+    next_cursor: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "channel": self.channel,
+            "seq": self.seq,
+            "records": self.records,
+            "next_cursor": self.next_cursor,
+        }
+
+
+@dataclass(frozen=True)
+class _Cursor:
+    """Where a page stopped: the table (by position) and the last id read in it."""
+
+    table: int
+    after: Any
+
+    def encode(self) -> str:
+        raw = orjson.dumps([self.table, self.after])
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> _Cursor:
+        try:
+            value = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        except (binascii.Error, ValueError):
+            raise BadMessage("cursor is not one this bridge gave out") from None
+        if (
+            not isinstance(value, list)
+            or len(value) != 2
+            or not isinstance(value[0], int)
+            or isinstance(value[0], bool)
+            or value[0] < 0
+        ):
+            raise BadMessage("cursor is not one this bridge gave out")
+        return cls(value[0], value[1])
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _sql_name(table: str) -> str:
+    schema, _, name = table.rpartition(".")
+    return f"{_ident(schema or 'public')}.{_ident(name)}"
+
+
+async def take_snapshot(
+    bridge: Bridge, target: Target, *, limit: int = DEFAULT_LIMIT, cursor: str | None = None
+) -> Snapshot:
+    """Up to `limit` current rows of `target` (scope and filter applied), and their seq."""
+    if bridge.pool is None:
+        raise SnapshotUnavailable(
+            "snapshots read the database, and hosted Supabase mode has no DATABASE_URL"
+        )
+    plugin = bridge.registry.by_channel.get(target.channel)
+    tables = sorted(plugin.tables) if plugin is not None else [target.channel]
+    start = _Cursor.decode(cursor) if cursor else _Cursor(0, None)
+    if start.table >= len(tables):
+        raise BadMessage("cursor is not one this bridge gave out")
+    for table in tables[start.table :]:
+        if "id" not in bridge.tables.get(table, set()):
+            raise BadMessage(f"{table} has no id column to page a snapshot by")
+
+    records: list[Row] = []
+    scanned = 0
+    durable = bridge.source is not None and bridge.source.durable
+    # Without the outbox, the hub's head: every change routed so far was read
+    # from a transaction that ended before the one below starts.
+    seq = bridge.hub.head
+    position = start
+    async with (
+        bridge.pool.acquire() as conn,
+        conn.transaction(isolation="repeatable_read", readonly=True),
+    ):
+        if durable:
+            # The first statement fixes the transaction's snapshot: every seq
+            # up to this one was given to a row committed before it.
+            seq = int(await conn.fetchval("SELECT last_seq FROM realtime_bridge.sequencer"))
+        now = datetime.now(UTC)
+        while position.table < len(tables) and len(records) < limit and scanned < MAX_SCANNED:
+            table = tables[position.table]
+            schema, _, name = table.rpartition(".")
+            rows = await conn.fetch(*_page_query(table, target, position.after, limit))
+            scanned += len(rows)
+            for row in rows:
+                position = _Cursor(position.table, row["i"])
+                record = _record(bridge, target, schema or "public", name, row["row"], now)
+                if record is not None:
+                    records.append(record)
+                    if len(records) >= limit:
+                        break
+            else:
+                if len(rows) < limit:
+                    position = _Cursor(position.table + 1, None)  # this table is done
+    if durable and seq > bridge.hub.head:
+        # Followers (and a sequencer that has not routed its last pass yet)
+        # serve `since=seq` best once the hub has reached it.
+        await bridge.hub.wait_for_head(seq, timeout=5)
+    more = position.table < len(tables)
+    return Snapshot(target.channel, seq, records, position.encode() if more else None)
+
+
+def _page_query(table: str, target: Target, after: Any, limit: int) -> list[Any]:
+    """The statement and arguments reading `table`'s next rows by id, in the target's scope."""
+    where = ["true"]
+    args: list[Any] = []
+    if target.owner is not None and target.owner_column is not None:
+        args.append(target.owner)
+        where.append(f"t.{_ident(target.owner_column)}::text = ${len(args)}")
+    if after is not None:
+        args.append(after)
+        where.append(f"t.id > ${len(args)}")
+    args.append(limit)
+    sql = (
+        f"SELECT to_jsonb(t) AS row, t.id AS i FROM {_sql_name(table)} t "
+        f"WHERE {' AND '.join(where)} ORDER BY t.id LIMIT ${len(args)}"
+    )
+    return [sql, *args]
+
+
+def _record(
+    bridge: Bridge, target: Target, schema: str, table: str, row: Row, now: datetime
+) -> Row | None:
+    """The row as the channel's payload, if the target's scope and filter keep it."""
+    change = Change(0, "INSERT", schema, table, row, None, now)
+    event = bridge.registry.event_for(change, target.channel)
+    if event is None or event.view is None:
+        return None
+    if target.owner is not None and (
+        canonical(event.view.get(target.owner_column or "")) != target.owner
+    ):
+        return None
+    if not target.filter.matches(event.view):
+        return None
+    return event.data

@@ -1,0 +1,231 @@
+"""GET /api/channels/{channel}/snapshot: current rows plus the seq to follow them from."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from realtime_bridge.bridge import Bridge
+from realtime_bridge.filters import Filter
+from realtime_bridge.protocols.common import Target
+from realtime_bridge.snapshot import SnapshotUnavailable, take_snapshot
+from realtime_bridge.testing import RunningBridge
+from tests.conftest import BridgeFactory, make_settings
+from tests.helpers import http, insert_position
+
+SNAPSHOT = "/api/channels/position-updates/snapshot"
+UNNUMBERED = "SELECT count(*) FROM realtime_bridge.outbox WHERE seq IS NULL"
+
+
+async def snapshot_pages(
+    client: httpx.AsyncClient, path: str = SNAPSHOT, **params: Any
+) -> tuple[int, list[dict[str, Any]], int]:
+    """Every page of a snapshot: (first page's seq, all records, pages read)."""
+    response = await client.get(path, params=params)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    seq, records, pages = body["seq"], list(body["records"]), 1
+    while body["next_cursor"] is not None:
+        response = await client.get(path, params={**params, "cursor": body["next_cursor"]})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        records += body["records"]
+        pages += 1
+    return seq, records, pages
+
+
+async def writer(dsn: str, stop: asyncio.Event, seed: int) -> int:
+    """Insert, update and delete positions until `stop`; return how many statements ran."""
+    rng = random.Random(seed)
+    conn = await asyncpg.connect(dsn)
+    count = 0
+    try:
+        while not stop.is_set():
+            ids = [r["id"] for r in await conn.fetch("SELECT id FROM positions")]
+            choice = rng.random()
+            if choice < 0.4 or not ids:
+                await insert_position(conn, rng.choice(["u1", "u2"]), f"S{count}")
+            elif choice < 0.85:
+                await conn.execute(
+                    "UPDATE positions SET current_price = $2 WHERE id = $1",
+                    rng.choice(ids),
+                    rng.randint(1, 500),
+                )
+            else:
+                await conn.execute("DELETE FROM positions WHERE id = $1", rng.choice(ids))
+            count += 1
+    finally:
+        await conn.close()
+    return count
+
+
+async def test_snapshot_then_since_converges_on_the_table_while_writers_run(
+    bridge: RunningBridge, dsn: str, db: asyncpg.Connection
+) -> None:
+    for i in range(30):
+        await insert_position(db, "u1" if i % 2 else "u2", f"P{i}")
+    stop = asyncio.Event()
+    writers = [asyncio.create_task(writer(dsn, stop, seed)) for seed in (1, 2)]
+    try:
+        await asyncio.sleep(0.3)
+        async with http(bridge) as client:
+            # Small pages, so that the writers change rows between them.
+            seq, records, pages = await snapshot_pages(client, limit=7)
+        assert pages >= 5
+        async with bridge.websocket() as ws:
+            reply = await ws.subscribe(channel="position-updates", since=seq)
+            assert reply["type"] == "subscribed", reply
+            await asyncio.sleep(0.3)
+            stop.set()
+            statements = sum(await asyncio.gather(*writers))
+            for _ in range(500):  # until the sequencer has numbered every change
+                if not await db.fetchval(UNNUMBERED):
+                    break
+                await asyncio.sleep(0.01)
+            last = await db.fetchval("SELECT max(seq + changes - 1) FROM realtime_bridge.outbox")
+            state = {r["id"]: r for r in records}
+            seqs: list[int] = []
+            while not seqs or seqs[-1] < last:
+                (event,) = await ws.changes(1)
+                seqs.append(event["seq"])
+                if event["operation"] == "DELETE":
+                    state.pop(event["old"]["id"], None)
+                else:
+                    state[event["data"]["id"]] = event["data"]
+    finally:
+        stop.set()
+        for task in writers:
+            with contextlib.suppress(Exception):
+                await task
+    assert statements > 20
+    assert seqs == list(range(seq + 1, last + 1))  # every later change, once, in order
+    rows = await db.fetch("SELECT id, user_id, current_price FROM positions")
+    assert {i: (s["user_id"], s["current_price"]) for i, s in state.items()} == {
+        r["id"]: (r["user_id"], float(r["current_price"])) for r in rows
+    }
+    # Every change up to `seq` is in the snapshot: each row shows the state of
+    # its last change at or before `seq`, or of a later one (committed, not
+    # yet numbered, when the snapshot was read), never an older one.
+    async with bridge.websocket() as ws:
+        await ws.subscribe(channel="position-updates", since=0)
+        history: dict[int, list[tuple[int, Any]]] = {}
+        for event in await ws.changes(last):
+            row = event["data"] or event["old"]
+            version = None if event["data"] is None else event["data"]["current_price"]
+            history.setdefault(row["id"], []).append((event["seq"], version))
+    snapshot = {r["id"]: r["current_price"] for r in records}
+    for row_id, versions in history.items():
+        known = [i for i, (at, _) in enumerate(versions) if at <= seq]
+        allowed = (
+            [v for _, v in versions[known[-1] :]] if known else [None, *(v for _, v in versions)]
+        )
+        assert snapshot.get(row_id) in allowed, (row_id, seq, versions, snapshot.get(row_id))
+
+
+async def test_snapshot_records_are_typed_filtered_and_paged(
+    bridge: RunningBridge, db: asyncpg.Connection
+) -> None:
+    for i in range(25):
+        await insert_position(db, "u1", "KEEP" if i % 3 == 0 else f"X{i}", current_price=100 + i)
+    async with http(bridge) as client:
+        seq, records, pages = await snapshot_pages(
+            client, filter="symbol=eq.KEEP,current_price=gte.110", limit=2
+        )
+        assert seq == await db.fetchval("SELECT last_seq FROM realtime_bridge.sequencer")
+        assert [r["current_price"] for r in records] == [112.0, 115.0, 118.0, 121.0, 124.0]
+        assert pages == 3
+        # Typed by the plugin, like a db_change frame's `data`.
+        assert records[0]["market_value"] == 1120.0
+        assert set(records[0]) >= {"id", "user_id", "symbol", "unrealized_pnl_pct"}
+        # The raw table channel carries the rows as they are.
+        response = await client.get(
+            "/api/channels/public.positions/snapshot", params={"filter": "symbol=eq.X1"}
+        )
+        assert response.status_code == 200
+        (raw,) = response.json()["records"]
+        assert raw["symbol"] == "X1"
+        assert "market_value" not in raw
+
+
+async def test_snapshot_is_row_scoped_and_refused_where_a_subscription_is(
+    bridge: RunningBridge, db: asyncpg.Connection
+) -> None:
+    mine = {await insert_position(db, "u1", f"M{i}") for i in range(3)}
+    for i in range(4):
+        await insert_position(db, "u2", f"T{i}")
+    async with httpx.AsyncClient(base_url=bridge.url) as client:
+        user = {"Authorization": f"Bearer {bridge.user_token('u1')}"}
+        body = (await client.get(SNAPSHOT, headers=user)).json()
+        assert {r["id"] for r in body["records"]} == mine
+        # A filter can only narrow the scope, never widen it.
+        other = await client.get(SNAPSHOT, headers=user, params={"filter": "user_id=eq.u2"})
+        assert other.json()["records"] == []
+        refused = [
+            (await client.get(SNAPSHOT), 401, "unauthorized"),
+            (
+                await client.get(SNAPSHOT, headers={"apikey": bridge.anon_key}),
+                401,
+                "unauthorized",
+            ),
+            (
+                await client.get(
+                    "/api/channels/public.positions/snapshot",
+                    headers={"apikey": bridge.anon_key},
+                ),
+                401,
+                "unauthorized",
+            ),
+        ]
+        for response, status, code in refused:
+            assert (response.status_code, response.json()["code"]) == (status, code)
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "status", "code", "fragment"),
+    [
+        (SNAPSHOT, {"cursor": "not-a-cursor"}, 400, "bad_message", "cursor"),
+        (SNAPSHOT, {"cursor": "WzksMV0"}, 400, "bad_message", "cursor"),  # [9,1]: no table 9
+        (SNAPSHOT, {"cursor": "WzAsImEiXQ"}, 400, "bad_message", "cursor"),  # [0,"a"]: not an id
+        (SNAPSHOT, {"limit": "0"}, 400, "bad_message", "limit"),
+        (SNAPSHOT, {"limit": "many"}, 400, "bad_message", "limit"),
+        (SNAPSHOT, {"filter": "colour=eq.red"}, 400, "invalid_filter", "colour"),
+        ("/api/channels/nope/snapshot", {}, 404, "unknown_channel", "nope"),
+        ("/api/channels/public.nope/snapshot", {}, 404, "unknown_table", "public.nope"),
+    ],
+)
+async def test_bad_snapshot_requests_get_a_specific_error(
+    start_bridge: BridgeFactory,
+    path: str,
+    params: dict[str, str],
+    status: int,
+    code: str,
+    fragment: str,
+) -> None:
+    bridge = await start_bridge()
+    async with http(bridge) as client:
+        response = await client.get(path, params=params)
+        assert response.status_code == status, response.text
+        body = response.json()
+        assert body["code"] == code
+        assert fragment in body["message"]
+        assert (await client.get(SNAPSHOT)).status_code == 200  # still serving
+
+
+async def test_hosted_mode_has_no_database_to_snapshot() -> None:
+    bridge = Bridge(
+        make_settings(
+            "",
+            database_url=None,
+            supabase_url="https://project.supabase.co",
+            supabase_service_key="service",
+        )
+    )
+    target = Target("position-updates", Filter(), None, None)
+    with pytest.raises(SnapshotUnavailable, match="hosted Supabase mode"):
+        await take_snapshot(bridge, target)
