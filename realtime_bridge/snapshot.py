@@ -9,15 +9,17 @@ the whole new row and a row's events keep their order, so applying them as
 "this row is now `data`" (DELETE: "this row is gone") ends in the same state.
 
 The rows are the plugin's typed payloads (or the raw rows of a table
-channel), with the same row scope and filter as a subscription, read in one
-REPEATABLE READ transaction per page, in id order. Pages after the first
-carry a cursor; follow them all from the *first* page's seq.
+channel), with the same row scope and filter as a subscription, in id order:
+from the database in one REPEATABLE READ transaction per page, or through
+PostgREST in hosted Supabase mode. Pages after the first carry a cursor;
+follow them all from the *first* page's seq.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -27,6 +29,7 @@ import orjson
 from realtime_bridge.change import Change, Row
 from realtime_bridge.errors import BadMessage, PublishError
 from realtime_bridge.filters import canonical
+from realtime_bridge.sources.supabase import SupabaseSource
 
 if TYPE_CHECKING:
     from realtime_bridge.bridge import Bridge
@@ -39,7 +42,7 @@ MAX_SCANNED = 50_000
 
 
 class SnapshotUnavailable(PublishError):
-    """This bridge has no database to read a snapshot from (hosted Supabase mode)."""
+    """This bridge has nothing to read a snapshot from (it has not started)."""
 
 
 @dataclass(frozen=True)
@@ -95,14 +98,13 @@ def _sql_name(table: str) -> str:
     return f"{_ident(schema or 'public')}.{_ident(name)}"
 
 
+PageReader = Callable[[str, "Target", Any, int], Awaitable[list[tuple[Row, Any]]]]
+
+
 async def take_snapshot(
     bridge: Bridge, target: Target, *, limit: int = DEFAULT_LIMIT, cursor: str | None = None
 ) -> Snapshot:
     """Up to `limit` current rows of `target` (scope and filter applied), and their seq."""
-    if bridge.pool is None:
-        raise SnapshotUnavailable(
-            "snapshots read the database, and hosted Supabase mode has no DATABASE_URL"
-        )
     plugin = bridge.registry.by_channel.get(target.channel)
     tables = sorted(plugin.tables) if plugin is not None else [target.channel]
     start = _Cursor.decode(cursor) if cursor else _Cursor(0, None)
@@ -111,14 +113,20 @@ async def take_snapshot(
     for table in tables[start.table :]:
         if "id" not in bridge.tables.get(table, set()):
             raise BadMessage(f"{table} has no id column to page a snapshot by")
-
-    records: list[Row] = []
-    scanned = 0
-    durable = bridge.source is not None and bridge.source.durable
     # Without the outbox, the hub's head: every change routed so far was read
-    # from a transaction that ended before the one below starts.
+    # before the reads below start, so it is in what they find.
     seq = bridge.hub.head
-    position = start
+    if isinstance(bridge.source, SupabaseSource):
+        rest = bridge.source.rest
+
+        async def read_rest(table: str, target: Target, after: Any, limit: int) -> list[Any]:
+            rows = await rest.get(table.rpartition(".")[2], _rest_params(target, after, limit))
+            return [(row, row.get("id")) for row in rows]
+
+        return await _pages(bridge, target, tables, start, limit, seq, read_rest)
+    if bridge.pool is None:
+        raise SnapshotUnavailable("the bridge has no database to read a snapshot from yet")
+    durable = bridge.source is not None and bridge.source.durable
     async with (
         bridge.pool.acquire() as conn,
         conn.transaction(isolation="repeatable_read", readonly=True),
@@ -127,28 +135,60 @@ async def take_snapshot(
             # The first statement fixes the transaction's snapshot: every seq
             # up to this one was given to a row committed before it.
             seq = int(await conn.fetchval("SELECT last_seq FROM realtime_bridge.sequencer"))
-        now = datetime.now(UTC)
-        while position.table < len(tables) and len(records) < limit and scanned < MAX_SCANNED:
-            table = tables[position.table]
-            schema, _, name = table.rpartition(".")
-            rows = await conn.fetch(*_page_query(table, target, position.after, limit))
-            scanned += len(rows)
-            for row in rows:
-                position = _Cursor(position.table, row["i"])
-                record = _record(bridge, target, schema or "public", name, row["row"], now)
-                if record is not None:
-                    records.append(record)
-                    if len(records) >= limit:
-                        break
-            else:
-                if len(rows) < limit:
-                    position = _Cursor(position.table + 1, None)  # this table is done
+
+        async def read_sql(table: str, target: Target, after: Any, limit: int) -> list[Any]:
+            rows = await conn.fetch(*_page_query(table, target, after, limit))
+            return [(row["row"], row["i"]) for row in rows]
+
+        snapshot = await _pages(bridge, target, tables, start, limit, seq, read_sql)
     if durable and seq > bridge.hub.head:
         # Followers (and a sequencer that has not routed its last pass yet)
         # serve `since=seq` best once the hub has reached it.
         await bridge.hub.wait_for_head(seq, timeout=5)
+    return snapshot
+
+
+async def _pages(
+    bridge: Bridge,
+    target: Target,
+    tables: list[str],
+    start: _Cursor,
+    limit: int,
+    seq: int,
+    read: PageReader,
+) -> Snapshot:
+    """Read from `start` until `limit` records are kept, the tables end, or enough was read."""
+    records: list[Row] = []
+    scanned = 0
+    now = datetime.now(UTC)
+    position = start
+    while position.table < len(tables) and len(records) < limit and scanned < MAX_SCANNED:
+        table = tables[position.table]
+        schema, _, name = table.rpartition(".")
+        rows = await read(table, target, position.after, limit)
+        scanned += len(rows)
+        for row, key in rows:
+            position = _Cursor(position.table, key)
+            record = _record(bridge, target, schema or "public", name, row, now)
+            if record is not None:
+                records.append(record)
+                if len(records) >= limit:
+                    break
+        else:
+            if len(rows) < limit:
+                position = _Cursor(position.table + 1, None)  # this table is done
     more = position.table < len(tables)
     return Snapshot(target.channel, seq, records, position.encode() if more else None)
+
+
+def _rest_params(target: Target, after: Any, limit: int) -> dict[str, str]:
+    """PostgREST's query for the next rows by id, in the target's row scope."""
+    params = {"select": "*", "order": "id.asc", "limit": str(limit)}
+    if target.owner is not None and target.owner_column is not None:
+        params[target.owner_column] = f"eq.{target.owner}"
+    if after is not None:
+        params["id"] = f"gt.{after}"
+    return params
 
 
 def _page_query(table: str, target: Target, after: Any, limit: int) -> list[Any]:

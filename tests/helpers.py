@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import asyncpg
 import httpx
@@ -13,6 +14,9 @@ INSERT = (
     "INSERT INTO positions (user_id, symbol, quantity, entry_price, current_price) "
     "VALUES ($1, $2, $3, $4, $5) RETURNING id"
 )
+
+
+SNAPSHOT = "/api/channels/position-updates/snapshot"
 
 
 def http(bridge: RunningBridge) -> httpx.AsyncClient:
@@ -62,3 +66,20 @@ async def wait_routed(client: httpx.AsyncClient, seq: int, timeout: float = 10.0
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"the bridge never routed seq {seq}")
+
+
+async def snapshot_pages(
+    client: httpx.AsyncClient, path: str = SNAPSHOT, **params: Any
+) -> tuple[int, list[dict[str, Any]], int]:
+    """Every page of a snapshot: (first page's seq, all records, pages read)."""
+    response = await client.get(path, params=params)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    seq, records, pages = body["seq"], list(body["records"]), 1
+    while body["next_cursor"] is not None:
+        response = await client.get(path, params={**params, "cursor": body["next_cursor"]})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        records += body["records"]
+        pages += 1
+    return seq, records, pages

@@ -17,27 +17,9 @@ from realtime_bridge.protocols.common import Target
 from realtime_bridge.snapshot import SnapshotUnavailable, take_snapshot
 from realtime_bridge.testing import RunningBridge
 from tests.conftest import BridgeFactory, make_settings
-from tests.helpers import http, insert_position
+from tests.helpers import SNAPSHOT, http, insert_position, snapshot_pages
 
-SNAPSHOT = "/api/channels/position-updates/snapshot"
 UNNUMBERED = "SELECT count(*) FROM realtime_bridge.outbox WHERE seq IS NULL"
-
-
-async def snapshot_pages(
-    client: httpx.AsyncClient, path: str = SNAPSHOT, **params: Any
-) -> tuple[int, list[dict[str, Any]], int]:
-    """Every page of a snapshot: (first page's seq, all records, pages read)."""
-    response = await client.get(path, params=params)
-    assert response.status_code == 200, response.text
-    body = response.json()
-    seq, records, pages = body["seq"], list(body["records"]), 1
-    while body["next_cursor"] is not None:
-        response = await client.get(path, params={**params, "cursor": body["next_cursor"]})
-        assert response.status_code == 200, response.text
-        body = response.json()
-        records += body["records"]
-        pages += 1
-    return seq, records, pages
 
 
 async def writer(dsn: str, stop: asyncio.Event, seed: int) -> int:
@@ -217,15 +199,9 @@ async def test_bad_snapshot_requests_get_a_specific_error(
         assert (await client.get(SNAPSHOT)).status_code == 200  # still serving
 
 
-async def test_hosted_mode_has_no_database_to_snapshot() -> None:
-    bridge = Bridge(
-        make_settings(
-            "",
-            database_url=None,
-            supabase_url="https://project.supabase.co",
-            supabase_service_key="service",
-        )
-    )
+async def test_a_bridge_that_has_not_started_has_nothing_to_snapshot() -> None:
+    bridge = Bridge(make_settings("", database_url=None))
     target = Target("position-updates", Filter(), None, None)
-    with pytest.raises(SnapshotUnavailable, match="hosted Supabase mode"):
+    bridge.tables = {"public.positions": {"id"}}
+    with pytest.raises(SnapshotUnavailable, match="no database"):
         await take_snapshot(bridge, target)

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
+import httpx
 import orjson
 import pytest
 import uvicorn
@@ -26,6 +27,7 @@ from starlette.routing import Route
 from realtime_bridge.sources.supabase import SupabaseSource
 from realtime_bridge.testing import RunningBridge, run_bridge
 from tests.conftest import BridgeFactory, make_settings
+from tests.helpers import SNAPSHOT, http, snapshot_pages
 
 INSERT = (
     "INSERT INTO positions (user_id, symbol, quantity, entry_price, current_price) "
@@ -343,3 +345,25 @@ async def test_hosted_mode_has_no_outbox(
         assert await bridge._earliest() == bridge.hub.head + 1
         assert [batch async for batch in bridge._history(0, 10, "position-updates")] == []
         assert orjson.loads(await _get(local, "/health"))["source"] == "supabase"
+
+
+async def test_hosted_mode_snapshots_through_postgrest(
+    start_bridge: BridgeFactory, db: asyncpg.Connection, dsn: str
+) -> None:
+    hosted = await start_bridge()
+    mine = [await db.fetchval(INSERT, "u1", f"M{i}", i + 1) for i in range(3)]
+    theirs = [await db.fetchval(INSERT, "u2", f"T{i}", i + 1) for i in range(2)]
+    async with hosted_mode(hosted, dsn) as (local, _proxy, requests):
+        async with http(local) as client:
+            seq, records, pages = await snapshot_pages(client, limit=2)
+            assert seq == local.bridge.hub.head
+            assert [r["id"] for r in records] == sorted(mine + theirs)
+            assert pages == 3
+            assert records[0]["market_value"] == 110.0  # typed by the plugin
+        requests.clear()
+        async with httpx.AsyncClient(base_url=local.url) as client:
+            user = {"Authorization": f"Bearer {local.user_token('u1')}"}
+            body = (await client.get(SNAPSHOT, headers=user)).json()
+        assert [r["id"] for r in body["records"]] == mine
+        # The row scope is asked of PostgREST, not only applied afterwards.
+        assert any("user_id=eq.u1" in url for url in requests), requests

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import httpx
 import orjson
 from pydantic import ValidationError
 from starlette.requests import Request
@@ -143,7 +144,7 @@ async def channel_snapshot(request: Request) -> Response:
         return client_error_response(exc)
     except SnapshotUnavailable as exc:
         return error_response(503, "unavailable", str(exc))
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, httpx.HTTPError) as exc:
         return error_response(503, "unavailable", f"could not read the snapshot: {exc}")
     return JSONResponse(snapshot.to_json())
 
