@@ -18,17 +18,18 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # The package first (its own layer, rebuilt only when the code changes).
-# README.md is part of the package metadata (pyproject `readme`).
+# README.md is part of the package metadata (pyproject `readme`); the SQL
+# migrations ship inside the package (realtime_bridge/migrations links to
+# supabase/migrations, so they must be here before the build). MIGRATIONS_DIR
+# below points at the same files.
 COPY pyproject.toml README.md ./
+COPY supabase/migrations ./supabase/migrations
 COPY realtime_bridge ./realtime_bridge
 RUN pip install . \
     && rm -rf build realtime_bridge.egg-info
 
-# What the installed package does not carry: the bundled plugins and the
-# SQL migrations. An installed realtime_bridge cannot find
-# <repo>/supabase/migrations on its own, so MIGRATIONS_DIR points at them.
+# What the installed package does not carry: the bundled plugins.
 COPY plugins ./plugins
-COPY supabase/migrations ./supabase/migrations
 
 RUN useradd --create-home --uid 10001 --user-group app \
     && mkdir -p /data \

@@ -11,9 +11,11 @@ import fnmatch
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -255,6 +257,58 @@ def test_everything_the_dockerfile_copies_exists_and_is_not_dockerignored() -> N
     shipped = discover(ROOT / "supabase" / "migrations")
     assert [m.path.name for m in shipped] == [
         m.path.name for m in discover(default_migrations_dir())
+    ]
+
+
+def test_the_wheel_carries_the_migrations_and_an_installed_bridge_finds_them(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "supabase" / "migrations", source / "supabase" / "migrations")
+    shutil.copytree(
+        ROOT / "realtime_bridge",
+        source / "realtime_bridge",
+        symlinks=True,  # realtime_bridge/migrations is a link, as in the repository
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "-q", "-w", "dist"],
+        cwd=tmp_path,
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
+    (wheel,) = (tmp_path / "dist").glob("realtime_bridge-*.whl")
+    expected = {p.name: p.read_bytes() for p in (ROOT / "supabase" / "migrations").glob("*.sql")}
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = {
+            name.rpartition("/")[2]: archive.read(name)
+            for name in archive.namelist()
+            if name.startswith("realtime_bridge/migrations/")
+        }
+        archive.extractall(tmp_path / "installed")
+    assert shipped == expected
+    # Installed (no source tree around it), the package finds its own copy.
+    found = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from realtime_bridge.migrate import default_migrations_dir, discover;"
+            "d = default_migrations_dir(); print(d); print(len(discover(d)))",
+        ],
+        cwd=tmp_path,
+        env={**clean_env(), "PYTHONPATH": str(tmp_path / "installed")},
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.split()
+    assert found == [
+        str(tmp_path / "installed" / "realtime_bridge" / "migrations"),
+        str(len(expected)),
     ]
 
 
