@@ -307,10 +307,13 @@ class Bridge:
                 "polling: %s not found or not readable by this role; not polled",
                 ", ".join(missing),
             )
+        no_id = sorted(table for table, columns in self.tables.items() if "id" not in columns)
+        if no_id:
+            logger.warning("polling: %s have no id column; not polled", ", ".join(no_id))
         interval = self.settings.poll_interval
         self.source = PollSource(
             self.dsn,
-            sorted(self.tables),
+            sorted(set(self.tables) - set(no_id)),
             self._on_changes,
             interval=interval,
             reason=f"{why.reason}; polling the tables every {interval:g} s",

@@ -192,19 +192,19 @@ async def test_without_trigger_privileges_every_change_arrives_by_polling(
     assert triggers == ["positions_touch_updated_at"]
 
 
-async def test_only_readable_plugin_tables_are_polled(plain: Database) -> None:
+async def test_only_readable_plugin_tables_with_an_id_are_polled(plain: Database) -> None:
     conn = await asyncpg.connect(plain.admin)
     try:
         await conn.execute(f"REVOKE SELECT ON public.trades FROM {plain.role}")
+        # A table without an id column cannot be polled (ids tell rows apart).
+        await conn.execute("ALTER TABLE public.portfolio_snapshots RENAME COLUMN id TO snap_id")
     finally:
         await conn.close()
     async with polling_bridge(plain.reader) as bridge:
         source = bridge.bridge.source
         assert isinstance(source, PollSource)
-        assert [t.qualified for t in source.tables] == [
-            "public.portfolio_snapshots",
-            "public.positions",
-        ]
+        assert [t.qualified for t in source.tables] == ["public.positions"]
+        assert bridge.bridge.health()[0]
         async with bridge.websocket() as ws:
             reply = await ws.subscribe(table="public.trades")
             assert reply["type"] == "error"
