@@ -36,7 +36,26 @@ What the client guarantees:
 * **Resync.** When `since` is older than the bridge's retained log, the
   subscription raises `ResyncRequired` from its iterator (or calls
   `on_resync` instead, when given); it carries on live either way, so catch
-  it, reload a snapshot, and iterate again.
+  it, reload a snapshot (`await subscription.snapshot()`), and iterate again.
+* **Snapshots.** `await client.snapshot(channel, filters=...)` reads the
+  channel's current rows over HTTP (`GET /api/channels/{channel}/snapshot`,
+  every page, with the client's key and token) and the `seq` they are
+  current at. Subscribing with `since=snapshot.seq` then delivers every
+  later change: nothing falls between the two. A few changes after `seq` may
+  already be in the records, so apply each event as "this row is now
+  `data`" (DELETE: "this row is gone"); the rows then end as in the database::
+
+      mine = {"user_id": "u1"}
+      snap = await client.snapshot("position-updates", filters=mine, model=PositionUpdate)
+      rows = {row.id: row for row in snap.records}
+      async with client.subscribe(
+          "position-updates", filters=mine, since=snap.seq, model=PositionUpdate
+      ) as positions:
+          async for event in positions:
+              if event.operation == "DELETE":
+                  rows.pop(event.record_id, None)
+              else:
+                  rows[event.record_id] = event.data
 
 The bridge answers frames in order and one request is in flight at a time,
 which is how a reply (or an error, which names no request) is matched to
@@ -47,7 +66,7 @@ Errors (one tree, rooted in `realtime_bridge.errors`)::
 
     RealtimeBridgeError
     ├── ClientClosed          the client is closed, or was never entered
-    ├── DecodeError           an event's payload does not fit the model given for it
+    ├── DecodeError           an event's payload (or a snapshot's record) does not fit its model
     └── ClientError           the bridge said no: `.code`, `.message`, `.details`
         ├── Refused           a subscribe, the handshake or a token was refused
         │   ├── Unauthorized      unauthorized, forbidden, origin_not_allowed
@@ -64,6 +83,9 @@ catches these. Other refusal codes (`bad_message`, `too_many_subscriptions`,
 `too_large`, ...) raise `Refused` with that `code`. A refused subscribe
 raises from `async with client.subscribe(...)` (or the first iteration);
 a refused handshake or token ends every subscription with that error.
+A refused snapshot raises from `client.snapshot(...)` the same way (`503
+unavailable` as `Refused` with `code == "unavailable"`); a bridge that
+cannot be reached at all raises `httpx.TransportError` there.
 """
 
 from __future__ import annotations
@@ -75,14 +97,16 @@ import inspect
 import itertools
 import logging
 import random
+import re
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
+import httpx
 import orjson
 from pydantic import BaseModel, ValidationError
 from websockets.asyncio.client import ClientConnection
@@ -91,6 +115,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from realtime_bridge import auth, errors
 from realtime_bridge.errors import ClientError, RealtimeBridgeError
+from realtime_bridge.filters import Condition, parse_filter
 
 if TYPE_CHECKING:
     from realtime_bridge.plugins import PluginRegistry
@@ -104,6 +129,7 @@ __all__ = [
     "InvalidFilter",
     "Refused",
     "ResyncRequired",
+    "Snapshot",
     "Subscription",
     "TokenExpired",
     "Unauthorized",
@@ -125,6 +151,9 @@ REPLIES = {
     "access_token": "access_token",
 }
 PING = orjson.dumps({"type": "ping"}).decode()
+SNAPSHOT_LIMIT = 1000
+# Seconds to read one snapshot page (up to 10,000 rows); connecting uses open_timeout.
+SNAPSHOT_TIMEOUT = 60.0
 
 D = TypeVar("D")
 M = TypeVar("M", bound=BaseModel)
@@ -138,14 +167,26 @@ class ClientClosed(RealtimeBridgeError):
 
 
 class DecodeError(RealtimeBridgeError):
-    """An event's payload does not fit the model given for its channel.
+    """An event's payload (or a snapshot's record) does not fit the model given for it.
 
-    The subscription goes on; `frame` is the event as received.
+    The subscription goes on; `frame` is the event as received (for a
+    snapshot, the record).
     """
 
     def __init__(self, message: str, frame: Mapping[str, Any]) -> None:
         super().__init__(message)
         self.frame = frame
+
+
+def misfit(
+    what: str, model: type[BaseModel], exc: ValidationError, frame: Mapping[str, Any]
+) -> DecodeError:
+    """The `DecodeError` for `what` (an event, a record) that `model` did not validate."""
+    return DecodeError(
+        f"{what} does not fit {model.__name__}: {exc.error_count()} error(s), first: "
+        f"{exc.errors(include_url=False)[0].get('msg')}",
+        frame,
+    )
 
 
 class Refused(ClientError):
@@ -328,6 +369,82 @@ class Event(Mapping[str, Any], Generic[D]):
 ResyncHandler = Callable[[ResyncRequired], Awaitable[None] | None]
 
 
+@dataclass(frozen=True)
+class Snapshot(Generic[D]):
+    """A channel's current rows, and the seq to subscribe after: from `Client.snapshot`.
+
+    `records` are the channel's payloads (instances of its model when the
+    client knows it, dicts otherwise), in id order. Subscribe with
+    `since=seq`: every change numbered up to `seq` is in `records` and every
+    later one arrives on the subscription. A few changes after `seq` may be
+    in `records` already; applying each event as "this row is now `data`"
+    (DELETE: "this row is gone") ends exactly in the database's state.
+    """
+
+    seq: int
+    records: list[D]
+
+
+# filters -----------------------------------------------------------------------
+
+_COLUMN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_QUOTE_WORTHY = re.compile(r"[,()]")
+
+
+def filter_string(filters: Mapping[str, Any] | str | None) -> str | None:
+    """`subscribe`'s `filters` as the `filter` string the HTTP endpoints take.
+
+    A string goes as it is; a map becomes Supabase's syntax with values
+    quoted where needed: `{"user_id": "u1", "status": ["open", "x,y"],
+    "qty": {"gte": 10}, "closed_at": None}` →
+    `user_id=eq.u1,status=in.(open,"x,y"),qty=gte.10,closed_at=is.null`.
+    Raises `InvalidFilter` for a map the bridge would refuse, or one the
+    string syntax cannot spell (a `"` in a value, a null inside a list).
+    """
+    if filters is None or isinstance(filters, str):
+        return filters or None
+    try:
+        parsed = parse_filter(filters)
+        text = ",".join(_clause(condition) for condition in parsed.conditions)
+        if parse_filter(text) != parsed:  # a safety net: _clause quotes what it must
+            raise errors.InvalidFilter(f"the filter {dict(filters)!r} has no string form")
+    except errors.InvalidFilter as exc:
+        raise refusal(InvalidFilter.code, exc.message, **exc.details) from None
+    return text or None
+
+
+def _clause(condition: Condition) -> str:
+    column = condition.column
+    if not _COLUMN.fullmatch(column):
+        raise errors.InvalidFilter(
+            f"column {column!r} cannot be named in a filter string", column=column
+        )
+    if condition.op == "is":
+        return f"{column}=is.{condition.keys[0] or 'null'}"
+    values = [_spell(column, key) for key in condition.keys]
+    if condition.op == "in":
+        return f"{column}=in.({','.join(values)})"
+    return f"{column}={condition.op}.{values[0]}"
+
+
+def _spell(column: str, key: str | None) -> str:
+    """A value (in the bridge's canonical text form) as a filter string writes it."""
+    if key is None:
+        raise errors.InvalidFilter(
+            f"a null in the list for {column!r} has no filter-string form; "
+            "match nulls with None (is.null)",
+            column=column,
+        )
+    if '"' in key:
+        raise errors.InvalidFilter(
+            f"a filter string cannot carry a double quote (the value for {column!r})",
+            column=column,
+        )
+    if not key or key.strip() != key or _QUOTE_WORTHY.search(key):
+        return f'"{key}"'
+    return key
+
+
 class Subscription(Generic[D]):
     """One subscription: an async iterator of `Event`s, and an async context manager.
 
@@ -420,6 +537,19 @@ class Subscription(Generic[D]):
             self._wakeup.clear()
             await self._wakeup.wait()
 
+    async def snapshot(self, *, limit: int = SNAPSHOT_LIMIT) -> Snapshot[D]:
+        """The current rows this subscription covers: its channel and filters, typed like `data`.
+
+        What to reload on `ResyncRequired` (or in `on_resync`), then iterate
+        on: the subscription went on live, and an event with a seq at or
+        below the snapshot's `seq` is already in its records (skip it, or
+        apply it: the rows end the same). See `Client.snapshot`.
+        """
+        snap: Snapshot[D] = await self._client._snapshot(
+            self.channel, filters=self.filters, limit=limit, model=self._model
+        )
+        return snap
+
     async def aclose(self) -> None:
         """Unsubscribe and end the iteration."""
         if self._closed:
@@ -450,12 +580,8 @@ class Subscription(Generic[D]):
             data = None if frame.get("data") is None else model.model_validate(frame["data"])
             old = None if frame.get("old") is None else model.model_validate(frame["old"])
         except ValidationError as exc:
-            raise DecodeError(
-                f"event {frame.get('seq')} on {frame.get('channel')!r} does not fit "
-                f"{model.__name__}: {exc.error_count()} error(s), first: "
-                f"{exc.errors(include_url=False)[0].get('msg')}",
-                frame,
-            ) from exc
+            what = f"event {frame.get('seq')} on {frame.get('channel')!r}"
+            raise misfit(what, model, exc, frame) from exc
         event = Event(frame, data, old)
         return event
 
@@ -839,6 +965,18 @@ def websocket_url(url: str, api_key: str | None) -> str:
     return urlunsplit((scheme, parts.netloc, path, urlencode(query), ""))
 
 
+def http_url(url: str, path: str, query: Mapping[str, str]) -> str:
+    """`http(s)://host/prefix` (or its `ws(s)://` endpoint) → `http(s)://host/prefix{path}?query`."""
+    parts = urlsplit(url)
+    scheme = {"http": "http", "https": "https", "ws": "http", "wss": "https"}.get(parts.scheme)
+    if scheme is None or not parts.netloc:
+        raise ValueError(f"url must be the bridge's http(s):// address, got {url!r}")
+    prefix = parts.path.rstrip("/").removesuffix(ENDPOINT)
+    params = [(k, v) for k, v in parse_qsl(parts.query) if k != "apikey"]
+    params.extend(query.items())
+    return urlunsplit((scheme, parts.netloc, prefix + path, urlencode(params), ""))
+
+
 class Client:
     """A connection to a bridge shared by all its subscriptions. Made by `connect`."""
 
@@ -875,6 +1013,7 @@ class Client:
             )
         self.url = url
         self._ws_url = websocket_url(url, api_key)
+        self._api_key = api_key
         self._access_token = access_token
         self._get_access_token = get_access_token
         self._models: dict[str, type[BaseModel]] = {}
@@ -993,6 +1132,50 @@ class Client:
             max_queue=max_queue,
         )
 
+    @overload
+    async def snapshot(
+        self,
+        channel: str,
+        *,
+        model: type[M],
+        filters: Mapping[str, Any] | str | None = None,
+        limit: int = SNAPSHOT_LIMIT,
+    ) -> Snapshot[M]: ...
+
+    @overload
+    async def snapshot(
+        self,
+        channel: str,
+        *,
+        model: None = None,
+        filters: Mapping[str, Any] | str | None = None,
+        limit: int = SNAPSHOT_LIMIT,
+    ) -> Snapshot[Any]: ...
+
+    async def snapshot(
+        self,
+        channel: str,
+        *,
+        model: type[BaseModel] | None = None,
+        filters: Mapping[str, Any] | str | None = None,
+        limit: int = SNAPSHOT_LIMIT,
+    ) -> Snapshot[Any]:
+        """The channel's current rows and the seq to subscribe after (`since=snapshot.seq`).
+
+        Reads `GET /api/channels/{channel}/snapshot` over HTTP, following
+        every page (`limit` rows each, 1 to 10,000) from the first page's
+        seq, with the client's key and access token (renewed through
+        `get_access_token` when the bridge says `token_expired`). `filters`
+        and `model` are those of `subscribe`, and so are the rows: a user's
+        token gets that user's rows only. A refusal raises like a refused
+        subscribe (`Unauthorized`, `UnknownChannel`, `InvalidFilter`, or
+        `Refused` with its `.code`, e.g. `unavailable`); a record that does
+        not fit the model raises `DecodeError`. Then subscribe with
+        `since=snapshot.seq` and apply each event as "this row is now
+        `data`" (DELETE: "is gone"); see the module docstring's example.
+        """
+        return await self._snapshot(channel, filters=filters, limit=limit, model=model)
+
     # internals ---------------------------------------------------------------------
 
     def _transition(self, expected: set[ConnectionState], to: ConnectionState) -> None:
@@ -1006,15 +1189,86 @@ class Client:
     def _model_for(self, channel: str) -> type[BaseModel] | None:
         return self._models.get(channel)
 
-    def _register(self, sub: Subscription[Any]) -> None:
+    def _ensure_usable(self, what: str) -> None:
         if self._failure is not None:
             raise self._failure
         if self._state is ConnectionState.IDLE:
-            raise ClientClosed("subscribe inside `async with connect(...) as client:`")
+            raise ClientClosed(f"{what} inside `async with connect(...) as client:`")
         if self._state is ConnectionState.CLOSED:
             raise ClientClosed("the client is closed")
+
+    def _register(self, sub: Subscription[Any]) -> None:
+        self._ensure_usable("subscribe")
         self._subs[id(sub)] = sub
         self._dirty.set()
+
+    async def _snapshot(
+        self,
+        channel: str,
+        *,
+        filters: Mapping[str, Any] | str | None,
+        limit: int,
+        model: type[BaseModel] | None,
+    ) -> Snapshot[Any]:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        self._ensure_usable("take a snapshot")
+        query: dict[str, str] = {"limit": str(limit)}
+        spec = filter_string(filters)
+        if spec is not None:
+            query["filter"] = spec
+        path = f"/api/channels/{quote(channel, safe='')}/snapshot"
+        timeout = httpx.Timeout(SNAPSHOT_TIMEOUT, connect=self._open_timeout)
+        async with httpx.AsyncClient(timeout=timeout) as http:
+            page = await self._get(http, http_url(self.url, path, query))
+            seq = int(page["seq"])  # the first page's: later pages go on from it
+            records: list[Any] = list(page["records"])
+            while page.get("next_cursor") is not None:
+                cursor = {**query, "cursor": str(page["next_cursor"])}
+                page = await self._get(http, http_url(self.url, path, cursor))
+                records.extend(page["records"])
+        resolved = str(page.get("channel") or channel)
+        model = model or self._model_for(resolved)
+        if model is None:
+            return Snapshot(seq, records)
+        typed: list[BaseModel] = []
+        for index, record in enumerate(records):
+            try:
+                typed.append(model.model_validate(record))
+            except ValidationError as exc:
+                what = f"snapshot record {index} of {resolved!r}"
+                raise misfit(what, model, exc, record) from exc
+        return Snapshot(seq, typed)
+
+    async def _get(self, http: httpx.AsyncClient, url: str) -> dict[str, Any]:
+        """GET a JSON object with the client's key and token; a refusal raises `Refused`."""
+        renewed = False
+        while True:
+            if self._access_token is None and self._get_access_token is not None:
+                self._access_token = await self._fresh_token()
+            sent = self._access_token
+            headers = {}
+            if self._api_key:
+                headers["apikey"] = self._api_key
+            if sent:
+                headers["Authorization"] = f"Bearer {sent}"
+            response = await http.get(url, headers=headers)
+            try:
+                body = orjson.loads(response.content)
+            except orjson.JSONDecodeError:
+                body = None
+            if response.status_code == 200 and isinstance(body, dict):
+                return body
+            if isinstance(body, dict) and body.get("code"):
+                refused = refusal_of(body)
+            else:
+                refused = refusal(*denial(response.content, response.status_code))
+            if refused.code == TOKEN_EXPIRED and self._get_access_token is not None and not renewed:
+                if self._access_token == sent:  # not renewed meanwhile by the socket
+                    self._access_token = await self._fresh_token()
+                renewed = True
+                continue
+            raise refused
 
     def _unregister(self, sub: Subscription[Any]) -> None:
         self._subs.pop(id(sub), None)
