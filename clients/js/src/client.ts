@@ -21,6 +21,7 @@
 import { backoffDelay, type BackoffOptions } from "./backoff.js";
 import { browserEnvironment, type ClientEnvironment } from "./environment.js";
 import { pollOnce, pollUrl, type FetchLike } from "./poll.js";
+import { snapshotPage, snapshotUrl } from "./snapshot.js";
 import type {
   ChangeEvent,
   ClientFrame,
@@ -116,6 +117,24 @@ export interface SubscribeOptions {
   onReady?: ((info: ReadyInfo) => void) | undefined;
 }
 
+export interface SnapshotOptions {
+  /** A Supabase filter string (`user_id=eq.u1`) or an equality map, as for `subscribe`. */
+  filter?: string | FilterMap | undefined;
+  /** An equality map (`{user_id: "u1"}`). */
+  filters?: FilterMap | undefined;
+  /** Rows per request (1 to 10,000; the bridge's default is 1000). Every page is read. */
+  limit?: number | undefined;
+  /** Abort the requests (the promise then rejects with the signal's reason). */
+  signal?: AbortSignal | undefined;
+}
+
+/** A channel's current rows, and the seq to subscribe from (`since: seq`). */
+export interface Snapshot<T> {
+  /** Every change up to this seq is in `records`; subscribe with `since: seq` for the rest. */
+  seq: number;
+  records: T[];
+}
+
 export interface ReadyInfo {
   transport: "socket" | "polling";
   /** The subscription's cursor: events after it will follow. */
@@ -138,17 +157,21 @@ export class RealtimeError extends Error {
   readonly code: string;
   readonly channel: string | undefined;
   readonly details: Readonly<Record<string, unknown>>;
+  /** The HTTP status, for a refused HTTP request (e.g. `client.snapshot`). */
+  readonly status: number | undefined;
 
   constructor(
     code: string,
     message: string,
     channel?: string,
     details: Record<string, unknown> = {},
+    status?: number,
   ) {
     super(message);
     this.code = code;
     this.channel = channel;
     this.details = details;
+    this.status = status;
   }
 }
 
@@ -367,6 +390,81 @@ export class RealtimeClient {
     if (this.mode === "polling") this.startPolling(sub);
     else if (this.socketOpen) this.sendSubscribe(sub);
     return () => this.unsubscribe(sub);
+  }
+
+  /**
+   * `channel`'s current rows (the same row scope and filter as a subscription),
+   * every page of them, and the seq they were read at: subscribe with
+   * `since: seq` to follow them with nothing missed. Apply each event as
+   * "this row is now `data`" (DELETE: "is gone"); a few events after `seq` may
+   * already be in the rows, which that rule makes harmless.
+   *
+   * Uses the current access token (renewed through `getAccessToken` when the
+   * bridge says it expired). Rejects with a `RealtimeError` carrying the
+   * bridge's `code`, `message` and HTTP `status` (`unknown_channel`,
+   * `unauthorized`, `invalid_filter`, `unavailable`, ...), or `network_error`
+   * when the bridge could not be reached.
+   */
+  async snapshot<C extends string>(
+    channel: C,
+    options: SnapshotOptions = {},
+  ): Promise<Snapshot<PayloadOf<C>>> {
+    if (this.closed) throw new Error("this realtime-bridge client is closed");
+    if (options.filter !== undefined && options.filters !== undefined) {
+      throw new TypeError("snapshot: give `filter` or `filters`, not both");
+    }
+    const { signal } = options;
+    const records: PayloadOf<C>[] = [];
+    let seq: number | undefined;
+    let cursor: string | null = null;
+    let authRetries = 0;
+    for (;;) {
+      signal?.throwIfAborted();
+      let url: string;
+      try {
+        url = snapshotUrl({
+          url: this.options.url,
+          apiKey: this.options.apiKey,
+          channel,
+          filter: options.filters ?? options.filter,
+          limit: options.limit,
+          cursor,
+        });
+      } catch (error) {
+        throw new RealtimeError("invalid_filter", String(error), channel);
+      }
+      const token = this.token;
+      let outcome: Awaited<ReturnType<typeof snapshotPage>>;
+      try {
+        outcome = await snapshotPage(this.fetchImpl, url, this.authHeaders(), signal);
+      } catch (error) {
+        signal?.throwIfAborted();
+        throw new RealtimeError(
+          "network_error",
+          `could not load the snapshot of ${channel}: ${String(error)}`,
+          channel,
+        );
+      }
+      if (outcome.kind === "page") {
+        authRetries = 0;
+        seq ??= outcome.body.seq; // the first page's seq covers every page
+        for (const record of outcome.body.records) records.push(record as PayloadOf<C>);
+        cursor = outcome.body.next_cursor;
+        if (cursor === null) return { seq, records };
+        continue;
+      }
+      const { status, code, body } = outcome;
+      const authProblem =
+        code === "token_expired" || (code === "unauthorized" && this.refreshing !== null);
+      if (authProblem && authRetries < 2 && !this.closed) {
+        authRetries += 1;
+        // A new token may have come meanwhile (from the socket's own renewal): use it.
+        if (this.token !== token && this.token !== undefined) continue;
+        if (await this.refreshToken()) continue;
+      }
+      const message = typeof body.message === "string" ? body.message : `HTTP ${status}`;
+      throw new RealtimeError(code, message, channel, body, status);
+    }
   }
 
   /** Open the connection now instead of at the first subscription. */

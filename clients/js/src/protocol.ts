@@ -101,6 +101,16 @@ export type ServerFrame =
   | { type: "pong" }
   | { type: "access_token"; status: string; expires_at?: number | null };
 
+/** `GET /api/channels/{channel}/snapshot`: one page of a channel's current rows. */
+export interface SnapshotPage<T = TableRow> {
+  channel: string;
+  /** Subscribe with `since` = the *first* page's seq to follow the rows live. */
+  seq: number;
+  records: T[];
+  /** Ask again with `cursor` = this while it is not null. */
+  next_cursor: string | null;
+}
+
 /** `GET /api/channels/{channel}/events` */
 export interface PollResponse {
   events: ChangeEvent[];

@@ -10,6 +10,11 @@
  * resume and the polling fallback are the client's business. Events apply in
  * seq order: INSERT / UPDATE / BROADCAST upsert by id, DELETE removes, and an
  * UPDATE that moves a row out of the hook's filter removes it too.
+ *
+ * With `snapshot: true` a hook loads its rows itself (`client.snapshot`),
+ * subscribes from the snapshot's seq, and loads it again on `resync_required`:
+ *
+ *     const { positions, isLoading } = useRealtimePositions([], { userId, snapshot: true });
  */
 
 import {
@@ -25,13 +30,22 @@ import {
   type ReactNode,
 } from "react";
 
-import type { RealtimeClient, RealtimeError, ResyncInfo, Status } from "./client.js";
+import { backoffDelay, type BackoffOptions } from "./backoff.js";
+import {
+  RealtimeError,
+  type RealtimeClient,
+  type ResyncInfo,
+  type Snapshot,
+  type Status,
+  type Unsubscribe,
+} from "./client.js";
 import { compileFilter, filterToString } from "./filters.js";
 import type { PortfolioUpdate, PositionUpdate, TradeUpdate } from "./generated/channels.js";
 import type { ChangeEvent, FilterMap, PayloadOf } from "./protocol.js";
 import {
   applyEvent,
   initRecords,
+  initSnapshot,
   recordsOf,
   type RecordKey,
   type RecordsOptions,
@@ -80,19 +94,37 @@ export interface UseChannelOptions<T> extends RecordsOptions<T> {
   filter?: string | FilterMap | undefined;
   /** An equality map, e.g. `{ user_id: "u1" }`. */
   filters?: FilterMap | undefined;
-  /** Resume after this seq (e.g. the seq your snapshot was taken at). */
+  /** Resume after this seq (e.g. the seq your snapshot was taken at). Not used with `snapshot`. */
   since?: number | undefined;
   /**
    * The records to start from (e.g. loaded over REST). When records that
    * differ arrive (a reload), the state is reset to them; later events still
-   * apply on top.
+   * apply on top. With `snapshot`, they only show until the snapshot arrives.
    */
   initial?: readonly T[] | undefined;
+  /**
+   * Load the records with `client.snapshot` (every page, same filter), then
+   * subscribe with `since` = its seq, and load it again whenever the bridge
+   * says `resync_required`. `true`, or `{ limit }` for the rows per request.
+   * `isLoading` is true meanwhile; a failed load sets `error` (and is retried
+   * with backoff when the failure is temporary: network, 5xx, 429).
+   * Default false: `initial` and `since` as given.
+   */
+  snapshot?: boolean | SnapshotHookOptions | undefined;
+  /** Called with every snapshot the hook loads (with `snapshot`). */
+  onSnapshot?: ((snapshot: Snapshot<T>) => void) | undefined;
   /** Subscribe only while true (default true). */
   enabled?: boolean | undefined;
   onEvent?: ((event: ChangeEvent<T>) => void) | undefined;
   onResync?: ((info: ResyncInfo) => void) | undefined;
   onError?: ((error: RealtimeError) => void) | undefined;
+}
+
+export interface SnapshotHookOptions {
+  /** Rows per snapshot request (1 to 10,000; the bridge's default is 1000). */
+  limit?: number | undefined;
+  /** Backoff between failed loads (default 1 s doubling to 30 s). */
+  retry?: BackoffOptions | undefined;
 }
 
 export interface ChannelState<T> {
@@ -106,13 +138,16 @@ export interface ChannelState<T> {
   lastUpdate: Date | null;
   lastSeq: number;
   mode: Status;
-  /** Set when the bridge refused the subscription (e.g. `unauthorized`). */
+  /** Set when the bridge refused the subscription (e.g. `unauthorized`) or a snapshot. */
   error: RealtimeError | null;
+  /** True while the `snapshot` option loads the records (at first, and after a resync). */
+  isLoading: boolean;
 }
 
 interface HookState<T> {
   records: RecordsState<T>;
   error: RealtimeError | null;
+  loading: boolean;
 }
 
 type Action<T> =
@@ -123,7 +158,9 @@ type Action<T> =
       belongs: (record: T) => boolean | undefined;
     }
   | { type: "reset"; records: readonly T[]; options: RecordsOptions<T>; keepSeq: boolean }
-  | { type: "error"; error: RealtimeError };
+  | { type: "loading" }
+  | { type: "snapshot"; records: readonly T[]; seq: number; options: RecordsOptions<T> }
+  | { type: "error"; error: RealtimeError; settled?: boolean };
 
 function reducer<T>(state: HookState<T>, action: Action<T>): HookState<T> {
   switch (action.type) {
@@ -136,6 +173,7 @@ function reducer<T>(state: HookState<T>, action: Action<T>): HookState<T> {
     }
     case "reset":
       return {
+        ...state,
         error: null,
         records: initRecords(
           action.records,
@@ -143,8 +181,16 @@ function reducer<T>(state: HookState<T>, action: Action<T>): HookState<T> {
           action.keepSeq ? state.records.lastSeq : 0,
         ),
       };
+    case "loading":
+      return state.loading ? state : { ...state, loading: true };
+    case "snapshot":
+      return {
+        error: null,
+        loading: false,
+        records: initSnapshot(action.records, action.seq, action.options),
+      };
     case "error":
-      return { ...state, error: action.error };
+      return { ...state, error: action.error, loading: action.settled ? false : state.loading };
   }
 }
 
@@ -166,6 +212,13 @@ function sameItems<T>(a: readonly T[] | undefined, b: readonly T[] | undefined):
 
 const EMPTY: readonly never[] = [];
 
+/** Worth loading again later: the network, the bridge or its database was away. */
+function temporary(error: RealtimeError): boolean {
+  const { status } = error;
+  if (status === undefined) return error.code === "network_error";
+  return status >= 500 || status === 429 || status === 408;
+}
+
 /** Live records of any channel, keyed by id. */
 export function useChannel<C extends string, T = PayloadOf<C>>(
   channel: C,
@@ -177,6 +230,9 @@ export function useChannel<C extends string, T = PayloadOf<C>>(
   latestOptions.current = options;
   const { filter, filters, since, enabled = true } = options;
   const initial = options.initial ?? EMPTY;
+  const snapshot = options.snapshot ?? false;
+  const useSnapshot = snapshot !== false;
+  const snapshotLimit = typeof snapshot === "object" ? snapshot.limit : undefined;
   const recordOptions = (): RecordsOptions<T> => {
     const { getKey, order, limit } = latestOptions.current;
     return {
@@ -189,21 +245,30 @@ export function useChannel<C extends string, T = PayloadOf<C>>(
   const [state, dispatch] = useReducer(
     reducer<T>,
     undefined,
-    (): HookState<T> => ({ records: initRecords(initial, recordOptions()), error: null }),
+    (): HookState<T> => ({
+      records: initRecords(initial, recordOptions()),
+      error: null,
+      loading: useSnapshot && enabled,
+    }),
   );
 
   const seenInitial = useRef<readonly T[]>(initial);
   useEffect(() => {
     if (sameItems(seenInitial.current, initial)) return;
     seenInitial.current = initial;
+    // With `snapshot`, the snapshot is the truth: `initial` only fills the wait.
+    if (latestOptions.current.snapshot) return;
     dispatch({ type: "reset", records: initial, options: recordOptions(), keepSeq: true });
   }, [initial]);
 
   const filterKey = JSON.stringify(filters ?? filter ?? null);
+  // With `snapshot`, `since` plays no part (the snapshot's seq does).
+  const startAt = useSnapshot ? undefined : since;
   const subscribedTo = useRef<string | null>(null);
   useEffect(() => {
     if (!enabled) return undefined;
-    const key = `${channel}\u0000${filterKey}\u0000${since ?? ""}`;
+    const from = useSnapshot ? `snapshot:${snapshotLimit ?? ""}` : (since ?? "");
+    const key = `${channel}\u0000${filterKey}\u0000${from}`;
     if (subscribedTo.current !== null && subscribedTo.current !== key) {
       // Another channel or filter: the old rows do not belong any more.
       const start = latestOptions.current.initial ?? EMPTY;
@@ -217,26 +282,103 @@ export function useChannel<C extends string, T = PayloadOf<C>>(
       matches = () => undefined; // the bridge will say what is wrong with it
     }
     const belongs = (record: T) => matches(record as Record<string, unknown>);
-    return client.subscribe(
-      channel,
-      {
-        ...(filter !== undefined && { filter }),
-        ...(filters !== undefined && { filters }),
-        ...(since !== undefined && { since }),
-        onResync: (info) => latestOptions.current.onResync?.(info),
-        onError: (error) => {
-          dispatch({ type: "error", error });
-          latestOptions.current.onError?.(error);
+    const onError = (error: RealtimeError) => {
+      dispatch({ type: "error", error });
+      latestOptions.current.onError?.(error);
+    };
+    const onEvent = (event: ChangeEvent<PayloadOf<C>>) => {
+      const typed = event as unknown as ChangeEvent<T>;
+      dispatch({ type: "event", event: typed, options: recordOptions(), belongs });
+      latestOptions.current.onEvent?.(typed);
+    };
+    const filterOptions = {
+      ...(filter !== undefined && { filter }),
+      ...(filters !== undefined && { filters }),
+    };
+    if (!useSnapshot) {
+      return client.subscribe(
+        channel,
+        {
+          ...filterOptions,
+          ...(since !== undefined && { since }),
+          onResync: (info) => latestOptions.current.onResync?.(info),
+          onError,
         },
-      },
-      (event) => {
-        const typed = event as unknown as ChangeEvent<T>;
-        dispatch({ type: "event", event: typed, options: recordOptions(), belongs });
-        latestOptions.current.onEvent?.(typed);
-      },
-    );
+        onEvent,
+      );
+    }
+
+    // Snapshot, then subscribe from its seq; on resync_required, again. The
+    // subscription in place keeps applying events until the new snapshot
+    // replaces it (and the records), and the next one starts from its seq.
+    let stopped = false;
+    let unsubscribe: Unsubscribe | null = null;
+    let loads: AbortController | null = null;
+    let retryTimer: ReturnType<typeof setTimeout> | null = null;
+    const load = (attempt: number): void => {
+      loads?.abort();
+      if (retryTimer !== null) clearTimeout(retryTimer);
+      retryTimer = null;
+      const controller = new AbortController();
+      loads = controller;
+      dispatch({ type: "loading" });
+      client
+        .snapshot(channel, {
+          ...filterOptions,
+          ...(snapshotLimit !== undefined && { limit: snapshotLimit }),
+          signal: controller.signal,
+        })
+        .then(
+          (loaded) => {
+            if (stopped || loads !== controller) return;
+            loads = null;
+            unsubscribe?.();
+            const records = loaded.records as unknown as T[];
+            dispatch({ type: "snapshot", records, seq: loaded.seq, options: recordOptions() });
+            latestOptions.current.onSnapshot?.({ seq: loaded.seq, records });
+            unsubscribe = client.subscribe(
+              channel,
+              {
+                ...filterOptions,
+                since: loaded.seq,
+                onResync: (info) => {
+                  latestOptions.current.onResync?.(info);
+                  if (!stopped) load(0);
+                },
+                onError,
+              },
+              onEvent,
+            );
+          },
+          (reason: unknown) => {
+            if (stopped || loads !== controller) return;
+            loads = null;
+            const error =
+              reason instanceof RealtimeError
+                ? reason
+                : new RealtimeError("snapshot_failed", String(reason), channel);
+            const again = temporary(error);
+            dispatch({ type: "error", error, settled: !again });
+            latestOptions.current.onError?.(error);
+            if (!again) return;
+            const current = latestOptions.current.snapshot;
+            const retry = typeof current === "object" ? current.retry : undefined;
+            retryTimer = setTimeout(
+              () => load(attempt + 1),
+              backoffDelay(attempt, retry ?? { baseMs: 1000 }),
+            );
+          },
+        );
+    };
+    load(0);
+    return () => {
+      stopped = true;
+      loads?.abort();
+      if (retryTimer !== null) clearTimeout(retryTimer);
+      unsubscribe?.();
+    };
     // filterKey stands for filter / filters by value, so inline objects do not resubscribe.
-  }, [client, channel, filterKey, since, enabled]);
+  }, [client, channel, filterKey, startAt, enabled, useSnapshot, snapshotLimit]);
 
   const records = useMemo(() => recordsOf(state.records), [state.records]);
   const { latestId } = state.records;
@@ -249,6 +391,7 @@ export function useChannel<C extends string, T = PayloadOf<C>>(
     lastSeq: state.records.lastSeq,
     mode,
     error: state.error,
+    isLoading: state.loading && useSnapshot && enabled,
   };
 }
 
@@ -272,6 +415,8 @@ export interface RealtimeView {
   lastUpdate: Date | null;
   mode: Status;
   error: RealtimeError | null;
+  /** True while the `snapshot` option loads the records. */
+  isLoading: boolean;
 }
 
 /** Live positions (channel `position-updates`), starting from `initialPositions`. */
@@ -327,5 +472,6 @@ function view<T, E extends object>(state: ChannelState<T>, extra: E): RealtimeVi
     lastUpdate: state.lastUpdate,
     mode: state.mode,
     error: state.error,
+    isLoading: state.isLoading,
   };
 }

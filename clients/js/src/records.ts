@@ -69,6 +69,26 @@ export function initRecords<T>(
   return { ids, byId, lastSeq, lastUpdate: null, latestId: null };
 }
 
+/**
+ * A state holding a snapshot's records (`client.snapshot`, which lists them in
+ * id order) at its `seq`: in display order (newest first with `order:
+ * "prepend"`), at most `limit` of them (the newest), and events at or below
+ * `seq` ignored from then on.
+ */
+export function initSnapshot<T>(
+  records: readonly T[],
+  seq: number,
+  options: RecordsOptions<T> = {},
+): RecordsState<T> {
+  const prepend = options.order === "prepend";
+  let ordered: readonly T[] = prepend ? [...records].reverse() : records;
+  const { limit } = options;
+  if (limit !== undefined && limit >= 0 && ordered.length > limit) {
+    ordered = prepend ? ordered.slice(0, limit) : ordered.slice(ordered.length - limit);
+  }
+  return initRecords(ordered, options, seq);
+}
+
 /** The state after `event` (the same object when the event changes nothing). */
 export function applyEvent<T>(
   state: RecordsState<T>,

@@ -43,7 +43,7 @@ test("the built entry points import by package name", async () => {
 });
 
 test("the runtime code imports nothing but itself (and React, in the hooks)", () => {
-  for (const file of ["index", "client", "backoff", "environment", "filters", "records", "protocol", "react"]) {
+  for (const file of ["index", "client", "backoff", "environment", "filters", "records", "protocol", "react", "poll", "snapshot"]) {
     const source = readFileSync(new URL(`../dist/${file}.js`, import.meta.url), "utf8");
     const imports = [...source.matchAll(/from\s+"([^"]+)"/g)].map((m) => m[1]);
     for (const specifier of imports) {

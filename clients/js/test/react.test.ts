@@ -5,9 +5,16 @@
  */
 
 import { act } from "react";
-import { afterEach, beforeAll, describe, expect, test } from "vitest";
+import { afterEach, beforeAll, describe, expect, test, vi } from "vitest";
 
-import { createClient, type PositionUpdate, type RealtimeClient, type WebSocketLike } from "../src/index.js";
+import {
+  createClient,
+  type FetchLike,
+  type PositionUpdate,
+  type RealtimeClient,
+  type ResyncInfo,
+  type WebSocketLike,
+} from "../src/index.js";
 import { useChannel, usePortfolio, useRealtimePositions, useRealtimeStatus, useRealtimeTrades } from "../src/react.js";
 import { cleanup, renderHook } from "./support/render.js";
 
@@ -96,8 +103,14 @@ function change(
 }
 
 const clients: RealtimeClient[] = [];
-function newClient(): RealtimeClient {
-  const client = createClient({ url: "http://bridge", apiKey: "k", WebSocket: Socket, environment: null });
+function newClient(fetch?: FetchLike): RealtimeClient {
+  const client = createClient({
+    url: "http://bridge",
+    apiKey: "k",
+    WebSocket: Socket,
+    environment: null,
+    ...(fetch !== undefined && { fetch }),
+  });
   clients.push(client);
   return client;
 }
@@ -237,5 +250,209 @@ describe("the other hooks", () => {
 
   test("without a provider or options.client, the hook says what is missing", () => {
     expect(() => renderHook(() => useRealtimePositions())).toThrow(/RealtimeBridgeProvider/);
+  });
+});
+
+/**
+ * A fetch for snapshot requests: each call waits for the test to `answer` it
+ * (status and body), so the test decides when a snapshot arrives.
+ */
+function snapshotServer() {
+  const requests: { url: string; signal: AbortSignal | undefined; answer(status: number, body: unknown): void }[] =
+    [];
+  const fetch = vi.fn<FetchLike>(
+    (url, init) =>
+      new Promise<Response>((resolve) => {
+        requests.push({
+          url,
+          signal: init?.signal ?? undefined,
+          answer: (status, body) =>
+            resolve({ ok: status >= 200 && status < 300, status, json: async () => body } as Response),
+        });
+      }),
+  );
+  return { fetch, requests };
+}
+
+/** Let pending promises (answered fetches) run, inside act. */
+async function settle(): Promise<void> {
+  await act(async () => {
+    for (let i = 0; i < 5; i += 1) await new Promise((resolve) => setTimeout(resolve, 0));
+  });
+}
+
+function snapshotPage(seq: number, records: object[], next_cursor: string | null = null) {
+  return { channel: "position-updates", seq, records, next_cursor };
+}
+
+describe("the snapshot option", () => {
+  test("off (the default): nothing is fetched, and `initial` and `since` work as before", () => {
+    const { fetch } = snapshotServer();
+    const client = newClient(fetch);
+    const view = renderHook(() => useRealtimePositions([position({ id: 4 })], { since: 5 }), client);
+    socket().open();
+    expect(socket().sent.at(-1)).toMatchObject({ type: "subscribe", channel: "position-updates", since: 5 });
+    expect(fetch).not.toHaveBeenCalled();
+    expect(view.result.current.isLoading).toBe(false);
+    expect(view.result.current.positions.map((p) => p.id)).toEqual([4]);
+  });
+
+  test("loads every page, subscribes since the first page's seq, then applies events on top", async () => {
+    const { fetch, requests } = snapshotServer();
+    const client = newClient(fetch);
+    const view = renderHook(
+      () => useRealtimePositions([position({ id: 99 })], { userId: "u1", snapshot: { limit: 2 } }),
+      client,
+    );
+    expect(view.result.current.isLoading).toBe(true);
+    expect(view.result.current.positions.map((p) => p.id)).toEqual([99]); // initial, while loading
+    expect(Socket.last).toBeUndefined(); // no subscription before the snapshot's seq is known
+    expect(requests).toHaveLength(1);
+    const first = new URL(requests[0]!.url).searchParams;
+    expect(first.get("filter")).toBe("user_id=eq.u1");
+    expect(first.get("limit")).toBe("2");
+
+    requests[0]!.answer(200, snapshotPage(10, [position({ id: 1 }), position({ id: 2 })], "next"));
+    await settle();
+    expect(view.result.current.isLoading).toBe(true);
+    expect(new URL(requests[1]!.url).searchParams.get("cursor")).toBe("next");
+    requests[1]!.answer(200, snapshotPage(12, [position({ id: 3 })]));
+    await settle();
+
+    expect(view.result.current.isLoading).toBe(false);
+    expect(view.result.current.positions.map((p) => p.id)).toEqual([1, 2, 3]);
+    socket().open();
+    expect(socket().sent.filter((f) => f.type === "subscribe")).toEqual([
+      { type: "subscribe", channel: "position-updates", client_id: "sub-1", filters: { user_id: "u1" }, since: 10 },
+    ]);
+    const sub = socket().confirm(10);
+    seq = 10;
+    socket().frame(change(sub, "INSERT", position({ id: 4 })));
+    socket().frame(change(sub, "UPDATE", position({ id: 1, current_price: 150 }), position({ id: 1 })));
+    socket().frame(change(sub, "DELETE", null, position({ id: 2 })));
+    expect(view.result.current.positions.map((p) => [p.id, p.current_price])).toEqual([
+      [1, 150],
+      [3, 100],
+      [4, 100],
+    ]);
+  });
+
+  test("resync_required loads the snapshot again, replaces the records and resubscribes from its seq", async () => {
+    const { fetch, requests } = snapshotServer();
+    const client = newClient(fetch);
+    const resyncs: ResyncInfo[] = [];
+    const loaded: number[] = [];
+    const view = renderHook(
+      () =>
+        useChannel("position-updates", {
+          snapshot: true,
+          onResync: (info) => resyncs.push(info),
+          onSnapshot: (snapshot) => loaded.push(snapshot.seq),
+        }),
+      client,
+    );
+    requests[0]!.answer(200, snapshotPage(10, [position({ id: 1 }), position({ id: 2 })]));
+    await settle();
+    socket().open();
+    const first = socket().confirm(10);
+    seq = 10;
+    socket().frame(change(first, "INSERT", position({ id: 3 })));
+    expect(view.result.current.records.map((p) => p.id)).toEqual([1, 2, 3]);
+
+    socket().frame({ type: "resync_required", subscription_id: first, channel: "position-updates", earliest_seq: 30, next_seq: 40 });
+    expect(resyncs).toEqual([{ channel: "position-updates", earliestSeq: 30, nextSeq: 40 }]);
+    expect(requests).toHaveLength(2);
+    expect(view.result.current.isLoading).toBe(true);
+    // Until the new snapshot arrives, the subscription in place still applies events.
+    seq = 40;
+    socket().frame(change(first, "INSERT", position({ id: 5 })));
+    expect(view.result.current.records.map((p) => p.id)).toEqual([1, 2, 3, 5]);
+
+    requests[1]!.answer(200, snapshotPage(45, [position({ id: 2, current_price: 7 }), position({ id: 6 })]));
+    await settle();
+    expect(view.result.current.isLoading).toBe(false);
+    expect(view.result.current.records.map((p) => [p.id, p.current_price])).toEqual([
+      [2, 7],
+      [6, 100],
+    ]);
+    expect(view.result.current.lastSeq).toBe(45);
+    expect(loaded).toEqual([10, 45]);
+    expect(socket().sent.slice(-2)).toEqual([
+      { type: "unsubscribe", subscription_id: first },
+      { type: "subscribe", channel: "position-updates", client_id: "sub-2", since: 45 },
+    ]);
+    // The old subscription's events no longer apply; the new one's do.
+    socket().frame(change(first, "INSERT", position({ id: 8 })));
+    const second = socket().confirm(45);
+    seq = 45;
+    socket().frame(change(second, "INSERT", position({ id: 9 })));
+    expect(view.result.current.records.map((p) => p.id)).toEqual([2, 6, 9]);
+  });
+
+  test("a refused snapshot sets `error`, stops loading, and neither retries nor subscribes", async () => {
+    const { fetch, requests } = snapshotServer();
+    const client = newClient(fetch);
+    const errors: string[] = [];
+    const view = renderHook(
+      () => useRealtimePositions([], { snapshot: { retry: { baseMs: 1, maxMs: 1 } }, onError: (e) => errors.push(e.code) }),
+      client,
+    );
+    requests[0]!.answer(403, { code: "forbidden", message: "not yours" });
+    await settle();
+    expect(view.result.current.error).toMatchObject({ code: "forbidden", status: 403, message: "not yours" });
+    expect(view.result.current.isLoading).toBe(false);
+    expect(errors).toEqual(["forbidden"]);
+    await settle();
+    expect(requests).toHaveLength(1);
+    expect(Socket.last).toBeUndefined();
+  });
+
+  test("a temporary failure (503) is retried with backoff, and the error clears when it loads", async () => {
+    const { fetch, requests } = snapshotServer();
+    const client = newClient(fetch);
+    const view = renderHook(
+      () => useRealtimePositions([], { snapshot: { retry: { baseMs: 1, maxMs: 1 } } }),
+      client,
+    );
+    requests[0]!.answer(503, { code: "unavailable", message: "database unreachable" });
+    await settle();
+    expect(view.result.current.error?.code).toBe("unavailable");
+    expect(view.result.current.isLoading).toBe(true);
+    await settle();
+    expect(requests).toHaveLength(2);
+    requests[1]!.answer(200, snapshotPage(3, [position({ id: 1 })]));
+    await settle();
+    expect(view.result.current.error).toBeNull();
+    expect(view.result.current.isLoading).toBe(false);
+    expect(view.result.current.positions.map((p) => p.id)).toEqual([1]);
+  });
+
+  test("unmounting while loading aborts the request and subscribes nothing", async () => {
+    const { fetch, requests } = snapshotServer();
+    const client = newClient(fetch);
+    const view = renderHook(() => useRealtimePositions([], { snapshot: true }), client);
+    const { signal } = requests[0]!;
+    expect(signal?.aborted).toBe(false);
+    view.unmount();
+    expect(signal?.aborted).toBe(true);
+    requests[0]!.answer(200, snapshotPage(3, [position({ id: 1 })]));
+    await settle();
+    expect(Socket.last).toBeUndefined();
+  });
+
+  test("usePortfolio with `snapshot` lists the loaded history newest first", async () => {
+    const { fetch, requests } = snapshotServer();
+    const client = newClient(fetch);
+    const view = renderHook(() => usePortfolio("u9", { snapshot: true }), client);
+    expect(new URL(requests[0]!.url).pathname).toBe("/api/channels/portfolio-updates/snapshot");
+    requests[0]!.answer(200, {
+      channel: "portfolio-updates",
+      seq: 5,
+      records: [1, 2, 3].map((id) => ({ id, user_id: "u9", total_value: id * 100 })),
+      next_cursor: null,
+    });
+    await settle();
+    expect(view.result.current.history.map((p) => p.id)).toEqual([3, 2, 1]);
+    expect(view.result.current.portfolio?.total_value).toBe(300);
   });
 });

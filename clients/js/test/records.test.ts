@@ -1,6 +1,13 @@
 import { describe, expect, test } from "vitest";
 
-import { applyEvent, initRecords, recordsOf, type ChangeEvent, type RecordsState } from "../src/index.js";
+import {
+  applyEvent,
+  initRecords,
+  initSnapshot,
+  recordsOf,
+  type ChangeEvent,
+  type RecordsState,
+} from "../src/index.js";
 
 interface Row {
   id: number;
@@ -108,5 +115,25 @@ describe("state keyed by id", () => {
     const keyless = applyEvent(state, { ...quote(3), data: { price: 3 } as Quote }, { getKey: () => null });
     expect(recordsOf(keyless)).toEqual(recordsOf(state));
     expect(keyless.lastSeq).toBeGreaterThan(state.lastSeq);
+  });
+});
+
+describe("a snapshot's records", () => {
+  const rows: Row[] = [1, 2, 3, 4].map((id) => ({ id, name: `n${id}` }));
+
+  test("start the state at the snapshot's seq: events at or below it are ignored", () => {
+    const state = initSnapshot(rows, 50);
+    expect(recordsOf(state).map((r) => r.id)).toEqual([1, 2, 3, 4]);
+    expect(state.lastSeq).toBe(50);
+    expect(applyEvent(state, event("DELETE", null, { id: 1, name: "n1" }, 50))).toBe(state);
+    const after = applyEvent(state, event("DELETE", null, { id: 1, name: "n1" }, 51));
+    expect(recordsOf(after).map((r) => r.id)).toEqual([2, 3, 4]);
+  });
+
+  test("come newest first with prepend, and keep only the newest `limit`", () => {
+    expect(recordsOf(initSnapshot(rows, 1, { order: "prepend" })).map((r) => r.id)).toEqual([4, 3, 2, 1]);
+    expect(recordsOf(initSnapshot(rows, 1, { order: "prepend", limit: 2 })).map((r) => r.id)).toEqual([4, 3]);
+    expect(recordsOf(initSnapshot(rows, 1, { limit: 3 })).map((r) => r.id)).toEqual([2, 3, 4]);
+    expect(rows.map((r) => r.id)).toEqual([1, 2, 3, 4]); // the input is not reordered in place
   });
 });

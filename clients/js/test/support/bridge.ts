@@ -5,7 +5,7 @@
 
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { createWriteStream, mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
+import { connect, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -136,8 +136,11 @@ export class BridgeProcess {
         throw new Error(`the bridge exited (${child.exitCode}):\n${this.log()}`);
       }
       try {
-        const response = await fetch(`${this.url}/health`);
-        if (response.status === 200) break;
+        // A plain TCP check first: under happy-dom, a refused fetch is logged.
+        if (await listening(this.port)) {
+          const response = await fetch(`${this.url}/health`);
+          if (response.status === 200) break;
+        }
       } catch {
         // not listening yet
       }
@@ -179,6 +182,18 @@ export class BridgeProcess {
       return "";
     }
   }
+}
+
+/** Whether something accepts TCP connections on `port` (at 127.0.0.1). */
+function listening(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect(port, "127.0.0.1");
+    socket.once("connect", () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once("error", () => resolve(false));
+  });
 }
 
 async function readKeys(dataDir: string): Promise<{ anonKey: string; serviceKey: string }> {

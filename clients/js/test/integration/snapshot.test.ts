@@ -1,0 +1,327 @@
+/**
+ * `client.snapshot` against a real bridge (started by the global setup): the
+ * current rows, typed, across pages; a user token's row scope; errors with
+ * their codes; token renewal; and snapshot + `since` ending exactly as the
+ * database, with rows written before, during and after the snapshot.
+ */
+
+import { afterEach, describe, expect, expectTypeOf, inject, test } from "vitest";
+
+import {
+  applyEvent,
+  initSnapshot,
+  recordsOf,
+  RealtimeError,
+  type ChangeEvent,
+  type FetchLike,
+  type PositionUpdate,
+  type RealtimeClient,
+  type RecordsState,
+  type TableRow,
+} from "../../src/index.js";
+import { python, sql, userToken } from "../support/bridge.js";
+import { simulate, testClient, uniqueUser, until } from "../support/helpers.js";
+
+const bridge = inject("bridge");
+const cleanups: (() => unknown)[] = [];
+
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+function track<T extends RealtimeClient>(client: T): T {
+  cleanups.push(() => client.close());
+  return client;
+}
+
+/** The global fetch, recording each URL requested (the bridge answers for real). */
+function recordingFetch(): { fetch: FetchLike; urls: string[] } {
+  const urls: string[] = [];
+  return {
+    urls,
+    fetch: (input, init) => {
+      urls.push(input);
+      return fetch(input, init);
+    },
+  };
+}
+
+/** `error` as the RealtimeError the promise rejected with. */
+async function refusal(promise: Promise<unknown>): Promise<RealtimeError> {
+  const error = await promise.then(
+    () => {
+      throw new Error("expected a rejection");
+    },
+    (reason: unknown) => reason,
+  );
+  expect(error).toBeInstanceOf(RealtimeError);
+  return error as RealtimeError;
+}
+
+interface DbPosition {
+  id: number;
+  current_price: number | null;
+  status: string;
+}
+
+/** The user's positions as Postgres has them, in id order. */
+async function positionsInDatabase(user: string): Promise<DbPosition[]> {
+  const out = await python(
+    [
+      "import asyncio, asyncpg, json",
+      "async def main():",
+      `    conn = await asyncpg.connect(${JSON.stringify(bridge.databaseUrl)})`,
+      "    rows = await conn.fetch(",
+      "        'SELECT id, current_price::float8 AS current_price, status FROM positions'",
+      `        ' WHERE user_id = $1 ORDER BY id', ${JSON.stringify(user)})`,
+      "    await conn.close()",
+      "    print(json.dumps([dict(r) for r in rows]))",
+      "asyncio.run(main())",
+    ].join("\n"),
+    bridge.dataDir,
+  );
+  return JSON.parse(out) as DbPosition[];
+}
+
+function summary(rows: readonly PositionUpdate[]): DbPosition[] {
+  return rows
+    .map((p) => ({ id: p.id, current_price: p.current_price ?? null, status: p.status }))
+    .sort((a, b) => a.id - b.id);
+}
+
+describe("client.snapshot", () => {
+  test("returns the current rows as typed payloads, following every page once", async () => {
+    const user = uniqueUser("snap-pages");
+    const other = uniqueUser("snap-pages-other");
+    const written: number[] = [];
+    for (let i = 0; i < 7; i += 1) {
+      const { position } = await simulate(bridge, {
+        user_id: user,
+        symbol: `P${i}`,
+        entry_price: 10 + i,
+        quantity: 2,
+      });
+      written.push(position.id);
+    }
+    await simulate(bridge, { user_id: other, symbol: "NOT-THIS-USER" });
+
+    const { fetch, urls } = recordingFetch();
+    const client = track(testClient(bridge, { fetch }));
+    const snapshot = await client.snapshot("position-updates", { filters: { user_id: user }, limit: 3 });
+    expectTypeOf(snapshot.records).toEqualTypeOf<PositionUpdate[]>();
+    expectTypeOf(snapshot.seq).toEqualTypeOf<number>();
+
+    // Every row once, in id order, and nothing of the other user.
+    expect(snapshot.records.map((p) => p.id)).toEqual(written);
+    expect(new Set(snapshot.records.map((p) => p.user_id))).toEqual(new Set([user]));
+    // The plugin's payload (computed fields included), not the raw row.
+    expect(snapshot.records[3]).toMatchObject({ symbol: "P3", entry_price: 13, quantity: 2, market_value: 26 });
+    expect(snapshot.seq).toBeGreaterThan(0);
+
+    // Three rows a page: at least three requests, each after the first with
+    // the previous page's cursor, all with the same filter and limit.
+    expect(urls.length).toBeGreaterThanOrEqual(3);
+    const queries = urls.map((url) => new URL(url, "http://x").searchParams);
+    expect(queries[0]?.has("cursor")).toBe(false);
+    for (const query of queries.slice(1)) expect(query.get("cursor")).toMatch(/.+/);
+    expect(new Set(queries.map((q) => q.get("cursor"))).size).toBe(urls.length);
+    for (const query of queries) {
+      expect(query.get("filter")).toBe(`user_id=eq.${user}`);
+      expect(query.get("limit")).toBe("3");
+    }
+    expect(urls[0]).toContain("/api/channels/position-updates/snapshot?");
+  });
+
+  test("a filter string narrows the rows like a subscription's", async () => {
+    const user = uniqueUser("snap-filter");
+    const kept = await simulate(bridge, { user_id: user, symbol: "KEEP" });
+    const closed = await simulate(bridge, { user_id: user, symbol: "CLOSED" });
+    await sql(bridge, `UPDATE positions SET status = 'closed' WHERE id = ${closed.position.id}`);
+    const client = track(testClient(bridge));
+    const snapshot = await client.snapshot("position-updates", { filter: `user_id=eq.${user},status=eq.open` });
+    expect(snapshot.records.map((p) => p.id)).toEqual([kept.position.id]);
+  });
+
+  test("a table channel gives raw rows", async () => {
+    const user = uniqueUser("snap-table");
+    const { position } = await simulate(bridge, { user_id: user, symbol: "RAW", entry_price: 5, quantity: 4 });
+    const client = track(testClient(bridge));
+    const snapshot = await client.snapshot("public.positions", { filters: { user_id: user } });
+    expectTypeOf(snapshot.records).toEqualTypeOf<TableRow[]>();
+    expect(snapshot.records).toHaveLength(1);
+    expect(snapshot.records[0]).toMatchObject({ id: position.id, user_id: user, symbol: "RAW" });
+    expect(snapshot.records[0]).not.toHaveProperty("market_value"); // no plugin model on a raw row
+  });
+});
+
+describe("authorization", () => {
+  test("a user token sees only that user's rows, without any filter", async () => {
+    const user = uniqueUser("snap-mine");
+    const other = uniqueUser("snap-theirs");
+    const mine = [
+      (await simulate(bridge, { user_id: user, symbol: "MINE-1" })).position.id,
+      (await simulate(bridge, { user_id: user, symbol: "MINE-2" })).position.id,
+    ];
+    await simulate(bridge, { user_id: other, symbol: "THEIRS" });
+    const token = await userToken(bridge.dataDir, user, 600);
+
+    const asUser = track(testClient(bridge, { apiKey: bridge.anonKey, accessToken: token }));
+    const snapshot = await asUser.snapshot("position-updates");
+    expect(snapshot.records.map((p) => p.id)).toEqual(mine);
+
+    // Asking for the other user's rows explicitly still gives none of them.
+    const filtered = await asUser.snapshot("position-updates", { filters: { user_id: other } });
+    expect(filtered.records).toEqual([]);
+
+    // The service key, same filter: the other user's row is there (the scope is the token's).
+    const service = track(testClient(bridge));
+    const theirs = await service.snapshot("position-updates", { filters: { user_id: other } });
+    expect(theirs.records.map((p) => p.symbol)).toEqual(["THEIRS"]);
+  });
+
+  test("the anon key alone is refused with `unauthorized` (401)", async () => {
+    const client = track(testClient(bridge, { apiKey: bridge.anonKey }));
+    const error = await refusal(client.snapshot("position-updates"));
+    expect(error.code).toBe("unauthorized");
+    expect(error.status).toBe(401);
+    expect(error.channel).toBe("position-updates");
+    expect(error.message).not.toBe("");
+  });
+
+  test("an expired token is renewed through getAccessToken and the request repeated", async () => {
+    const user = uniqueUser("snap-renew");
+    const { position } = await simulate(bridge, { user_id: user, symbol: "RENEWED" });
+    const [expiring, fresh] = await Promise.all([
+      userToken(bridge.dataDir, user, 1),
+      userToken(bridge.dataDir, user, 600),
+    ]);
+    await new Promise((resolve) => setTimeout(resolve, 2100)); // `expiring` is now expired
+    const { fetch, urls } = recordingFetch();
+    const sentTokens: (string | null)[] = [];
+    let renewals = 0;
+    const client = track(
+      testClient(bridge, {
+        apiKey: bridge.anonKey,
+        accessToken: expiring,
+        fetch: (input, init) => {
+          sentTokens.push(new Headers(init?.headers).get("authorization"));
+          return fetch(input, init);
+        },
+        getAccessToken: () => {
+          renewals += 1;
+          return fresh;
+        },
+      }),
+    );
+    const snapshot = await client.snapshot("position-updates");
+    expect(renewals).toBe(1);
+    expect(urls).toHaveLength(2);
+    expect(sentTokens).toEqual([`Bearer ${expiring}`, `Bearer ${fresh}`]);
+    expect(snapshot.records.map((p) => p.id)).toEqual([position.id]);
+  });
+
+  test("an expired token with no getAccessToken rejects with `token_expired` and tells the listeners", async () => {
+    const user = uniqueUser("snap-expired");
+    const expiring = await userToken(bridge.dataDir, user, 1);
+    await new Promise((resolve) => setTimeout(resolve, 2100));
+    const client = track(testClient(bridge, { apiKey: bridge.anonKey, accessToken: expiring }));
+    let told = 0;
+    client.on("tokenExpired", () => (told += 1));
+    const error = await refusal(client.snapshot("position-updates"));
+    expect(error.code).toBe("token_expired");
+    expect(error.status).toBe(401);
+    expect(told).toBe(1);
+  });
+});
+
+describe("errors", () => {
+  test("an unknown channel rejects with `unknown_channel` (404)", async () => {
+    const client = track(testClient(bridge));
+    const error = await refusal(client.snapshot("no-such-channel"));
+    expect(error.code).toBe("unknown_channel");
+    expect(error.status).toBe(404);
+    expect(error.channel).toBe("no-such-channel");
+    expect(error.message).toMatch(/no-such-channel/);
+  });
+
+  test("an invalid filter rejects with `invalid_filter`, a bad limit with `bad_message` (400)", async () => {
+    const client = track(testClient(bridge));
+    const filter = await refusal(client.snapshot("position-updates", { filter: "nonsense" }));
+    expect(filter.code).toBe("invalid_filter");
+    expect(filter.status).toBe(400);
+    const limit = await refusal(client.snapshot("position-updates", { limit: 0 }));
+    expect(limit.code).toBe("bad_message");
+    expect(limit.status).toBe(400);
+  });
+
+  test("an unreachable bridge rejects with `network_error`", async () => {
+    const client = track(testClient({ ...bridge, url: "http://127.0.0.1:9" }));
+    const error = await refusal(client.snapshot("position-updates"));
+    expect(error.code).toBe("network_error");
+    expect(error.status).toBeUndefined();
+  });
+});
+
+describe("snapshot, then subscribe since its seq", () => {
+  test("rows written before, during and after the snapshot end exactly as in the database", async () => {
+    const user = uniqueUser("snap-gap");
+    const before: number[] = [];
+    for (let i = 0; i < 6; i += 1) {
+      before.push((await simulate(bridge, { user_id: user, symbol: `B${i}`, entry_price: 100 + i })).position.id);
+    }
+    const client = track(testClient(bridge));
+
+    // Writers run while the snapshot reads its pages (two rows a page).
+    const during = (async () => {
+      const ids: number[] = [];
+      for (let i = 0; i < 6; i += 1) {
+        ids.push((await simulate(bridge, { user_id: user, symbol: `D${i}` })).position.id);
+        // Half the earlier rows change; the rest reach the state only through the snapshot.
+        if (i < 3) await sql(bridge, `UPDATE positions SET current_price = ${200 + i} WHERE id = ${before[i]}`);
+      }
+      return ids;
+    })();
+    const snapshot = await client.snapshot("position-updates", { filters: { user_id: user }, limit: 2 });
+    const duringIds = await during;
+
+    // After the snapshot, before the subscription: inserts, an update, a delete.
+    const gap = [
+      (await simulate(bridge, { user_id: user, symbol: "G0" })).position.id,
+      (await simulate(bridge, { user_id: user, symbol: "G1" })).position.id,
+    ];
+    await sql(bridge, `UPDATE positions SET current_price = 999 WHERE id = ${before[0]}`);
+    await sql(bridge, `DELETE FROM positions WHERE id = ${before[1]}`);
+    expect(snapshot.records.map((p) => p.id)).not.toContain(gap[0]);
+
+    let state: RecordsState<PositionUpdate> = initSnapshot(snapshot.records, snapshot.seq);
+    const seqs: number[] = [];
+    let onReady = () => {};
+    const ready = new Promise<void>((resolve) => (onReady = resolve));
+    client.subscribe(
+      "position-updates",
+      { filters: { user_id: user }, since: snapshot.seq, onReady },
+      (event: ChangeEvent<PositionUpdate>) => {
+        seqs.push(event.seq);
+        state = applyEvent(state, event);
+      },
+    );
+    await ready;
+
+    // And after the subscription.
+    const after = (await simulate(bridge, { user_id: user, symbol: "A0" })).position.id;
+    await sql(bridge, `UPDATE positions SET status = 'closed', current_price = 7 WHERE id = ${gap[1]}`);
+    await sql(bridge, `DELETE FROM positions WHERE id = ${duringIds[0]}`);
+
+    const expected = await positionsInDatabase(user);
+    expect(expected.map((p) => p.id)).toEqual(
+      [...before.filter((id) => id !== before[1]), ...duringIds.slice(1), ...gap, after].sort((a, b) => a - b),
+    );
+    await until(
+      () => JSON.stringify(summary(recordsOf(state))) === JSON.stringify(expected),
+      "the state to match the database",
+    );
+    expect(summary(recordsOf(state))).toEqual(expected);
+    expect(seqs.every((seq) => seq > snapshot.seq)).toBe(true);
+    expect(new Set(seqs).size).toBe(seqs.length); // once each
+  });
+});
