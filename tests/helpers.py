@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import Any
 
 import asyncpg
@@ -83,3 +84,28 @@ async def snapshot_pages(
         records += body["records"]
         pages += 1
     return seq, records, pages
+
+
+async def churn_positions(dsn: str, stop: asyncio.Event, seed: int) -> int:
+    """Insert, update and delete positions until `stop`; return how many statements ran."""
+    rng = random.Random(seed)
+    conn = await asyncpg.connect(dsn)
+    count = 0
+    try:
+        while not stop.is_set():
+            ids = [r["id"] for r in await conn.fetch("SELECT id FROM positions")]
+            choice = rng.random()
+            if choice < 0.4 or not ids:
+                await insert_position(conn, rng.choice(["u1", "u2"]), f"S{count}")
+            elif choice < 0.85:
+                await conn.execute(
+                    "UPDATE positions SET current_price = $2 WHERE id = $1",
+                    rng.choice(ids),
+                    rng.randint(1, 500),
+                )
+            else:
+                await conn.execute("DELETE FROM positions WHERE id = $1", rng.choice(ids))
+            count += 1
+    finally:
+        await conn.close()
+    return count

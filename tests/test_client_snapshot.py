@@ -18,6 +18,7 @@ from realtime_bridge.client import (
     Refused,
     ResyncRequired,
     Snapshot,
+    Subscription,
     TokenExpired,
     Unauthorized,
     UnknownChannel,
@@ -29,7 +30,7 @@ from realtime_bridge.client import (
 from realtime_bridge.filters import parse_filter
 from realtime_bridge.plugins import PluginRegistry
 from tests.conftest import BridgeFactory
-from tests.helpers import insert_position
+from tests.helpers import churn_positions, insert_position
 
 
 class PositionView(BaseModel):
@@ -78,6 +79,19 @@ def apply(rows: dict[int, PositionView], event: Event[PositionView]) -> None:
     else:
         assert event.data is not None
         rows[event.data.id] = event.data
+
+
+async def follow(
+    positions: Subscription[PositionView], rows: dict[int, PositionView], last: int
+) -> list[int]:
+    """Apply events to `rows` until seq `last`; return the seqs seen."""
+    seqs: list[int] = []
+    async with asyncio.timeout(10):
+        while not seqs or seqs[-1] < last:
+            event = await anext(positions)
+            seqs.append(event.seq)
+            apply(rows, event)
+    return seqs
 
 
 def test_filter_string_spells_subscribe_filters_for_http() -> None:
@@ -137,6 +151,8 @@ async def test_snapshot_records_are_typed_and_every_page_is_followed(
         for i in range(23)
     ]
     position_model = registry.by_channel["position-updates"].model
+    # Once numbered, a snapshot's seq is the head (before, it may be lower).
+    assert await bridge.bridge.hub.wait_for_head(23, timeout=10)
     async with connect(bridge.url, api_key=bridge.service_key, registry=registry) as client:
         # 23 rows, 4 a page: six pages, each row exactly once, in id order.
         snap = await client.snapshot("position-updates", limit=4)
@@ -277,12 +293,7 @@ async def test_snapshot_then_subscribe_since_loses_nothing_and_converges(
             await insert_position(db, "u1", "AFTER")
             await db.execute("UPDATE positions SET current_price = 1 WHERE id = $1", between)
             last = await last_seq(db)
-            seqs: list[int] = []
-            async with asyncio.timeout(10):
-                while not seqs or seqs[-1] < last:
-                    event = await anext(positions)
-                    seqs.append(event.seq)
-                    apply(rows, event)
+            seqs = await follow(positions, rows, last)
     assert seqs == sorted(set(seqs))
     assert seqs[0] > snap.seq
     assert as_state(rows) == await positions_in_db(db, "u1")
@@ -292,28 +303,6 @@ async def test_snapshot_then_subscribe_since_loses_nothing_and_converges(
     assert {"BETWEEN", "AFTER"} <= {r.symbol for r in rows.values()}
 
 
-async def churn(dsn: str, stop: asyncio.Event) -> int:
-    """Insert, update and delete positions of u1 and u2 until `stop`; return how many."""
-    conn = await asyncpg.connect(dsn)
-    count = 0
-    try:
-        while not stop.is_set():
-            ids = [r["id"] for r in await conn.fetch("SELECT id FROM positions ORDER BY id")]
-            if count % 5 == 0 or not ids:
-                await insert_position(conn, "u1" if count % 2 else "u2", f"W{count}")
-            elif count % 7 == 0:
-                await conn.execute("DELETE FROM positions WHERE id = $1", ids[count % len(ids)])
-            else:
-                row = ids[count * 31 % len(ids)]
-                await conn.execute(
-                    "UPDATE positions SET current_price = $2 WHERE id = $1", row, count
-                )
-            count += 1
-    finally:
-        await conn.close()
-    return count
-
-
 async def test_a_snapshot_paged_while_rows_change_converges_from_its_first_seq(
     start_bridge: BridgeFactory, dsn: str, db: asyncpg.Connection
 ) -> None:
@@ -321,7 +310,7 @@ async def test_a_snapshot_paged_while_rows_change_converges_from_its_first_seq(
     for i in range(40):
         await insert_position(db, "u1" if i % 2 else "u2", f"P{i}")
     stop = asyncio.Event()
-    writer = asyncio.create_task(churn(dsn, stop))
+    writer = asyncio.create_task(churn_positions(dsn, stop, 3))
     try:
         async with connect(bridge.url, api_key=bridge.service_key) as client:
             await asyncio.sleep(0.2)
@@ -335,12 +324,7 @@ async def test_a_snapshot_paged_while_rows_change_converges_from_its_first_seq(
                 stop.set()
                 statements = await writer
                 last = await last_seq(db)
-                seqs: list[int] = []
-                async with asyncio.timeout(10):
-                    while not seqs or seqs[-1] < last:
-                        event = await anext(positions)
-                        seqs.append(event.seq)
-                        apply(rows, event)
+                seqs = await follow(positions, rows, last)
     finally:
         stop.set()
         await asyncio.gather(writer, return_exceptions=True)

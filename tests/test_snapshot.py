@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from typing import Any
 
 import asyncpg
@@ -17,34 +16,9 @@ from realtime_bridge.protocols.common import Target
 from realtime_bridge.snapshot import SnapshotUnavailable, take_snapshot
 from realtime_bridge.testing import RunningBridge
 from tests.conftest import BridgeFactory, make_settings
-from tests.helpers import SNAPSHOT, http, insert_position, snapshot_pages
+from tests.helpers import SNAPSHOT, churn_positions, http, insert_position, snapshot_pages
 
 UNNUMBERED = "SELECT count(*) FROM realtime_bridge.outbox WHERE seq IS NULL"
-
-
-async def writer(dsn: str, stop: asyncio.Event, seed: int) -> int:
-    """Insert, update and delete positions until `stop`; return how many statements ran."""
-    rng = random.Random(seed)
-    conn = await asyncpg.connect(dsn)
-    count = 0
-    try:
-        while not stop.is_set():
-            ids = [r["id"] for r in await conn.fetch("SELECT id FROM positions")]
-            choice = rng.random()
-            if choice < 0.4 or not ids:
-                await insert_position(conn, rng.choice(["u1", "u2"]), f"S{count}")
-            elif choice < 0.85:
-                await conn.execute(
-                    "UPDATE positions SET current_price = $2 WHERE id = $1",
-                    rng.choice(ids),
-                    rng.randint(1, 500),
-                )
-            else:
-                await conn.execute("DELETE FROM positions WHERE id = $1", rng.choice(ids))
-            count += 1
-    finally:
-        await conn.close()
-    return count
 
 
 async def test_snapshot_then_since_converges_on_the_table_while_writers_run(
@@ -53,7 +27,7 @@ async def test_snapshot_then_since_converges_on_the_table_while_writers_run(
     for i in range(30):
         await insert_position(db, "u1" if i % 2 else "u2", f"P{i}")
     stop = asyncio.Event()
-    writers = [asyncio.create_task(writer(dsn, stop, seed)) for seed in (1, 2)]
+    writers = [asyncio.create_task(churn_positions(dsn, stop, seed)) for seed in (1, 2)]
     try:
         await asyncio.sleep(0.3)
         async with http(bridge) as client:
@@ -115,6 +89,8 @@ async def test_snapshot_records_are_typed_filtered_and_paged(
 ) -> None:
     for i in range(25):
         await insert_position(db, "u1", "KEEP" if i % 3 == 0 else f"X{i}", current_price=100 + i)
+    # Once numbered, the snapshot's seq is the head (before, it may be lower).
+    assert await bridge.bridge.hub.wait_for_head(25, timeout=10)
     async with http(bridge) as client:
         seq, records, pages = await snapshot_pages(
             client, filter="symbol=eq.KEEP,current_price=gte.110", limit=2

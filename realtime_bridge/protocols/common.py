@@ -88,6 +88,18 @@ async def resolve_target(
     return Target(name, flt, None, None)
 
 
+async def request_target(bridge: Bridge, request: HTTPConnection) -> tuple[Principal, Target]:
+    """Who reads, and what, for an HTTP read of `/…/{channel}…?filter=…`."""
+    principal = await bridge.auth.verify(request_token(request))
+    return principal, await resolve_target(
+        bridge,
+        principal,
+        channel=request.path_params["channel"],
+        table=None,
+        filter_spec=request.query_params.get("filter"),
+    )
+
+
 def request_token(request: HTTPConnection) -> str | None:
     """The key or token of an HTTP or WebSocket request: Bearer header, then apikey."""
     header = request.headers.get("authorization", "")

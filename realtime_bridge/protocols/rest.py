@@ -21,9 +21,8 @@ from realtime_bridge.protocols.common import (
     JSONResponse,
     client_error_response,
     error_response,
-    request_token,
+    request_target,
     require_service,
-    resolve_target,
     validation_message,
 )
 from realtime_bridge.protocols.messages import BroadcastRequest, SimulateSignal
@@ -63,14 +62,7 @@ async def channel_events(request: Request) -> Response:
     hub = bridge.hub
     params = request.query_params
     try:
-        principal = await bridge.auth.verify(request_token(request))
-        target = await resolve_target(
-            bridge,
-            principal,
-            channel=request.path_params["channel"],
-            table=None,
-            filter_spec=params.get("filter"),
-        )
+        _, target = await request_target(bridge, request)
         channel, flt = target.channel, target.filter
         since = parse_since(params.get("since"), "since")
         limit = int(_number(params.get("limit"), "limit", 100, 1, MAX_POLL_LIMIT))
@@ -126,14 +118,7 @@ async def channel_snapshot(request: Request) -> Response:
     bridge = _bridge(request)
     params = request.query_params
     try:
-        principal = await bridge.auth.verify(request_token(request))
-        target = await resolve_target(
-            bridge,
-            principal,
-            channel=request.path_params["channel"],
-            table=None,
-            filter_spec=params.get("filter"),
-        )
+        _, target = await request_target(bridge, request)
         limit = int(_number(params.get("limit"), "limit", DEFAULT_LIMIT, 1, MAX_LIMIT))
         try:
             snapshot = await take_snapshot(bridge, target, limit=limit, cursor=params.get("cursor"))

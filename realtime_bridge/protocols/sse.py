@@ -23,8 +23,7 @@ from realtime_bridge.events import Event, Frame, subscription_prefix
 from realtime_bridge.hub import Subscription
 from realtime_bridge.protocols.common import (
     client_error_response,
-    request_token,
-    resolve_target,
+    request_target,
 )
 from realtime_bridge.protocols.outlet import QueueOutlet
 
@@ -48,14 +47,7 @@ def parse_since(value: str | None, name: str) -> int | None:
 async def sse_stream(request: Request) -> Response:
     bridge: Bridge = request.app.state.bridge
     try:
-        principal = await bridge.auth.verify(request_token(request))
-        target = await resolve_target(
-            bridge,
-            principal,
-            channel=request.path_params["channel"],
-            table=None,
-            filter_spec=request.query_params.get("filter"),
-        )
+        principal, target = await request_target(bridge, request)
         channel, flt = target.channel, target.filter
         since = parse_since(request.headers.get("last-event-id"), "Last-Event-ID")
         if since is None:

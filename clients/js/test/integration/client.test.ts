@@ -4,24 +4,15 @@
  * is cut or goes silent, with no loss and no duplicates.
  */
 
-import { afterEach, describe, expect, inject, test } from "vitest";
+import { describe, expect, inject, test } from "vitest";
 
-import type { ChangeEvent, PositionUpdate, RealtimeClient, RealtimeError, TradeUpdate } from "../../src/index.js";
+import type { ChangeEvent, PositionUpdate, RealtimeError, TradeUpdate } from "../../src/index.js";
 import { userToken } from "../support/bridge.js";
 import { TcpProxy } from "../support/proxy.js";
 import { simulate, testClient, uniqueUser, until, untilStatus } from "../support/helpers.js";
+import { onCleanup, track } from "../support/cleanup.js";
 
 const bridge = inject("bridge");
-const cleanups: (() => unknown)[] = [];
-
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-});
-
-function track<T extends RealtimeClient>(client: T): T {
-  cleanups.push(() => client.close());
-  return client;
-}
 
 function ready(): { promise: Promise<void>; onReady: () => void } {
   let onReady = () => {};
@@ -210,7 +201,7 @@ describe("reconnect and resume", () => {
   async function proxied(options: Parameters<typeof testClient>[1] = {}) {
     const proxy = new TcpProxy(bridge.port);
     await proxy.listen();
-    cleanups.push(() => proxy.close());
+    onCleanup(() => proxy.close());
     const client = track(
       testClient(bridge, {
         wsUrl: `ws://127.0.0.1:${proxy.port}/ws/db_subscriptions`,

@@ -4,19 +4,15 @@
  * it returns to realtime. Events written throughout arrive once each, in order.
  */
 
-import { afterEach, expect, inject, test } from "vitest";
+import { expect, inject, test } from "vitest";
 
 import type { ReadyInfo, RealtimeClient, Status } from "../../src/index.js";
 import { freePort } from "../support/bridge.js";
 import { simulate, testClient, uniqueUser, until, untilStatus } from "../support/helpers.js";
 import { TcpProxy } from "../support/proxy.js";
+import { onCleanup } from "../support/cleanup.js";
 
 const bridge = inject("bridge");
-const cleanups: (() => unknown)[] = [];
-
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-});
 
 function quickFallback(wsUrl: string): RealtimeClient {
   const client = testClient(bridge, {
@@ -24,7 +20,7 @@ function quickFallback(wsUrl: string): RealtimeClient {
     reconnect: { baseMs: 20, maxMs: 50 },
     fallback: { afterFailures: 2, probeIntervalMs: 250, waitSeconds: 2 },
   });
-  cleanups.push(() => client.close());
+  onCleanup(() => client.close());
   return client;
 }
 
@@ -32,7 +28,7 @@ test("a closed socket port: polling takes over, then realtime returns with nothi
   const user = uniqueUser("fallback");
   const port = await freePort(); // nothing listens here (yet)
   const proxy = new TcpProxy(bridge.port);
-  cleanups.push(() => proxy.close());
+  onCleanup(() => proxy.close());
   const client = quickFallback(`ws://127.0.0.1:${port}/ws/db_subscriptions`);
   const statuses: Status[] = [client.status];
   client.onStatusChange((status) => statuses.push(status));
@@ -101,7 +97,7 @@ test("a socket URL that refuses the upgrade (HTTP answers, WebSocket does not) a
 test("when HTTP fails too, the status is offline until the bridge answers again", async () => {
   const port = await freePort();
   const proxy = new TcpProxy(bridge.port);
-  cleanups.push(() => proxy.close());
+  onCleanup(() => proxy.close());
   const client = testClient(
     { ...bridge, url: `http://127.0.0.1:${port}` },
     {
@@ -109,7 +105,7 @@ test("when HTTP fails too, the status is offline until the bridge answers again"
       fallback: { afterFailures: 2, probeIntervalMs: 5000, waitSeconds: 1, retry: { baseMs: 50, maxMs: 100 } },
     },
   );
-  cleanups.push(() => client.close());
+  onCleanup(() => client.close());
   client.subscribe("position-updates", {}, () => {});
   await untilStatus(client, "offline");
   // HTTP (and the socket, on the same address) come back: the next poll answers.

@@ -5,31 +5,19 @@
  * top, newest first where the hook lists that way, and a refusal as `error`.
  */
 
-import { afterEach, expect, inject, test } from "vitest";
+import { expect, inject, test } from "vitest";
 
 import type { RealtimeClient } from "../../src/index.js";
 import { useChannel, useRealtimePositions, useRealtimeTrades } from "../../src/react.js";
 import { sql } from "../support/bridge.js";
 import { simulate, testClient, uniqueUser, until } from "../support/helpers.js";
-import { renderHook, type Rendered } from "../support/render.js";
+import { mount, onCleanup } from "../support/cleanup.js";
 
 const bridge = inject("bridge");
-const cleanups: (() => void)[] = [];
-
-afterEach(() => {
-  for (const cleanup of cleanups.splice(0).reverse()) cleanup();
-});
-
-function mount<R>(hook: () => R, client: RealtimeClient): Rendered<R> {
-  (globalThis as { IS_REACT_ACT_ENVIRONMENT?: boolean }).IS_REACT_ACT_ENVIRONMENT = false;
-  const view = renderHook(hook, client);
-  cleanups.push(() => view.unmount());
-  return view;
-}
 
 function newClient(): RealtimeClient {
   const client = testClient(bridge);
-  cleanups.push(() => client.close());
+  onCleanup(() => client.close());
   return client;
 }
 
@@ -92,7 +80,7 @@ test("rows written after the snapshot was read but before the hook subscribed ar
       return response;
     },
   });
-  cleanups.push(() => client.close());
+  onCleanup(() => client.close());
   const view = mount(() => useRealtimePositions([], { userId: user, snapshot: true }), client);
   await until(() => !view.result.current.isLoading, "the snapshot");
   await until(() => view.result.current.positions.length === 3, "the rows written in the gap");

@@ -5,33 +5,20 @@
  * browser's offline / online events.
  */
 
-import { afterEach, expect, inject, test } from "vitest";
+import { expect, inject, test } from "vitest";
 
-import type { RealtimeClient } from "../../src/index.js";
 import { useRealtimePositions } from "../../src/react.js";
 import { sql } from "../support/bridge.js";
 import { simulate, testClient, uniqueUser, until } from "../support/helpers.js";
-import { renderHook, type Rendered } from "../support/render.js";
+import { mount, onCleanup } from "../support/cleanup.js";
 
 const bridge = inject("bridge");
-const cleanups: (() => void)[] = [];
-
-afterEach(() => {
-  for (const cleanup of cleanups.splice(0).reverse()) cleanup();
-});
-
-function mount<R>(hook: () => R, client: RealtimeClient): Rendered<R> {
-  (globalThis as { IS_REACT_ACT_ENVIRONMENT?: boolean }).IS_REACT_ACT_ENVIRONMENT = false;
-  const view = renderHook(hook, client);
-  cleanups.push(() => view.unmount());
-  return view;
-}
 
 test("useRealtimePositions shows inserts, updates and deletes as they commit", async () => {
   const user = uniqueUser("hooks");
   // The browser's own online/offline events (happy-dom's window), not a test double.
   const client = testClient(bridge, { environment: undefined });
-  cleanups.push(() => client.close());
+  onCleanup(() => client.close());
   const all = mount(() => useRealtimePositions([], { userId: user }), client);
   const open = mount(() => useRealtimePositions([], { userId: user, filters: { status: "open" } }), client);
 
@@ -63,7 +50,7 @@ test("useRealtimePositions shows inserts, updates and deletes as they commit", a
 test("the browser going offline and back: mode follows, and nothing is missed", async () => {
   const user = uniqueUser("offline");
   const client = testClient(bridge, { environment: undefined });
-  cleanups.push(() => client.close());
+  onCleanup(() => client.close());
   const view = mount(() => useRealtimePositions([], { userId: user }), client);
   await until(() => view.result.current.mode === "realtime", "realtime mode");
   await new Promise((resolve) => setTimeout(resolve, 100));

@@ -5,7 +5,7 @@
  * database, with rows written before, during and after the snapshot.
  */
 
-import { afterEach, describe, expect, expectTypeOf, inject, test } from "vitest";
+import { describe, expect, expectTypeOf, inject, test } from "vitest";
 
 import {
   applyEvent,
@@ -15,24 +15,14 @@ import {
   type ChangeEvent,
   type FetchLike,
   type PositionUpdate,
-  type RealtimeClient,
   type RecordsState,
   type TableRow,
 } from "../../src/index.js";
 import { python, sql, userToken } from "../support/bridge.js";
 import { simulate, testClient, uniqueUser, until } from "../support/helpers.js";
+import { track } from "../support/cleanup.js";
 
 const bridge = inject("bridge");
-const cleanups: (() => unknown)[] = [];
-
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-});
-
-function track<T extends RealtimeClient>(client: T): T {
-  cleanups.push(() => client.close());
-  return client;
-}
 
 /** The global fetch, recording each URL requested (the bridge answers for real). */
 function recordingFetch(): { fetch: FetchLike; urls: string[] } {
