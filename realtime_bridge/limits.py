@@ -6,8 +6,10 @@ in `/metrics` through the errors-by-code counter.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
+from collections.abc import Iterator
 
 from realtime_bridge.errors import ClientError
 from realtime_bridge.settings import Settings
@@ -42,6 +44,15 @@ class ConnectionLimits:
         self.by_ip[ip] += 1
         if user is not None:
             self.by_user[user] += 1
+
+    @contextlib.contextmanager
+    def held(self, ip: str, user: str | None) -> Iterator[None]:
+        """Count one connection (or HTTP request in flight) for as long as the block runs."""
+        self.connected(ip, user)
+        try:
+            yield
+        finally:
+            self.disconnected(ip, user)
 
     def disconnected(self, ip: str, user: str | None) -> None:
         self.by_ip[ip] -= 1

@@ -346,3 +346,47 @@ def test_testing_api_refuses_a_public_bind_without_consent() -> None:
     )  # fmt: skip
     assert result.returncode != 0
     assert "ALLOW_TESTING_API_PUBLIC" in result.stderr
+
+
+async def test_connection_limits_hold_for_sse_long_poll_and_snapshots(
+    start_bridge: BridgeFactory,
+) -> None:
+    bridge = await start_bridge(max_connections_per_user=1, max_connections_per_ip=2)
+    user = {"Authorization": f"Bearer {bridge.user_token('u1')}"}
+    other = {"Authorization": f"Bearer {bridge.user_token('u2')}"}
+    snapshot = "/api/channels/position-updates/snapshot"
+    poll = "/api/channels/position-updates/events"
+    async with httpx.AsyncClient(base_url=bridge.url, timeout=10) as http:
+        async with http.stream("GET", "/sse/position-updates", headers=user) as stream:
+            assert stream.status_code == 200
+            lines = stream.aiter_lines()  # kept: dropping it would close the stream
+            assert (await anext(lines)).startswith(": subscribed")
+            # u1 holds its one connection: every other transport is refused for u1 ...
+            for response in (
+                await http.get(snapshot, headers=user),
+                await http.get(poll, headers=user, params={"wait": "0"}),
+            ):
+                assert response.status_code == 429
+                assert response.json()["code"] == "too_many_connections"
+                assert "per user" in response.json()["message"]
+            with pytest.raises(InvalidStatus) as refused:
+                async with bridge.websocket(key=bridge.user_token("u1")):
+                    pass
+            assert refused.value.response.status_code == 429
+            # ... while u2 still gets its own.
+            assert (await http.get(snapshot, headers=other)).status_code == 200
+            # A long-poll in flight counts too: with it, the address is at its two.
+            waiting = asyncio.create_task(http.get(poll, headers=other, params={"wait": "2"}))
+            await asyncio.sleep(0.3)
+            third = await http.get(snapshot, headers={"apikey": bridge.service_key})
+            assert third.status_code == 429
+            assert "per client address" in third.json()["message"]
+            assert (await waiting).status_code == 200
+        # Closed, the stream gives its place back (once the server sees it go).
+        for _ in range(100):
+            if not bridge.bridge.limits.by_user:
+                break
+            await asyncio.sleep(0.02)
+        assert bridge.bridge.limits.by_user == {}
+        assert bridge.bridge.limits.by_ip == {}
+        assert (await http.get(snapshot, headers=user)).status_code == 200

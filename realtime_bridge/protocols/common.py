@@ -100,6 +100,23 @@ async def request_target(bridge: Bridge, request: HTTPConnection) -> tuple[Princ
     )
 
 
+def client_ip(connection: HTTPConnection) -> str:
+    return connection.client.host if connection.client is not None else "unknown"
+
+
+def refuse_http(bridge: Bridge, request: HTTPConnection, principal: Principal) -> Response | None:
+    """429 when this address or user already holds its share of connections, else None.
+
+    SSE streams, long-polls and snapshots in flight count like WebSockets, so
+    the per-address and per-user limits hold whatever the transport.
+    """
+    reason = bridge.limits.admit(client_ip(request), principal.user_id)
+    if reason is None:
+        return None
+    bridge.counters.error("too_many_connections")
+    return error_response(429, "too_many_connections", reason)
+
+
 def request_token(request: HTTPConnection) -> str | None:
     """The key or token of an HTTP or WebSocket request: Bearer header, then apikey."""
     header = request.headers.get("authorization", "")

@@ -19,8 +19,11 @@ from realtime_bridge.events import Event, Frame
 from realtime_bridge.metrics import render_metrics
 from realtime_bridge.protocols.common import (
     JSONResponse,
+    Target,
     client_error_response,
+    client_ip,
     error_response,
+    refuse_http,
     request_target,
     require_service,
     validation_message,
@@ -59,18 +62,27 @@ def _render_plain(event: Event, _prefix: str) -> Frame:
 async def channel_events(request: Request) -> Response:
     """Long-poll: events after `since`, waiting up to `wait` seconds for the first."""
     bridge = _bridge(request)
-    hub = bridge.hub
     params = request.query_params
     try:
-        _, target = await request_target(bridge, request)
-        channel, flt = target.channel, target.filter
+        principal, target = await request_target(bridge, request)
         since = parse_since(params.get("since"), "since")
         limit = int(_number(params.get("limit"), "limit", 100, 1, MAX_POLL_LIMIT))
         wait = _number(params.get("wait"), "wait", 25, 0, MAX_POLL_WAIT)
     except ClientError as exc:
         bridge.counters.error(exc.code)
         return client_error_response(exc)
+    refused = refuse_http(bridge, request, principal)
+    if refused is not None:
+        return refused
+    with bridge.limits.held(client_ip(request), principal.user_id):
+        return await _long_poll(request, bridge, target, since, limit, wait)
 
+
+async def _long_poll(
+    request: Request, bridge: Bridge, target: Target, since: int | None, limit: int, wait: float
+) -> Response:
+    hub = bridge.hub
+    channel, flt = target.channel, target.filter
     start = hub.head if since is None else since
     outlet = CollectOutlet(limit)
     resync: dict[str, int] = {}
@@ -118,10 +130,16 @@ async def channel_snapshot(request: Request) -> Response:
     bridge = _bridge(request)
     params = request.query_params
     try:
-        _, target = await request_target(bridge, request)
+        principal, target = await request_target(bridge, request)
         limit = int(_number(params.get("limit"), "limit", DEFAULT_LIMIT, 1, MAX_LIMIT))
+        refused = refuse_http(bridge, request, principal)
+        if refused is not None:
+            return refused
         try:
-            snapshot = await take_snapshot(bridge, target, limit=limit, cursor=params.get("cursor"))
+            with bridge.limits.held(client_ip(request), principal.user_id):
+                snapshot = await take_snapshot(
+                    bridge, target, limit=limit, cursor=params.get("cursor")
+                )
         except asyncpg.DataError:
             raise BadMessage("cursor is not one this bridge gave out") from None
     except ClientError as exc:

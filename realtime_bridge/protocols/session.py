@@ -16,7 +16,7 @@ from starlette.websockets import WebSocket
 from realtime_bridge.auth import UNCHECKED, Principal
 from realtime_bridge.bridge import Bridge
 from realtime_bridge.limits import RateLimiter
-from realtime_bridge.protocols.common import Refusal, refuse_socket
+from realtime_bridge.protocols.common import Refusal, client_ip, refuse_socket
 
 
 class SocketSession:
@@ -31,8 +31,7 @@ class SocketSession:
         self._reader: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
-        client = websocket.client
-        self.client_ip = client.host if client is not None else "unknown"
+        self.client_ip = client_ip(websocket)
 
     async def run(self) -> None:
         refusal = await self._admit()

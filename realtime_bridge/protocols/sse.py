@@ -23,6 +23,8 @@ from realtime_bridge.events import Event, Frame, subscription_prefix
 from realtime_bridge.hub import Subscription
 from realtime_bridge.protocols.common import (
     client_error_response,
+    client_ip,
+    refuse_http,
     request_target,
 )
 from realtime_bridge.protocols.outlet import QueueOutlet
@@ -55,6 +57,10 @@ async def sse_stream(request: Request) -> Response:
     except ClientError as exc:
         bridge.counters.error(exc.code)
         return client_error_response(exc)
+    refused = refuse_http(bridge, request, principal)
+    if refused is not None:
+        return refused
+    ip = client_ip(request)
 
     hub = bridge.hub
     outlet = QueueOutlet(
@@ -82,6 +88,7 @@ async def sse_stream(request: Request) -> Response:
     heartbeat = bridge.settings.sse_heartbeat
 
     async def stream() -> AsyncIterator[str]:
+        bridge.limits.connected(ip, principal.user_id)
         bridge.counters.connections_open += 1
         bridge.counters.connections_total += 1
         sub = hub.subscribe(
@@ -134,6 +141,7 @@ async def sse_stream(request: Request) -> Response:
                     return
                 yield "".join(frames)
         finally:
+            bridge.limits.disconnected(ip, principal.user_id)
             bridge.counters.connections_open -= 1
             hub.unsubscribe(sub)
             for task in list(catching_up):
