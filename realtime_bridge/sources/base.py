@@ -46,6 +46,23 @@ class SourceStatus:
     reconnects: int = 0
     last_seq: int = 0
     last_lag_ms: float | None = None
+    _connected: asyncio.Event = field(default_factory=asyncio.Event, repr=False, compare=False)
+
+    def set(self, state: SourceState, error: str | None = None) -> None:
+        """Be in `state` (`since` moves only when it changes); `error` becomes `last_error`."""
+        if state is SourceState.CONNECTED:
+            self._connected.set()
+        else:
+            self._connected.clear()
+        if state is not self.state:
+            self.state = state
+            self.since = time.time()
+        if error is not None:
+            self.last_error = error
+
+    async def wait_connected(self, timeout: float) -> bool:
+        """True once the state is CONNECTED, False if `timeout` passes first."""
+        return await wait_for(self._connected, timeout)
 
     def to_json(self) -> dict[str, Any]:
         return {

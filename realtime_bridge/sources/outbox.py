@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -40,7 +39,6 @@ from realtime_bridge.sources.base import (
     ModeStatus,
     SourceState,
     SourceStatus,
-    wait_for,
 )
 
 logger = logging.getLogger(__name__)
@@ -179,7 +177,6 @@ class OutboxSource:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._lost = asyncio.Event()
-        self._connected = asyncio.Event()
         self._connections: set[asyncpg.Connection] = set()
 
     async def _default_connect(self, dsn: str) -> asyncpg.Connection:
@@ -203,26 +200,15 @@ class OutboxSource:
         for conn in list(self._connections):
             with contextlib.suppress(Exception):
                 await conn.close(timeout=2)
-        self._set_state(SourceState.STOPPED)
+        self.status.set(SourceState.STOPPED)
 
     async def wait_connected(self, timeout: float) -> bool:
         """Wait until the source is connected (True) or `timeout` passes (False)."""
-        return await wait_for(self._connected, timeout)
+        return await self.status.wait_connected(timeout)
 
     @property
     def healthy(self) -> bool:
         return self.status.state is SourceState.CONNECTED
-
-    def _set_state(self, state: SourceState, error: str | None = None) -> None:
-        if state is SourceState.CONNECTED:
-            self._connected.set()
-        else:
-            self._connected.clear()
-        if state is not self.status.state:
-            self.status.state = state
-            self.status.since = time.time()
-        if error is not None:
-            self.status.last_error = error
 
     async def _run(self) -> None:
         backoff = 0.1
@@ -239,7 +225,7 @@ class OutboxSource:
                 message = f"{type(exc).__name__}: {exc}"
                 if self.status.state is not SourceState.RECONNECTING:
                     logger.warning("outbox source lost its database (%s); reconnecting", message)
-                self._set_state(SourceState.RECONNECTING, message)
+                self.status.set(SourceState.RECONNECTING, message)
                 self.status.reconnects += 1
             finally:
                 for conn in list(self._connections):
@@ -305,7 +291,7 @@ class OutboxSource:
         await conn.execute("SET enable_mergejoin = off; SET enable_hashjoin = off")
         await conn.add_listener(WAKE_CHANNEL, self._on_notify)
         await self._catch_up(conn)
-        self._set_state(SourceState.CONNECTED)
+        self.status.set(SourceState.CONNECTED)
         logger.info("outbox source connected as sequencer at seq %s", self.status.last_seq)
         wake_key = await conn.fetchval("SELECT realtime_bridge.wake_key()")
         idle_polls = 0
@@ -352,7 +338,7 @@ class OutboxSource:
     async def _follow(self, conn: asyncpg.Connection) -> None:
         self.status.role = "follower"
         await conn.add_listener(SEQ_CHANNEL, self._on_notify)
-        self._set_state(SourceState.CONNECTED)
+        self.status.set(SourceState.CONNECTED)
         logger.info("outbox source connected as follower at seq %s", self.status.last_seq)
         lock_conn = await self._open()
         takeover = asyncio.ensure_future(

@@ -55,7 +55,6 @@ from realtime_bridge.sources.base import (
     ModeStatus,
     SourceState,
     SourceStatus,
-    wait_for,
 )
 from realtime_bridge.sources.outbox import init_connection
 
@@ -195,7 +194,6 @@ class PollSource:
         self._connect = connect or self._default_connect
         self._conn: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
-        self._connected = asyncio.Event()
 
     async def _default_connect(self, dsn: str) -> asyncpg.Connection:
         conn = await asyncpg.connect(dsn, timeout=10)
@@ -210,7 +208,7 @@ class PollSource:
 
     async def wait_connected(self, timeout: float) -> bool:
         """Wait until a pass has succeeded (True) or `timeout` passes (False)."""
-        return await wait_for(self._connected, timeout)
+        return await self.status.wait_connected(timeout)
 
     @property
     def healthy(self) -> bool:
@@ -223,24 +221,13 @@ class PollSource:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self._close()
-        self._set_state(SourceState.STOPPED)
+        self.status.set(SourceState.STOPPED)
 
     async def _close(self) -> None:
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 await self._conn.close(timeout=2)
             self._conn = None
-
-    def _set_state(self, state: SourceState, error: str | None = None) -> None:
-        if state is SourceState.CONNECTED:
-            self._connected.set()
-        else:
-            self._connected.clear()
-        if state is not self.status.state:
-            self.status.state = state
-            self.status.since = time.time()
-        if error is not None:
-            self.status.last_error = error
 
     async def _run(self) -> None:
         backoff = self.interval
@@ -261,7 +248,7 @@ class PollSource:
                 message = f"{type(exc).__name__}: {exc}"
                 if self.status.state is not SourceState.RECONNECTING:
                     logger.warning("poll source lost its database (%s); retrying", message)
-                self._set_state(SourceState.RECONNECTING, message)
+                self.status.set(SourceState.RECONNECTING, message)
                 self.status.reconnects += 1
                 await self._close()
                 await asyncio.sleep(min(backoff, 5.0))
@@ -296,7 +283,7 @@ class PollSource:
         self._baselined = True
         self.stats.passes += 1
         self.stats.last_pass_ms = (time.perf_counter() - started) * 1000
-        self._set_state(SourceState.CONNECTED)
+        self.status.set(SourceState.CONNECTED)
         if first:
             logger.info(
                 "poll source connected: %d table(s) every %.1f s", len(self.tables), self.interval
