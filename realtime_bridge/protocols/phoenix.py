@@ -218,15 +218,11 @@ class PhoenixSession(SocketSession):
         return None
 
     async def _read(self) -> None:
-        limit = self.bridge.settings.max_frame_bytes
         while True:
-            received = await self.websocket.receive()
-            if received["type"] == "websocket.disconnect":
+            data = await self._receive()
+            if data is None:
                 return
-            text: str | None = received.get("text")
-            data: str | bytes = text if text is not None else received.get("bytes") or b""
-            size = len(data.encode()) if isinstance(data, str) else len(data)
-            if size > limit:
+            if self._oversize(data) is not None:
                 self.bridge.counters.error("too_large")
                 await self._close("too_large", CLOSE_TOO_LARGE)
                 return

@@ -70,6 +70,19 @@ class SocketSession:
     async def _read(self) -> None:
         raise NotImplementedError
 
+    async def _receive(self) -> str | bytes | None:
+        """The next frame (text or bytes); None once the client has gone."""
+        message = await self.websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return None
+        text: str | None = message.get("text")
+        return text if text is not None else message.get("bytes") or b""
+
+    def _oversize(self, frame: str | bytes) -> int | None:
+        """The frame's size in bytes when it exceeds MAX_FRAME_BYTES, else None."""
+        size = len(frame.encode()) if isinstance(frame, str) else len(frame)
+        return size if size > self.bridge.settings.max_frame_bytes else None
+
     async def _write(self) -> None:
         raise NotImplementedError
 

@@ -87,21 +87,19 @@ class WebSocketSession(SocketSession):
         self.outlet.close()
 
     async def _read(self) -> None:
-        limit = self.bridge.settings.max_frame_bytes
         while True:
-            message = await self.websocket.receive()
-            if message["type"] == "websocket.disconnect":
+            payload = await self._receive()
+            if payload is None:
                 return
-            raw = message.get("text")
-            size = len(raw.encode()) if raw is not None else len(message.get("bytes") or b"")
-            if size > limit:
+            size = self._oversize(payload)
+            if size is not None:
+                limit = self.bridge.settings.max_frame_bytes
                 await self._fatal(
                     "too_large",
                     f"frame of {size} bytes exceeds the {limit}-byte limit",
                     CLOSE_TOO_LARGE,
                 )
                 return
-            payload = raw if raw is not None else message.get("bytes") or b""
             try:
                 self._rate.take()
                 await self._handle(payload)
