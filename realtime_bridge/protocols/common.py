@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,7 @@ from realtime_bridge.auth import Access, Forbidden, Principal, authorize, denial
 from realtime_bridge.bridge import Bridge
 from realtime_bridge.errors import ClientError
 from realtime_bridge.filters import Filter, parse_filter
+from realtime_bridge.hub import Hub, Outlet, Renderer, Subscription, render_db_change
 
 
 class JSONResponse(Response):
@@ -60,6 +62,31 @@ class Target:
     filter: Filter
     owner: str | None
     owner_column: str | None
+
+    def subscribe(
+        self,
+        hub: Hub,
+        outlet: Outlet,
+        *,
+        since: int | None = None,
+        render: Renderer = render_db_change,
+        prefix_for: Callable[[str], str] | None = None,
+        client_id: str | None = None,
+        on_lag: Callable[[Subscription], None] | None = None,
+    ) -> Subscription:
+        """Register on `hub` with this target's channel, filter and row scope (never without)."""
+        return hub.subscribe(
+            self.channel,
+            self.filter,
+            outlet,
+            since=since,
+            render=render,
+            prefix_for=prefix_for,
+            client_id=client_id,
+            on_lag=on_lag,
+            owner=self.owner,
+            owner_column=self.owner_column,
+        )
 
 
 async def resolve_target(

@@ -441,15 +441,8 @@ class PhoenixSession(SocketSession):
                     )
                     wanted.append((key, source.target, render, resume.get(key)))
         for key, target, render, since in wanted:
-            sub = hub.subscribe(
-                target.channel,
-                target.filter,
-                self.outlet,
-                since=since,
-                render=render,
-                on_lag=self._catch_up,
-                owner=target.owner,
-                owner_column=target.owner_column,
+            sub = target.subscribe(
+                hub, self.outlet, since=since, render=render, on_lag=self._catch_up
             )
             channel.subs[key] = sub
             self.owners[sub.id] = channel

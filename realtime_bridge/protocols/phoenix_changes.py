@@ -349,15 +349,7 @@ async def replay_start(bridge: Bridge, target: Target, after: int, limit: int | 
         return after
     hub = bridge.hub
     outlet = _SeqOutlet(limit)
-    sub = hub.subscribe(
-        target.channel,
-        target.filter,
-        outlet,
-        since=after,
-        render=_seq_frame,
-        owner=target.owner,
-        owner_column=target.owner_column,
-    )
+    sub = target.subscribe(hub, outlet, since=after, render=_seq_frame)
     try:
         await hub.catch_up(sub)
     finally:

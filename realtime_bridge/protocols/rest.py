@@ -82,19 +82,10 @@ async def _long_poll(
     request: Request, bridge: Bridge, target: Target, since: int | None, limit: int, wait: float
 ) -> Response:
     hub = bridge.hub
-    channel, flt = target.channel, target.filter
     start = hub.head if since is None else since
     outlet = CollectOutlet(limit)
     resync: dict[str, int] = {}
-    sub = hub.subscribe(
-        channel,
-        flt,
-        outlet,
-        since=start,
-        render=_render_plain,
-        owner=target.owner,
-        owner_column=target.owner_column,
-    )
+    sub = target.subscribe(hub, outlet, since=start, render=_render_plain)
     try:
         await hub.catch_up(
             sub,

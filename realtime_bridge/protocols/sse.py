@@ -50,7 +50,7 @@ async def sse_stream(request: Request) -> Response:
     bridge: Bridge = request.app.state.bridge
     try:
         principal, target = await request_target(bridge, request)
-        channel, flt = target.channel, target.filter
+        channel = target.channel
         since = parse_since(request.headers.get("last-event-id"), "Last-Event-ID")
         if since is None:
             since = parse_since(request.query_params.get("since"), "since")
@@ -91,16 +91,13 @@ async def sse_stream(request: Request) -> Response:
         bridge.limits.connected(ip, principal.user_id)
         bridge.counters.connections_open += 1
         bridge.counters.connections_total += 1
-        sub = hub.subscribe(
-            channel,
-            flt,
+        sub = target.subscribe(
+            hub,
             outlet,
             since=since,
             render=render_sse,
             prefix_for=subscription_prefix,
             on_lag=catch_up,
-            owner=target.owner,
-            owner_column=target.owner_column,
         )
         catch_up(sub)
         try:

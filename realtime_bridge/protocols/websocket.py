@@ -159,16 +159,13 @@ class WebSocketSession(SocketSession):
             filter_spec=message.filter_spec,
         )
         channel, flt = target.channel, target.filter
-        sub = hub.subscribe(
-            channel,
-            flt,
+        sub = target.subscribe(
+            hub,
             self.outlet,
             since=message.since,
             prefix_for=subscription_prefix,
             client_id=message.client_id,
             on_lag=self._catch_up,
-            owner=target.owner,
-            owner_column=target.owner_column,
         )
         self.subscriptions[sub.id] = sub
         reply: dict[str, Any] = {
