@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -109,3 +110,15 @@ async def churn_positions(dsn: str, stop: asyncio.Event, seed: int) -> int:
     finally:
         await conn.close()
     return count
+
+
+async def until(
+    condition: Callable[[], bool], timeout: float = 5.0, what: str = "the condition"
+) -> None:
+    """Wait until `condition()` holds; fail naming `what` after `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)

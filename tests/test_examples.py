@@ -17,6 +17,7 @@ from examples.auto_entry_supervisor import supervise as supervise_settings
 from realtime_bridge.client import Client, connect
 from realtime_bridge.plugins import PluginRegistry
 from tests.conftest import BridgeFactory
+from tests.helpers import until
 
 TRADE = (
     "INSERT INTO trades (user_id, symbol, signal_type, quantity, entry_price, status) "
@@ -44,13 +45,6 @@ async def running(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5) -> None:
-    """Wait for a handler's effect (the handlers signal nothing else)."""
-    async with asyncio.timeout(timeout):
-        while not condition():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
 
 
 async def test_active_trade_supervisor_follows_trades_as_they_open_and_close(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import asyncpg
 import pytest
@@ -13,6 +12,7 @@ from realtime_bridge.errors import ConfigurationError
 from realtime_bridge.plugins import PluginRegistry
 from realtime_bridge.sources.base import SourceState
 from realtime_bridge.sources.poll import PollSource, describe_tables
+from tests.helpers import until
 
 TABLES = ["public.positions", "public.portfolio_snapshots"]
 
@@ -37,15 +37,6 @@ async def insert_position(db: asyncpg.Connection, symbol: str, quantity: float =
         quantity,
     )
     return value
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 async def test_tables_are_read_by_their_cursor_column(db: asyncpg.Connection) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +28,7 @@ from realtime_bridge.protocols.outlet import QueueOutlet
 from realtime_bridge.relay import Relay
 from realtime_bridge.settings import Settings
 from tests.conftest import BridgeFactory
+from tests.helpers import until
 
 SUPABASE = "https://abcdefghijkl.supabase.co"
 ENDPOINT = f"{SUPABASE}/realtime/v1/api/broadcast"
@@ -111,15 +112,6 @@ def bodies(route: respx.Route) -> list[dict[str, Any]]:
 
 def seqs(route: respx.Route) -> list[list[int]]:
     return [[m["payload"]["seq"] for m in body["messages"]] for body in bodies(route)]
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.005)
 
 
 @pytest.fixture

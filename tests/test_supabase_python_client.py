@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -16,19 +16,12 @@ from realtime import AsyncRealtimeChannel, AsyncRealtimeClient, RealtimeSubscrib
 
 from realtime_bridge.testing import RunningBridge
 from tests.conftest import BridgeFactory
+from tests.helpers import until
 
 INSERT = (
     "INSERT INTO positions (user_id, symbol, quantity, entry_price, current_price) "
     "VALUES ($1, $2, $3, 100, 110) RETURNING id"
 )
-
-
-async def until(what: str, condition: Callable[[], bool], timeout: float = 8.0) -> None:
-    for _ in range(int(timeout / 0.02)):
-        if condition():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @contextlib.asynccontextmanager
@@ -81,7 +74,7 @@ async def test_the_python_client_works_unchanged(
         presence_syncs: list[dict[str, Any]] = []
         room.on_presence_sync(lambda: presence_syncs.append(dict(room.presence_state())))
         assert await subscribe(room) == [("SUBSCRIBED", None)]
-        await until("Subscribed to PostgreSQL", lambda: bool(system))
+        await until(lambda: bool(system), 8, what="Subscribed to PostgreSQL")
         assert system[0].message == "Subscribed to PostgreSQL"
         assert system[0].extension == "postgres_changes"
 
@@ -102,7 +95,7 @@ async def test_the_python_client_works_unchanged(
         await db.fetchval(INSERT, "u1", "TSLA", 1)
         await db.execute("UPDATE positions SET current_price = 130 WHERE id = $1", row_id)
         await db.execute("DELETE FROM positions WHERE id = $1", row_id)
-        await until("three changes", lambda: len(changes) == 3)
+        await until(lambda: len(changes) == 3, 8, what="three changes")
         insert, update, delete = (change["data"] for change in changes)
         assert [c["type"] for c in (insert, update, delete)] == ["INSERT", "UPDATE", "DELETE"]
         assert insert["record"]["symbol"] == "AAPL"
@@ -117,38 +110,38 @@ async def test_the_python_client_works_unchanged(
 
         # Broadcast with ack: self for alice; the other client too.
         await room.send_broadcast("cursor", {"x": 1})
-        await until("both hear alice", lambda: len(heard) == 1 and len(ops_heard) == 1)
+        await until(lambda: len(heard) == 1 and len(ops_heard) == 1, 8, what="both hear alice")
         assert heard[0]["payload"] == {"x": 1}
         assert ops_heard[0]["event"] == "cursor"
         await ops_room.send_broadcast("cursor", {"x": 2})
-        await until("alice hears ops", lambda: len(heard) == 2)
+        await until(lambda: len(heard) == 2, 8, what="alice hears ops")
         assert heard[1]["payload"] == {"x": 2}
         await asyncio.sleep(0.2)
         assert len(ops_heard) == 1  # self is off for ops
 
         # REST broadcast (the client's http_send), with the service key.
         await ops_room.http_send("cursor", {"x": 3})
-        await until("alice hears the REST message", lambda: len(heard) == 3)
+        await until(lambda: len(heard) == 3, 8, what="alice hears the REST message")
         assert heard[2]["payload"] == {"x": 3}
         assert heard[2]["meta"]["id"]
 
         # Presence: state, then diffs.
         await room.track({"online_at": "now"})
-        await until("ops sees alice join", lambda: ops_joins == ["alice"])
-        await until("alice's own state", lambda: "alice" in room.presence_state())
+        await until(lambda: ops_joins == ["alice"], 8, what="ops sees alice join")
+        await until(lambda: "alice" in room.presence_state(), 8, what="alice's own state")
         assert room.presence_state()["alice"][0]["online_at"] == "now"  # type: ignore[typeddict-item]
         await room.untrack()
-        await until("ops sees alice leave", lambda: ops_leaves == ["alice"])
+        await until(lambda: ops_leaves == ["alice"], 8, what="ops sees alice leave")
         assert presence_syncs[0] == {}
 
         # Token refresh keeps the subscriptions.
         await alice.set_auth(bridge.user_token("u1", ttl=900))
         await db.fetchval(INSERT, "u1", "MSFT", 2)
-        await until("a change after the refresh", lambda: len(changes) == 4)
+        await until(lambda: len(changes) == 4, 8, what="a change after the refresh")
 
         # Leave: nothing more arrives.
         await room.unsubscribe()
-        await until("closed", lambda: room.is_closed)
+        await until(lambda: room.is_closed, 8, what="closed")
         await db.fetchval(INSERT, "u1", "MSFT", 3)
         await asyncio.sleep(0.3)
         assert len(changes) == 4
@@ -171,9 +164,9 @@ async def test_an_expired_token_pauses_and_a_fresh_one_resumes_without_loss(
         )
         await room.subscribe(lambda s, e: states.append((s.value, str(e) if e else None)))
         await db.fetchval(INSERT, "u1", "BEFORE", 1)
-        await until("the first change", lambda: len(changes) == 1)
+        await until(lambda: len(changes) == 1, 8, what="the first change")
         # Expiry: the server says so, and the client reports a channel error.
-        await until("expiry reported", lambda: len(states) >= 2, timeout=5)
+        await until(lambda: len(states) >= 2, 5, what="expiry reported")
         assert states[1][0] == RealtimeSubscribeStates.CHANNEL_ERROR.value
         assert "Token has expired" in (states[1][1] or "")
         for i in range(3):
@@ -181,14 +174,14 @@ async def test_an_expired_token_pauses_and_a_fresh_one_resumes_without_loss(
         # The app signs in again; the client rejoins with the fresh token and the
         # bridge carries the channel's position over: the missed rows arrive.
         await alice.set_auth(bridge.user_token("u1", ttl=600))
-        await until("the missed changes", lambda: len(changes) == 4, timeout=15)
+        await until(lambda: len(changes) == 4, 15, what="the missed changes")
         assert [c["data"]["record"]["symbol"] for c in changes[1:]] == [
             "MISSED0",
             "MISSED1",
             "MISSED2",
         ]
         await db.fetchval(INSERT, "u1", "LIVE", 1)
-        await until("live again", lambda: len(changes) == 5)
+        await until(lambda: len(changes) == 5, 8, what="live again")
         assert states[-1] == ("SUBSCRIBED", None)
 
 
@@ -215,12 +208,12 @@ async def test_plugin_channel_events_and_replay_reach_the_python_client(
         feed.on_broadcast("position_update", lambda message: updates.append(dict(message)))
         assert await subscribe(feed) == [("SUBSCRIBED", None)]
         # The latest of u1's logged events (limit 1), marked as a replay.
-        await until("the replay", lambda: len(updates) == 1)
+        await until(lambda: len(updates) == 1, 8, what="the replay")
         assert updates[0]["payload"]["symbol"] == "OLD2"
         assert updates[0]["meta"]["replayed"] is True
         await db.fetchval(INSERT, "u1", "NEW", 5)
         await db.fetchval(INSERT, "u2", "NOT-MINE", 5)
-        await until("the live update", lambda: len(updates) == 2)
+        await until(lambda: len(updates) == 2, 8, what="the live update")
         assert updates[1]["payload"]["symbol"] == "NEW"
         assert updates[1]["payload"]["market_value"] == 550.0
         assert "replayed" not in updates[1]["meta"]

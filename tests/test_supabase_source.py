@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -27,7 +27,7 @@ from starlette.routing import Route
 from realtime_bridge.sources.supabase import SupabaseSource
 from realtime_bridge.testing import RunningBridge, run_bridge
 from tests.conftest import BridgeFactory, make_settings
-from tests.helpers import SNAPSHOT, http, snapshot_pages
+from tests.helpers import SNAPSHOT, http, snapshot_pages, until
 
 INSERT = (
     "INSERT INTO positions (user_id, symbol, quantity, entry_price, current_price) "
@@ -183,14 +183,6 @@ class Proxy:
             self._realtime.discard(writer)
 
 
-async def until(what: str, condition: Callable[[], bool], timeout: float = 8.0) -> None:
-    for _ in range(int(timeout / 0.02)):
-        if condition():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @contextlib.asynccontextmanager
 async def hosted_mode(
     hosted: RunningBridge, dsn: str, **overrides: Any
@@ -264,9 +256,9 @@ async def test_hosted_mode_follows_realtime_and_falls_back_to_polling(
 
             # 2. Realtime is cut: within the grace period nothing is lost either.
             proxy.cut()
-            await until("realtime noticed down", lambda: not source.healthy)
+            await until(lambda: not source.healthy, 8, what="realtime noticed down")
             c = await db.fetchval(INSERT, "u2", "C", 3)
-            await until("polling", lambda: bridge.mode()["mode"] == "polling", timeout=4)
+            await until(lambda: bridge.mode()["mode"] == "polling", 4, what="polling")
             ok, health = bridge.health()
             assert health["mode"] == "polling"
             assert "down" in health["mode_reason"]
@@ -288,7 +280,7 @@ async def test_hosted_mode_follows_realtime_and_falls_back_to_polling(
             # 3. Realtime returns: the gap since the last poll is filled, then realtime again.
             await db.execute(UPDATE, d, 113)
             proxy.restore()
-            await until("realtime", lambda: bridge.mode()["mode"] == "realtime", timeout=8)
+            await until(lambda: bridge.mode()["mode"] == "realtime", 8, what="realtime")
             e = await db.fetchval(INSERT, "u3", "E", 5)
             await db.execute(UPDATE, e, 114)
             await db.execute(DELETE, d)
