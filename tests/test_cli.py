@@ -8,7 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -19,6 +19,9 @@ import pytest
 from realtime_bridge.embedded import EmbeddedPostgres
 from realtime_bridge.migrate import default_migrations_dir, discover
 from tests.conftest import ROOT
+
+# The command line under test: this interpreter's copy of the package.
+CLI = (sys.executable, "-m", "realtime_bridge")
 
 
 def free_port() -> int:
@@ -35,10 +38,12 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 @asynccontextmanager
-async def serving(cwd: Path, env: dict[str, str], *args: str) -> AsyncIterator[str]:
+async def serving(
+    cwd: Path, env: dict[str, str], *args: str, program: Sequence[str] = CLI
+) -> AsyncIterator[str]:
     """Run `realtime-bridge serve` as a user would; yield its base URL once healthy."""
     port = env.get("PORT") or str(free_port())
-    command = [sys.executable, "-m", "realtime_bridge", "serve", *args]
+    command = [*program, "serve", *args]
     if "PORT" not in env and "--port" not in args:
         command += ["--port", port]
     process = subprocess.Popen(
