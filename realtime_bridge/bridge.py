@@ -198,13 +198,12 @@ class Bridge:
                 "Never run like this where anyone else can connect."
             )
         elif self.embedded is not None and not self.settings.supabase_jwt_secret:
-            keys = self.keys()
+            # The keys themselves stay out of the logs (they end up in log
+            # collectors); `realtime-bridge keys` prints them on demand.
             logger.info(
-                "embedded default: JWT secret in %s/jwt_secret\n"
-                "  anon key:    %s\n  service key: %s",
+                "embedded default: JWT secret in %s/jwt_secret; "
+                "run `realtime-bridge keys` for the anon and service keys",
                 self.settings.data_dir,
-                keys["anon"],
-                keys["service_role"],
             )
         assert self.source is not None
         logger.info(
