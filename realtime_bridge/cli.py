@@ -123,7 +123,11 @@ def migrate_command(args: argparse.Namespace) -> None:
         except preflight.PreflightError as exc:
             _fail(str(exc))
     dsn = settings.database_url or EmbeddedPostgres(settings.data_dir).start()
-    applied = asyncio.run(migrate(dsn, settings.migrations_dir))
+    # The demo schema: --demo or DEMO_SCHEMA, else only in the embedded database.
+    demo = args.demo or (
+        settings.demo_schema if settings.demo_schema is not None else not settings.database_url
+    )
+    applied = asyncio.run(migrate(dsn, settings.migrations_dir, demo=demo))
     print(
         f"applied {len(applied)} migration(s)"
         + (f": {', '.join(applied)}" if applied else "; up to date")
@@ -164,6 +168,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     serve_parser.add_argument("--port", type=int, default=None, help="port (default 8000, PORT)")
     serve_parser.set_defaults(func=serve)
     migrate_parser = commands.add_parser("migrate", help="apply pending SQL migrations")
+    migrate_parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="also create the demo trading tables (supabase/demo; DEMO_SCHEMA=true)",
+    )
     migrate_parser.set_defaults(func=migrate_command)
     keys_parser = commands.add_parser(
         "keys", help="print an anon key and a service key made from the JWT secret"

@@ -119,6 +119,13 @@ class Settings(BaseSettings):
     migrate_on_start: bool = Field(
         default=True, description="Apply pending migrations when `serve` starts."
     )
+    demo_schema: bool | None = Field(
+        default=None,
+        description=(
+            "Create the demo trading tables (supabase/demo). Unset: only in the embedded "
+            "Postgres, never in a DATABASE_URL database."
+        ),
+    )
     migrations_dir: Path | None = Field(
         default=None, description="Override the folder of SQL migrations."
     )

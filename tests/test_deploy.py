@@ -275,7 +275,8 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     source.mkdir()
     for name in PACKAGE_SOURCES:
         shutil.copy(ROOT / name, source / name)
-    shutil.copytree(ROOT / "supabase" / "migrations", source / "supabase" / "migrations")
+    for folder in ("migrations", "demo"):
+        shutil.copytree(ROOT / "supabase" / folder, source / "supabase" / folder)
     shutil.copytree(
         ROOT / "realtime_bridge",
         source / "realtime_bridge",
