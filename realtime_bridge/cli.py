@@ -26,6 +26,7 @@ def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from realtime_bridge.app import create_app
+    from realtime_bridge.server import server_config
 
     settings = _settings(host=args.host, port=args.port)
     if (
@@ -39,16 +40,7 @@ def serve(args: argparse.Namespace) -> None:
             "set ALLOW_TESTING_API_PUBLIC=true if you really mean it"
         )
     app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
-        ws_max_size=max(settings.max_frame_bytes * 4, 1024 * 1024),
-        ws_per_message_deflate=False,
-        proxy_headers=True,
-        lifespan="on",
-    )
+    uvicorn.Server(server_config(app, settings)).run()
 
 
 def migrate_command(args: argparse.Namespace) -> None:
