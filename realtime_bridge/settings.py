@@ -6,6 +6,7 @@ with the variable's name (pydantic-settings does that for us).
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -142,6 +143,14 @@ class Settings(BaseSettings):
     max_connections_per_user: int = Field(default=100, ge=1)
     max_subscriptions_per_connection: int = Field(default=100, ge=1)
     max_messages_per_second: float = Field(default=50.0, gt=0)
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed: addresses or "
+            "networks, or '*' for any. Empty: the headers are ignored and the client address "
+            "is the TCP peer's."
+        ),
+    )
     allowed_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["*"], description="WebSocket Origin allow-list and CORS origins."
     )
@@ -174,6 +183,28 @@ class Settings(BaseSettings):
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if item == "*":
+                continue
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"TRUSTED_PROXIES entry {item!r}: use an IP address, a network "
+                    "(10.0.0.0/8) or * for any"
+                ) from None
         return value
 
     @field_validator("table_access", mode="before")
