@@ -239,7 +239,9 @@ async def test_the_docs_supabase_js_hook_drops_a_deleted_position(
                 "VALUES ('someone-else', 'OTH', 1, 1, 1)"
             )
         elif step == "update":
-            await db.execute("UPDATE positions SET current_price = 125 WHERE id = $1", written["id"])
+            await db.execute(
+                "UPDATE positions SET current_price = 125 WHERE id = $1", written["id"]
+            )
         else:
             await db.execute("DELETE FROM positions WHERE id = $1", written["id"])
 
