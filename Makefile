@@ -77,7 +77,7 @@ pytest: $(STAMP) $(JS_STAMP) web
 test: lint typecheck docs js-test pytest  ## the whole suite, exactly what CI runs
 
 docs: $(STAMP)  ## build the documentation site into site/ (strict: a broken link or anchor fails)
-	$(BIN)/mkdocs build --strict --quiet --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
 
 # The TypeScript client (clients/js): typecheck, build, then Vitest, which starts a real bridge.
 CLIENT_STAMP := clients/js/node_modules/.installed
