@@ -4,6 +4,7 @@
     ├── ConfigurationError      bad settings or plugins, raised at start-up
     ├── MigrationError          a migration file failed to apply
     ├── PublishError            an event could not be written
+    ├── PostgrestError          hosted mode: PostgREST refused a read
     └── ClientError             something a client sent or did; carries `code`
         ├── BadMessage          bad_message
         ├── UnknownChannel      unknown_channel
@@ -34,6 +35,14 @@ class MigrationError(RealtimeBridgeError):
 
 class PublishError(RealtimeBridgeError):
     """An event could not be published."""
+
+
+class PostgrestError(RealtimeBridgeError):
+    """PostgREST refused a read: its error `code` (e.g. ``42703``) and message."""
+
+    def __init__(self, table: str, code: str | None, message: str | None) -> None:
+        super().__init__(f"PostgREST refused to read {table}: {message or 'error'} (code {code})")
+        self.code = code
 
 
 class ClientError(RealtimeBridgeError):
