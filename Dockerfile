@@ -21,9 +21,11 @@ WORKDIR /app
 # README.md is part of the package metadata (pyproject `readme`); the SQL
 # migrations ship inside the package (realtime_bridge/migrations links to
 # supabase/migrations, so they must be here before the build). MIGRATIONS_DIR
-# below points at the same files.
+# below points at the same files. The Python client's package (clients/python)
+# is part of the server's too.
 COPY pyproject.toml README.md ./
 COPY supabase/migrations ./supabase/migrations
+COPY clients/python/src ./clients/python/src
 COPY realtime_bridge ./realtime_bridge
 RUN pip install . \
     && rm -rf build realtime_bridge.egg-info

@@ -268,6 +268,8 @@ def test_the_wheel_carries_the_migrations_and_an_installed_bridge_finds_them(
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
     shutil.copytree(ROOT / "supabase" / "migrations", source / "supabase" / "migrations")
+    client = Path("clients", "python", "src")  # the server's wheel carries the client's package
+    shutil.copytree(ROOT / client, source / client, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(
         ROOT / "realtime_bridge",
         source / "realtime_bridge",
