@@ -277,6 +277,8 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.copy(ROOT / name, source / name)
     for folder in ("migrations", "demo"):
         shutil.copytree(ROOT / "supabase" / folder, source / "supabase" / folder)
+    client = Path("clients", "python", "src")  # the server's wheel carries the client's package
+    shutil.copytree(ROOT / client, source / client, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(
         ROOT / "realtime_bridge",
         source / "realtime_bridge",

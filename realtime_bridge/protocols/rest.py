@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from realtime_bridge.bridge import Bridge
-from realtime_bridge.errors import BadMessage, ClientError, PublishError
+from realtime_bridge.errors import BadMessage, ClientError, PostgrestError, PublishError
 from realtime_bridge.events import Event, Frame
 from realtime_bridge.metrics import render_metrics
 from realtime_bridge.protocols.common import (
@@ -138,7 +138,13 @@ async def channel_snapshot(request: Request) -> Response:
         return client_error_response(exc)
     except SnapshotUnavailable as exc:
         return error_response(503, "unavailable", str(exc))
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, httpx.HTTPError) as exc:
+    except (
+        OSError,
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        httpx.HTTPError,
+        PostgrestError,
+    ) as exc:
         return error_response(503, "unavailable", f"could not read the snapshot: {exc}")
     return JSONResponse(snapshot.to_json())
 
