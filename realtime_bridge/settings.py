@@ -117,6 +117,16 @@ class Settings(BaseSettings):
     sequencer_batch: int = Field(default=5000, ge=1)
     prune_interval: float = Field(default=3600.0, gt=0)
     log_level: LogLevel = Field(default="INFO", description="Log level (case-insensitive).")
+    gc_tuning: bool = Field(
+        default=True,
+        description="After start-up, freeze what it built out of the garbage collector's "
+        "full passes and raise the collector's thresholds (see realtime_bridge.pauses).",
+    )
+    loop_monitor_interval: float = Field(
+        default=0.05,
+        gt=0,
+        description="Seconds between two wake-ups of the event-loop stall monitor.",
+    )
     migrate_on_start: bool = Field(
         default=True, description="Apply pending migrations when `serve` starts."
     )

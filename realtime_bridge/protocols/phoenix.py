@@ -190,6 +190,7 @@ class PhoenixSession(SocketSession):
             bridge.settings.send_queue_max,
             on_overflow=self._on_overflow,
             stall_timeout=bridge.settings.slow_consumer_timeout,
+            on_take=bridge.histograms.queue_depth.observe,
         )
         self.channels: dict[str, Channel] = {}
         self.owners: dict[str, Channel] = {}  # subscription id → its channel
@@ -202,6 +203,11 @@ class PhoenixSession(SocketSession):
 
     def _close_outlet(self) -> None:
         self.outlet.close()
+
+    def _release(self) -> None:
+        super()._release()
+        self.channels.clear()  # each channel refers back to this session
+        self.owners.clear()
 
     async def _admit(self) -> Refusal | None:
         ws = self.websocket

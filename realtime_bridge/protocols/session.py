@@ -117,6 +117,17 @@ class SocketSession:
             if self._closing is not None:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self._closing
+            self._release()
+
+    def _release(self) -> None:
+        """Drop what refers back to this session (tasks, subscriptions, timers).
+
+        A closed session is then freed by reference counting; left as cycles,
+        every closed connection would wait for (and lengthen) a pass of the
+        cyclic garbage collector.
+        """
+        self.replays.clear()
+        self._reader = self._writer = self._closing = None
 
     async def _shut(self, code: str, close_code: int, frame: str | None = None) -> None:
         """End the connection from our side: say why (`frame`) and close, within CLOSE_GRACE."""

@@ -60,6 +60,7 @@ class WebSocketSession(SocketSession):
             bridge.settings.send_queue_max,
             on_overflow=self._on_overflow,
             stall_timeout=bridge.settings.slow_consumer_timeout,
+            on_take=bridge.histograms.queue_depth.observe,
         )
         self.subscriptions: dict[str, Subscription] = {}
         self._expiry: asyncio.TimerHandle | None = None
@@ -82,6 +83,13 @@ class WebSocketSession(SocketSession):
 
     def _close_outlet(self) -> None:
         self.outlet.close()
+
+    def _release(self) -> None:
+        super()._release()
+        for sub in self.subscriptions.values():
+            sub.on_lag = None  # the bound `_catch_up`: a cycle back to this session
+        self.subscriptions.clear()
+        self._expiry = None
 
     async def _read(self) -> None:
         while True:
