@@ -428,7 +428,7 @@ def _clause(condition: Condition) -> str:
 
 
 def _spell(column: str, key: str | None) -> str:
-    """A value (in the bridge's canonical text form) as a filter string writes it."""
+    """A value (as the client wrote it, in text) as a filter string writes it."""
     if key is None:
         raise errors.InvalidFilter(
             f"a null in the list for {column!r} has no filter-string form; "

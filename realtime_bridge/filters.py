@@ -7,19 +7,22 @@ Two spellings arrive from clients and become the same `Filter`:
 * Supabase filter strings: ``user_id=eq.u1,status=in.(open,pending)`` with the operators
   eq, neq, lt, lte, gt, gte, in and is; a comma means AND.
 
-Values are compared in a canonical text form so that ``5``, ``5.0`` and ``"5"`` are equal,
-which is also the key the hub indexes equality filters by.
+Values are written as text and compared *in the column's type* (see
+`realtime_bridge.pgtypes`), as Postgres compares ``column op 'text'``: on a
+text column ``"0001"`` is not ``"1"``, on a numeric one ``1`` is ``1.0``. A
+filter parsed without column types compares exactly as text. The hub
+indexes equality filters by the same typed keys.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from realtime_bridge.errors import InvalidFilter
+from realtime_bridge.pgtypes import UNKNOWN, ColumnType, Key, text_form
 
 Op = Literal["eq", "neq", "lt", "lte", "gt", "gte", "in", "is"]
 OPERATORS: frozenset[str] = frozenset({"eq", "neq", "lt", "lte", "gt", "gte", "in", "is"})
@@ -27,77 +30,78 @@ IS_VALUES: frozenset[str] = frozenset({"null", "true", "false"})
 MAX_IN_VALUES = 100
 MAX_CONDITIONS = 16
 
-_NUMBER = re.compile(r"-?\d+(\.\d+)?")
+# A channel's columns: names only, or each with its Postgres type (a ColumnType or its typname).
+Columns = Collection[str] | Mapping[str, ColumnType | str]
 
 
-def canonical(value: Any) -> str | None:
-    """The comparison key of a row or filter value (None stays None)."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float | Decimal):
-        return _number_key(Decimal(str(value)))
-    text = str(value)
-    if _NUMBER.fullmatch(text):
-        return _number_key(Decimal(text))
-    return text
-
-
-def _number_key(number: Decimal) -> str:
-    if number == number.to_integral_value():
-        return str(int(number))
-    return format(number.normalize(), "f")
-
-
-def _as_number(key: str) -> Decimal | None:
-    if _NUMBER.fullmatch(key):
-        try:
-            return Decimal(key)
-        except InvalidOperation:  # pragma: no cover - the regex rules it out
-            return None
-    return None
+def column_types(columns: Columns | None) -> dict[str, ColumnType]:
+    """The types of `columns` (UNKNOWN where only a name is given)."""
+    if columns is None:
+        return {}
+    if isinstance(columns, Mapping):
+        return {
+            name: kind if isinstance(kind, ColumnType) else ColumnType(kind)
+            for name, kind in columns.items()
+        }
+    return dict.fromkeys(columns, UNKNOWN)
 
 
 @dataclass(frozen=True, slots=True)
 class Condition:
-    """One `column op value` test."""
+    """One `column op value` test; `keys` are the values as written, `values` as typed."""
 
     column: str
     op: Op
     keys: tuple[str | None, ...]
+    type: ColumnType = UNKNOWN
+    values: tuple[Key | None, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        values = tuple(self.type.key(k) for k in self.keys)
+        if self.op != "is":
+            for raw, value in zip(self.keys, values, strict=True):
+                if raw is not None and value is None:
+                    raise InvalidFilter(
+                        f"{raw!r} is not a valid {self.type.name} for column {self.column!r}",
+                        column=self.column,
+                    )
+        object.__setattr__(self, "values", values)
+
+    def typed(self, kind: ColumnType) -> Condition:
+        return self if kind == self.type else replace(self, type=kind)
 
     def test(self, row: Mapping[str, Any]) -> bool:
         if self.column not in row:
             return False
-        key = canonical(row[self.column])
-        if self.op == "eq":
-            return key is not None and key == self.keys[0]
-        if self.op == "neq":
-            return key is not None and key != self.keys[0]
-        if self.op == "in":
-            return key is not None and key in self.keys
+        raw = row[self.column]
         if self.op == "is":
-            return key == self.keys[0]
-        if key is None or self.keys[0] is None:
+            if self.keys[0] is None:
+                return raw is None
+            key = self.type.key(raw)
+            return key is not None and key == self.values[0]
+        key = self.type.key(raw)
+        if key is None:
             return False
-        return _ordered(key, self.keys[0], self.op)
+        if self.op == "eq":
+            return key == self.values[0]
+        if self.op == "neq":
+            return key != self.values[0]
+        if self.op == "in":
+            return key in self.values
+        return _ordered(key, self.values[0], self.op)
 
 
-def _ordered(left: str, right: str, op: str) -> bool:
-    a: Any = _as_number(left)
-    b: Any = _as_number(right)
-    if a is None or b is None:
-        a, b = left, right
-    if op == "lt":
-        return bool(a < b)
-    if op == "lte":
-        return bool(a <= b)
-    if op == "gt":
-        return bool(a > b)
-    return bool(a >= b)
+def _ordered(left: Any, right: Any, op: str) -> bool:
+    try:
+        if op == "lt":
+            return bool(left < right)
+        if op == "lte":
+            return bool(left <= right)
+        if op == "gt":
+            return bool(left > right)
+        return bool(left >= right)
+    except TypeError:  # keys of one type always compare; this is a defensive no
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,8 +115,15 @@ class Filter:
             return False
         return all(condition.test(row) for condition in self.conditions)
 
-    def index_key(self, prefer: str | None = None) -> tuple[str, tuple[str, ...]] | None:
-        """The column and keys the hub can index this filter under, if any.
+    def typed(self, types: Mapping[str, ColumnType]) -> Filter:
+        """This filter comparing each column in its type (raises `InvalidFilter` for bad values)."""
+        conditions = tuple(c.typed(types.get(c.column, UNKNOWN)) for c in self.conditions)
+        if conditions == self.conditions:
+            return self
+        return replace(self, conditions=conditions)
+
+    def index_key(self, prefer: str | None = None) -> tuple[str, tuple[Key, ...]] | None:
+        """The column and typed keys the hub can index this filter under, if any.
 
         Only `eq` and `in` narrow a subscription to known values; `prefer`
         (the channel's owner column) wins when present.
@@ -121,7 +132,7 @@ class Filter:
         if not candidates:
             return None
         chosen = next((c for c in candidates if c.column == prefer), candidates[0])
-        return chosen.column, tuple(k for k in chosen.keys if k is not None)
+        return chosen.column, tuple(dict.fromkeys(k for k in chosen.values if k is not None))
 
     def describe(self) -> str:
         """The filter in Supabase's string form (for logs and echoes)."""
@@ -134,8 +145,12 @@ class Filter:
         return ",".join(parts)
 
 
-def parse_filter(spec: Any, columns: Collection[str] | None = None) -> Filter:
-    """Parse a client's filter (map, string or None); raise `InvalidFilter` saying why."""
+def parse_filter(spec: Any, columns: Columns | None = None) -> Filter:
+    """Parse a client's filter (map, string or None); raise `InvalidFilter` saying why.
+
+    With `columns`, a column not among them is refused, and where they carry
+    types each value is read in its column's type.
+    """
     if spec is None or spec == "" or spec == {}:
         return Filter()
     if isinstance(spec, str):
@@ -155,7 +170,8 @@ def parse_filter(spec: Any, columns: Collection[str] | None = None) -> Filter:
                 f"unknown column {unknown[0]!r}; filterable columns: {', '.join(sorted(columns))}",
                 column=unknown[0],
             )
-    return Filter(tuple(conditions))
+    flt = Filter(tuple(conditions))
+    return flt.typed(column_types(columns)) if isinstance(columns, Mapping) else flt
 
 
 def _split_top_level(text: str) -> list[str]:
@@ -260,4 +276,5 @@ def _condition(column: str, op: str, values: Iterable[Any]) -> Condition:
             raise InvalidFilter(f"filter value for {column!r} must be a scalar")
         if item is None and op != "in":
             raise InvalidFilter(f"use is.null to match nulls in {column!r}")
-    return Condition(column, op, tuple(canonical(item) for item in items))  # type: ignore[arg-type]
+    keys = tuple(None if item is None else text_form(item) for item in items)
+    return Condition(column, op, keys)  # type: ignore[arg-type]
