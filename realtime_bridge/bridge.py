@@ -34,7 +34,7 @@ from realtime_bridge.errors import (
     UnknownChannel,
     UnknownTable,
 )
-from realtime_bridge.events import Event, LogEntry
+from realtime_bridge.events import ENTRY_OVERHEAD, Event, LogEntry, row_size
 from realtime_bridge.hub import Hub
 from realtime_bridge.limits import ConnectionLimits
 from realtime_bridge.migrate import migrate
@@ -141,7 +141,10 @@ class Bridge:
         self.settings = settings
         self.registry = registry if registry is not None else discover(settings.plugin_paths)
         self.hub = Hub(
-            window=settings.replay_window, history=self._history, earliest_seq=self._earliest
+            window=settings.replay_window,
+            window_bytes=settings.replay_window_bytes,
+            history=self._history,
+            earliest_seq=self._earliest,
         )
         self.counters = Counters()
         self.limits = ConnectionLimits(settings)
@@ -500,12 +503,14 @@ class Bridge:
 
     def _on_changes(self, changes: list[Change]) -> None:
         for change in changes:
+            channels = self.registry.channels_for(change)
             self.hub.publish(
                 change.seq,
                 LogEntry(
                     change.seq,
-                    self.registry.channels_for(change),
+                    channels,
                     functools.partial(self.registry.event_for, change),
+                    size=ENTRY_OVERHEAD + row_size(change.record) + row_size(change.old_record),
                 ),
             )
             if change.operation == "BROADCAST" and change.outbox_id is not None:

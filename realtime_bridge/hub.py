@@ -251,11 +251,19 @@ class Hub:
         *,
         head: int = 0,
         window: int = 50_000,
+        window_bytes: int = 0,
         history: HistoryReader | None = None,
         earliest_seq: Callable[[], Any] | None = None,
     ) -> None:
         self.head = head
-        self.window: deque[LogEntry] = deque(maxlen=max(window, 1))
+        # The replay window: the latest entries, at most `window_events` of
+        # them and (when `window_max_bytes` > 0) at most that many estimated
+        # bytes (`LogEntry.size`), oldest evicted first. Older events are
+        # read back from the database log (`history`), or a resync is asked.
+        self.window: deque[LogEntry] = deque()
+        self.window_events = max(window, 1)
+        self.window_max_bytes = window_bytes
+        self.window_bytes = 0
         self.channels: dict[str, Channel] = {}
         self.subscriptions: dict[str, Subscription] = {}
         self.history = history
@@ -291,9 +299,12 @@ class Hub:
             return
         if seq != self.head + 1 and self.window:
             logger.warning("seq jumped from %s to %s", self.head, seq)
+            for old in self.window:
+                old.on_grow = None
             self.window.clear()
+            self.window_bytes = 0
         self.head = seq
-        self.window.append(entry)
+        self._keep(entry)
         self.stats.events_in += 1
         for name in entry.channels:
             channel = self.channels.get(name)
@@ -310,6 +321,24 @@ class Hub:
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
+
+    def _keep(self, entry: LogEntry) -> None:
+        """Add `entry` to the window, evicting the oldest past either bound (the newest stays)."""
+        window = self.window
+        window.append(entry)
+        entry.on_grow = self._grew
+        self.window_bytes += entry.size
+        limit = self.window_max_bytes
+        while len(window) > self.window_events or (
+            limit > 0 and self.window_bytes > limit and len(window) > 1
+        ):
+            evicted = window.popleft()
+            evicted.on_grow = None  # a replay still holding it must not count it
+            self.window_bytes -= evicted.size
+
+    def _grew(self, grown: int) -> None:
+        # An entry in the window built an event (evictions wait for the next publish).
+        self.window_bytes += grown
 
     async def wait_for_head(self, seq: int, timeout: float) -> bool:
         """Wait until the head reaches `seq`; False on timeout."""
