@@ -34,12 +34,13 @@ from realtime_bridge.errors import (
     UnknownChannel,
     UnknownTable,
 )
-from realtime_bridge.events import Event, LogEntry
+from realtime_bridge.events import ENTRY_OVERHEAD, Event, LogEntry, row_size
 from realtime_bridge.hub import Hub
 from realtime_bridge.limits import ConnectionLimits
 from realtime_bridge.metrics import Histograms, metrics_registry
 from realtime_bridge.migrate import migrate
 from realtime_bridge.pauses import CollectorTimer, LoopMonitor, tune_collector
+from realtime_bridge.pgtypes import UNKNOWN, ColumnType
 from realtime_bridge.plugins import PluginRegistry, discover, qualify
 from realtime_bridge.relay import Relay
 from realtime_bridge.settings import Settings
@@ -74,14 +75,37 @@ SELECT s.last_seq,
 FROM realtime_bridge.sequencer s
 """
 
-# The columns of each named table this role may read (missing ones left out).
-READABLE_TABLES_SQL = """
-SELECT n.name, array_agg(a.attname::text ORDER BY a.attnum) AS columns
+# A column's type for comparisons (`pgtypes`): the built-in type (a domain's
+# base type) by its typname; '' for anything else (enums, user types).
+COLUMN_TYPE_SQL = """
+(SELECT CASE WHEN bt.typnamespace = 'pg_catalog'::regnamespace OR bt.typname = 'citext'
+             THEN bt.typname::text ELSE '' END
+ FROM pg_catalog.pg_type ty
+ JOIN pg_catalog.pg_type bt
+   ON bt.oid = CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END
+ WHERE ty.oid = a.atttypid)
+"""
+
+# The columns (and their types) of each named table this role may read (missing ones left out).
+READABLE_TABLES_SQL = f"""
+SELECT n.name, array_agg(a.attname::text ORDER BY a.attnum) AS columns,
+       array_agg({COLUMN_TYPE_SQL} ORDER BY a.attnum) AS types
 FROM unnest($1::text[]) AS n(name)
 JOIN pg_catalog.pg_attribute a
   ON a.attrelid = to_regclass(n.name) AND a.attnum > 0 AND NOT a.attisdropped
 WHERE has_table_privilege(to_regclass(n.name), 'SELECT')
 GROUP BY n.name
+"""
+
+TRACKED_TABLES_SQL = f"""
+SELECT t.schema_name || '.' || t.table_name AS name,
+       array_agg(a.attname::text ORDER BY a.attnum) AS columns,
+       array_agg({COLUMN_TYPE_SQL} ORDER BY a.attnum) AS types
+FROM realtime_bridge.tracked_tables t
+JOIN pg_catalog.pg_attribute a
+  ON a.attrelid = format('%I.%I', t.schema_name, t.table_name)::regclass
+ AND a.attnum > 0 AND NOT a.attisdropped
+GROUP BY 1
 """
 
 
@@ -119,7 +143,10 @@ class Bridge:
         self.settings = settings
         self.registry = registry if registry is not None else discover(settings.plugin_paths)
         self.hub = Hub(
-            window=settings.replay_window, history=self._history, earliest_seq=self._earliest
+            window=settings.replay_window,
+            window_bytes=settings.replay_window_bytes,
+            history=self._history,
+            earliest_seq=self._earliest,
         )
         self.counters = Counters()
         self.limits = ConnectionLimits(settings)
@@ -140,6 +167,8 @@ class Bridge:
         )
         self.relay: Relay | None = None
         self.tables: dict[str, set[str]] = {}
+        # Each table's column types, for typed filters and row scopes (`pgtypes`).
+        self.column_types: dict[str, dict[str, ColumnType]] = {}
         self.started_at = time.time()
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._task_errors: dict[str, str] = {}
@@ -437,39 +466,53 @@ class Bridge:
             plugin_tables = {table for plugin in self.registry for table in plugin.tables}
             if self.pool is not None:
                 rows = await self.pool.fetch(READABLE_TABLES_SQL, sorted(plugin_tables))
-                self.tables = {r["name"]: set(r["columns"]) for r in rows}
+                self._set_tables(rows)
             else:
-                tables: dict[str, set[str]] = {}
+                # Hosted: the models' fields, typed by their annotations.
+                tables: dict[str, dict[str, ColumnType]] = {}
                 for plugin in self.registry:
                     for table in plugin.tables:
-                        tables.setdefault(table, set()).update(plugin.columns())
-                self.tables = tables
+                        tables.setdefault(table, {}).update(plugin.column_types())
+                self.column_types = tables
+                self.tables = {table: set(types) for table, types in tables.items()}
             self._register_channels()
             return
         assert self.pool is not None
-        rows = await self.pool.fetch(
-            """
-            SELECT t.schema_name || '.' || t.table_name AS name,
-                   array_agg(a.attname::text) AS columns
-            FROM realtime_bridge.tracked_tables t
-            JOIN pg_catalog.pg_attribute a
-              ON a.attrelid = format('%I.%I', t.schema_name, t.table_name)::regclass
-             AND a.attnum > 0 AND NOT a.attisdropped
-            GROUP BY 1
-            """
-        )
-        self.tables = {r["name"]: set(r["columns"]) for r in rows}
+        self._set_tables(await self.pool.fetch(TRACKED_TABLES_SQL))
         self._register_channels()
+
+    def _set_tables(self, rows: list[asyncpg.Record]) -> None:
+        self.tables = {r["name"]: set(r["columns"]) for r in rows}
+        self.column_types = {
+            r["name"]: {
+                column: ColumnType(kind)
+                for column, kind in zip(r["columns"], r["types"], strict=True)
+            }
+            for r in rows
+        }
 
     def _register_channels(self) -> None:
         for plugin in self.registry:
-            columns = plugin.columns()
+            # The tables' own column types win over the model's annotations
+            # (filters see the raw row's values); columns two tables type
+            # differently compare as text.
+            types = plugin.column_types()
+            seen: dict[str, ColumnType] = {}
             for table in plugin.tables:
-                columns |= self.tables.get(table, set())
-            self.hub.add_channel(plugin.channel, columns=columns, owner_column=plugin.owner_column)
+                for column, kind in self.column_types.get(table, {}).items():
+                    if column in seen and seen[column] != kind:
+                        kind = UNKNOWN
+                    seen[column] = kind
+                for column in self.tables.get(table, set()) - set(seen):
+                    seen[column] = UNKNOWN
+            types.update(seen)
+            self.hub.add_channel(plugin.channel, columns=types, owner_column=plugin.owner_column)
         for table, columns in self.tables.items():
+            known = self.column_types.get(table, {})
             self.hub.add_channel(
-                table, columns=columns, owner_column="user_id" if "user_id" in columns else None
+                table,
+                columns={column: known.get(column, UNKNOWN) for column in columns},
+                owner_column="user_id" if "user_id" in columns else None,
             )
 
     async def table_channel(self, table: str) -> str:
@@ -510,7 +553,12 @@ class Bridge:
             names = self.registry.channels_for(change)
             self.hub.publish(
                 change.seq,
-                LogEntry(change.seq, names, functools.partial(self.registry.event_for, change)),
+                LogEntry(
+                    change.seq,
+                    names,
+                    functools.partial(self.registry.event_for, change),
+                    size=ENTRY_OVERHEAD + row_size(change.record) + row_size(change.old_record),
+                ),
             )
             # Once per event and channel with subscribers, not per receiver.
             routed = time.time()

@@ -8,6 +8,7 @@ format only wraps those shared bytes with a few per-receiver characters
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,15 +114,37 @@ def subscription_prefix(subscription_id: str) -> str:
     return '{"type":"db_change","subscription_id":' + orjson.dumps(subscription_id).decode() + ","
 
 
+# What an entry holds beyond its rows: the entry, the Change, the dicts' own slots.
+ENTRY_OVERHEAD = 400
+
+
+def row_size(row: Mapping[str, Any] | None) -> int:
+    """About how many bytes of memory a decoded row holds (shallow sizes of its values).
+
+    Cheap enough to run on every change: one C call per value, no encoding.
+    """
+    if row is None:
+        return 0
+    return sys.getsizeof(row) + sum(sys.getsizeof(v) for v in row.values())
+
+
+def event_size(event: Event) -> int:
+    """The estimated memory an event adds to its entry: its payload, view and encoded body."""
+    return ENTRY_OVERHEAD + 2 * (row_size(event.data) + row_size(event.old))
+
+
 class LogEntry:
     """One change in the hub's window: its channels now, its events on demand.
 
     Typing a row (a plugin's pydantic model) is the costly part of routing,
     so an event is built only the first time a channel with subscribers (or
     a catching-up subscription) asks for it, then kept for everyone else.
+    `size` estimates the memory the entry holds (its change, then each
+    event as it is built, reported to `on_grow`): the hub bounds its window
+    by the sum.
     """
 
-    __slots__ = ("_build", "_events", "channels", "seq")
+    __slots__ = ("_build", "_events", "channels", "on_grow", "seq", "size")
 
     def __init__(
         self,
@@ -129,16 +152,22 @@ class LogEntry:
         channels: tuple[str, ...],
         build: Callable[[str], Event | None] | None = None,
         events: dict[str, Event | None] | None = None,
+        size: int = ENTRY_OVERHEAD,
     ) -> None:
         self.seq = seq
         self.channels = channels
         self._build = build
         self._events: dict[str, Event | None] = events or {}
+        self.size = size
+        self.on_grow: Callable[[int], None] | None = None
 
     @classmethod
     def of(cls, seq: int, events: list[Event]) -> LogEntry:
         """An entry whose events are already built."""
-        return cls(seq, tuple(e.channel for e in events), events={e.channel: e for e in events})
+        size = ENTRY_OVERHEAD + sum(event_size(e) for e in events)
+        return cls(
+            seq, tuple(e.channel for e in events), events={e.channel: e for e in events}, size=size
+        )
 
     def event(self, channel: str) -> Event | None:
         """The event this change produces on `channel` (None: none, or its plugin failed)."""
@@ -146,4 +175,9 @@ class LogEntry:
             return self._events[channel]
         built = self._build(channel) if self._build is not None else None
         self._events[channel] = built
+        if built is not None:
+            grown = event_size(built)
+            self.size += grown
+            if self.on_grow is not None:
+                self.on_grow(grown)
         return built

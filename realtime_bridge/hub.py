@@ -24,13 +24,14 @@ import itertools
 import logging
 import secrets
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from realtime_bridge.errors import UnknownChannel
 from realtime_bridge.events import Event, Frame, LogEntry
-from realtime_bridge.filters import Filter, canonical
+from realtime_bridge.filters import Columns, Filter, column_types
+from realtime_bridge.pgtypes import UNKNOWN, ColumnType, Key
 
 logger = logging.getLogger(__name__)
 
@@ -80,11 +81,21 @@ class Subscription:
     client_id: str | None = None
     state: SubscriptionState = SubscriptionState.CATCHING_UP
     last_seq: int = 0
-    index: tuple[str, tuple[str, ...]] | None = None
+    index: tuple[str, tuple[Key, ...]] | None = None
     on_lag: Callable[[Subscription], None] | None = None
-    # Row scope: only rows whose `owner_column` equals `owner` (None: all rows).
+    # Row scope: only rows whose `owner_column` equals `owner` (None: all rows),
+    # compared in the column's type (`owner_key` is None when `owner` is no
+    # value of that type: then no row is this subscriber's).
     owner: str | None = None
     owner_column: str | None = None
+    owner_type: ColumnType = UNKNOWN
+    owner_key: Key | None = None
+
+    def owns(self, row: Mapping[str, Any] | None) -> bool:
+        """Whether `row` belongs to this subscription's owner (always False when unscoped)."""
+        if row is None or self.owner_key is None:
+            return False
+        return self.owner_type.key(row.get(self.owner_column or "")) == self.owner_key
 
     def wants(self, event: Event) -> Event | None:
         """The version of `event` this subscription may receive, if any.
@@ -101,11 +112,8 @@ class Subscription:
             ):
                 return event
             return None
-        column = self.owner_column or ""
-        owns_new = event.view is not None and canonical(event.view.get(column)) == self.owner
-        owns_old = (
-            event.old_view is not None and canonical(event.old_view.get(column)) == self.owner
-        )
+        owns_new = self.owns(event.view)
+        owns_old = self.owns(event.old_view)
         if not (owns_new or owns_old):
             return None
         if (owns_new and owns_old) or event.view is None or event.old_view is None:
@@ -136,19 +144,35 @@ class Subscription:
 
 
 class Channel:
-    """A channel's subscriptions, indexed by their equality filters."""
+    """A channel's subscriptions, indexed by their equality filters.
 
-    def __init__(self, name: str, columns: Iterable[str] | None, owner_column: str | None) -> None:
+    `types` holds each column's Postgres type: filters, row scopes and the
+    index keys all compare values in those types, so a lookup finds exactly
+    the subscriptions whose filter would say yes.
+    """
+
+    def __init__(self, name: str, columns: Columns | None, owner_column: str | None) -> None:
         self.name = name
-        self.columns = set(columns) if columns is not None else None
+        self.types = column_types(columns)
+        self.columns = set(self.types) if columns is not None else None
         self.owner_column = owner_column
-        self.indexed: dict[str, dict[str, set[Subscription]]] = {}
+        self.indexed: dict[str, dict[Key, set[Subscription]]] = {}
         self.unindexed: set[Subscription] = set()
+        # Row-scoped to an owner no row can have (not a value of the owner column's type).
+        self.inert: set[Subscription] = set()
         self.count = 0
+
+    def type_of(self, column: str) -> ColumnType:
+        return self.types.get(column, UNKNOWN)
 
     def add(self, sub: Subscription) -> None:
         if sub.owner is not None and sub.owner_column is not None:
-            sub.index = (sub.owner_column, (sub.owner,))
+            if sub.owner_key is None:
+                sub.index = None
+                self.inert.add(sub)
+                self.count += 1
+                return
+            sub.index = (sub.owner_column, (sub.owner_key,))
         else:
             sub.index = sub.filter.index_key(prefer=self.owner_column)
         if sub.index is None:
@@ -162,9 +186,10 @@ class Channel:
 
     def remove(self, sub: Subscription) -> None:
         if sub.index is None:
-            if sub in self.unindexed:
-                self.unindexed.discard(sub)
-                self.count -= 1
+            for kept in (self.unindexed, self.inert):
+                if sub in kept:
+                    kept.discard(sub)
+                    self.count -= 1
             return
         column, keys = sub.index
         table = self.indexed.get(column, {})
@@ -188,10 +213,12 @@ class Channel:
         else:
             found: dict[Subscription, None] = dict.fromkeys(self.unindexed)
             for column, table in self.indexed.items():
+                kind = self.type_of(column)
                 for view in (event.view, event.old_view):
                     if view is None:
                         continue
-                    members = table.get(canonical(view.get(column)))  # type: ignore[arg-type]
+                    key = kind.key(view.get(column))
+                    members = table.get(key) if key is not None else None
                     if members:
                         found.update(dict.fromkeys(members))
             candidates = found
@@ -224,11 +251,19 @@ class Hub:
         *,
         head: int = 0,
         window: int = 50_000,
+        window_bytes: int = 0,
         history: HistoryReader | None = None,
         earliest_seq: Callable[[], Any] | None = None,
     ) -> None:
         self.head = head
-        self.window: deque[LogEntry] = deque(maxlen=max(window, 1))
+        # The replay window: the latest entries, at most `window_events` of
+        # them and (when `window_max_bytes` > 0) at most that many estimated
+        # bytes (`LogEntry.size`), oldest evicted first. Older events are
+        # read back from the database log (`history`), or a resync is asked.
+        self.window: deque[LogEntry] = deque()
+        self.window_events = max(window, 1)
+        self.window_max_bytes = window_bytes
+        self.window_bytes = 0
         self.channels: dict[str, Channel] = {}
         self.subscriptions: dict[str, Subscription] = {}
         self.history = history
@@ -240,7 +275,7 @@ class Hub:
     # channels -----------------------------------------------------------
 
     def add_channel(
-        self, name: str, *, columns: Iterable[str] | None = None, owner_column: str | None = None
+        self, name: str, *, columns: Columns | None = None, owner_column: str | None = None
     ) -> Channel:
         channel = self.channels.get(name)
         if channel is None:
@@ -264,9 +299,12 @@ class Hub:
             return
         if seq != self.head + 1 and self.window:
             logger.warning("seq jumped from %s to %s", self.head, seq)
+            for old in self.window:
+                old.on_grow = None
             self.window.clear()
+            self.window_bytes = 0
         self.head = seq
-        self.window.append(entry)
+        self._keep(entry)
         self.stats.events_in += 1
         for name in entry.channels:
             channel = self.channels.get(name)
@@ -283,6 +321,24 @@ class Hub:
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
+
+    def _keep(self, entry: LogEntry) -> None:
+        """Add `entry` to the window, evicting the oldest past either bound (the newest stays)."""
+        window = self.window
+        window.append(entry)
+        entry.on_grow = self._grew
+        self.window_bytes += entry.size
+        limit = self.window_max_bytes
+        while len(window) > self.window_events or (
+            limit > 0 and self.window_bytes > limit and len(window) > 1
+        ):
+            evicted = window.popleft()
+            evicted.on_grow = None  # a replay still holding it must not count it
+            self.window_bytes -= evicted.size
+
+    def _grew(self, grown: int) -> None:
+        # An entry in the window built an event (evictions wait for the next publish).
+        self.window_bytes += grown
 
     async def wait_for_head(self, seq: int, timeout: float) -> bool:
         """Wait until the head reaches `seq`; False on timeout."""
@@ -321,6 +377,10 @@ class Hub:
         Without `since` it starts at the current head (live from now).
         """
         channel = self.channel(channel_name)
+        filter = filter.typed(channel.types)
+        if owner is not None and owner_column is None:
+            raise ValueError("a row-scoped subscription needs the owner column")
+        owner_type = channel.type_of(owner_column or "")
         sub_id = f"sub_{next(self._ids)}_{secrets.token_hex(4)}"
         sub = Subscription(
             id=sub_id,
@@ -332,11 +392,11 @@ class Hub:
             client_id=client_id,
             last_seq=self.head if since is None else since,
             on_lag=on_lag,
-            owner=canonical(owner) if owner is not None else None,
+            owner=owner,
             owner_column=owner_column if owner is not None else None,
+            owner_type=owner_type,
+            owner_key=owner_type.key(owner) if owner is not None else None,
         )
-        if owner is not None and owner_column is None:
-            raise ValueError("a row-scoped subscription needs the owner column")
         channel.add(sub)
         self.subscriptions[sub_id] = sub
         return sub

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ValidationError
 from realtime_bridge.change import Change, Row
 from realtime_bridge.errors import ConfigurationError, PayloadInvalid
 from realtime_bridge.events import Event
+from realtime_bridge.pgtypes import ColumnType, python_column_type
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,16 @@ class Plugin:
         fields = set(self.model.model_fields)
         fields.update(self.model.model_computed_fields)
         return fields
+
+    def column_types(self) -> dict[str, ColumnType]:
+        """The payload's fields typed by their annotations (the tables' own types win)."""
+        types = {
+            name: python_column_type(info.annotation)
+            for name, info in self.model.model_fields.items()
+        }
+        for name, computed in self.model.model_computed_fields.items():
+            types[name] = python_column_type(computed.return_type)
+        return types
 
 
 def qualify(table: str) -> str:

@@ -104,6 +104,12 @@ class Settings(BaseSettings):
     replay_window: int = Field(
         default=50_000, ge=0, description="Events kept in memory for fast resume."
     )
+    replay_window_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=0,
+        description="Estimated memory the replay window may hold (bytes; 0: no byte bound). "
+        "The oldest events go first; a client resuming from before them reads the outbox.",
+    )
     send_queue_max: int = Field(
         default=4096, ge=16, description="Frames queued per connection before it is cut off."
     )

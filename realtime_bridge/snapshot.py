@@ -28,7 +28,7 @@ import orjson
 
 from realtime_bridge.change import Change, Row
 from realtime_bridge.errors import BadMessage, PublishError
-from realtime_bridge.filters import canonical
+from realtime_bridge.pgtypes import UNKNOWN, ColumnType
 from realtime_bridge.sources.supabase import PostgrestReader, Query, SupabaseSource
 
 if TYPE_CHECKING:
@@ -127,6 +127,7 @@ async def take_snapshot(
     if bridge.pool is None:
         raise SnapshotUnavailable("the bridge has no database to read a snapshot from yet")
     durable = bridge.source is not None and bridge.source.durable
+    owner_type = _owner_type(bridge, target)
     async with (
         bridge.pool.acquire() as conn,
         conn.transaction(isolation="repeatable_read", readonly=True),
@@ -137,7 +138,7 @@ async def take_snapshot(
             seq = int(await conn.fetchval("SELECT last_seq FROM realtime_bridge.sequencer"))
 
         async def read_sql(table: str, target: Target, after: Any, limit: int) -> list[Any]:
-            rows = await conn.fetch(*_page_query(table, target, after, limit))
+            rows = await conn.fetch(*_page_query(table, target, after, limit, owner_type))
             return [(row["row"], row["i"]) for row in rows]
 
         snapshot = await _pages(bridge, target, tables, start, limit, seq, read_sql)
@@ -192,13 +193,34 @@ def _rest_query(rest: PostgrestReader, table: str, target: Target, after: Any, l
     return query.order("id").limit(limit)
 
 
-def _page_query(table: str, target: Target, after: Any, limit: int) -> list[Any]:
-    """The statement and arguments reading `table`'s next rows by id, in the target's scope."""
+# Owner column types compared in SQL as themselves (the rest as text, like `pgtypes`).
+_SQL_TYPED = frozenset(
+    {"int2", "int4", "int8", "numeric", "float4", "float8", "bool", "uuid"}
+    | {"timestamptz", "timestamp", "date"}
+)
+
+
+def _page_query(
+    table: str, target: Target, after: Any, limit: int, owner_type: ColumnType = UNKNOWN
+) -> list[Any]:
+    """The statement and arguments reading `table`'s next rows by id, in the target's scope.
+
+    The owner is compared in the column's type, as the hub compares it: an
+    integer column as an integer, a uuid as a uuid, text exactly.
+    """
     where = ["true"]
     args: list[Any] = []
     if target.owner is not None and target.owner_column is not None:
-        args.append(target.owner)
-        where.append(f"t.{_ident(target.owner_column)}::text = ${len(args)}")
+        column = f"t.{_ident(target.owner_column)}"
+        key = owner_type.key(target.owner)
+        if key is None:
+            where.append("false")  # not a value of the column's type: nobody's rows
+        elif owner_type.name in _SQL_TYPED:
+            args.append(owner_type.literal(key))
+            where.append(f"{column} = ${len(args)}::text::pg_catalog.{owner_type.name}")
+        else:
+            args.append(target.owner)
+            where.append(f"{column}::text = ${len(args)}")
     if after is not None:
         args.append(after)
         where.append(f"t.id > ${len(args)}")
@@ -210,6 +232,13 @@ def _page_query(table: str, target: Target, after: Any, limit: int) -> list[Any]
     return [sql, *args]
 
 
+def _owner_type(bridge: Bridge, target: Target) -> ColumnType:
+    channel = bridge.hub.channels.get(target.channel)
+    if channel is None or target.owner_column is None:
+        return UNKNOWN
+    return channel.type_of(target.owner_column)
+
+
 def _record(
     bridge: Bridge, target: Target, schema: str, table: str, row: Row, now: datetime
 ) -> Row | None:
@@ -218,10 +247,11 @@ def _record(
     event = bridge.registry.event_for(change, target.channel)
     if event is None or event.view is None:
         return None
-    if target.owner is not None and (
-        canonical(event.view.get(target.owner_column or "")) != target.owner
-    ):
-        return None
+    if target.owner is not None:
+        kind = _owner_type(bridge, target)
+        key = kind.key(target.owner)
+        if key is None or kind.key(event.view.get(target.owner_column or "")) != key:
+            return None
     if not target.filter.matches(event.view):
         return None
     return event.data

@@ -110,10 +110,13 @@ def test_filter_string_spells_subscribe_filters_for_http() -> None:
     text = filter_string(spec)
     assert text == (
         'user_id=eq.u1,status=in.(open,"a,b","(x)"," padded ",""),quantity=gte.10.5,'
-        "stop_loss=is.null,take_profit=is.null,active=eq.true,price=neq.5"
+        "stop_loss=is.null,take_profit=is.null,active=eq.true,price=neq.5.0"
     )
     # The bridge reads the string as the same filter the map is.
     assert parse_filter(text) == parse_filter(spec)
+    # Strings go as written: ids that look like numbers are not rewritten.
+    hostile = {"user_id": "0001", "symbol": ["1.0", "1e3", " 1", "07.00"]}
+    assert filter_string(hostile) == 'user_id=eq.0001,symbol=in.(1.0,1e3," 1",07.00)'
     bad_filters: list[tuple[dict[str, Any], str]] = [
         ({"symbol": 'say "hi"'}, "double quote"),
         ({"symbol": ["A", None]}, "is.null"),

@@ -5,8 +5,17 @@ from __future__ import annotations
 import pytest
 
 from realtime_bridge.errors import InvalidFilter
-from realtime_bridge.filters import MAX_IN_VALUES, canonical, parse_filter
+from realtime_bridge.filters import MAX_IN_VALUES, parse_filter
 
+# The row's column types, as a channel knows them from the table.
+TYPES = {
+    "user_id": "text",
+    "status": "text",
+    "quantity": "numeric",
+    "price": "numeric",
+    "closed": "timestamptz",
+    "flag": "bool",
+}
 ROW = {
     "user_id": "u1",
     "status": "open",
@@ -18,15 +27,15 @@ ROW = {
 
 
 def test_equality_map_is_eq_and_in() -> None:
-    assert parse_filter({"user_id": "u1", "status": ["open", "pending"]}).matches(ROW)
+    assert parse_filter({"user_id": "u1", "status": ["open", "pending"]}, TYPES).matches(ROW)
     assert not parse_filter({"user_id": "u2"}).matches(ROW)
     assert not parse_filter({"status": ["closed", "pending"]}).matches(ROW)
 
 
 def test_map_with_operator_objects() -> None:
-    assert parse_filter({"quantity": {"gte": 10}}).matches(ROW)
-    assert not parse_filter({"quantity": {"gt": 10}}).matches(ROW)
-    assert parse_filter({"closed": None}).matches(ROW)
+    assert parse_filter({"quantity": {"gte": 10}}, TYPES).matches(ROW)
+    assert not parse_filter({"quantity": {"gt": 10}}, TYPES).matches(ROW)
+    assert parse_filter({"closed": None}, TYPES).matches(ROW)
 
 
 @pytest.mark.parametrize(
@@ -49,14 +58,19 @@ def test_map_with_operator_objects() -> None:
     ],
 )
 def test_supabase_filter_strings(text: str, expected: bool) -> None:
-    assert parse_filter(text).matches(ROW) is expected
+    assert parse_filter(text, TYPES).matches(ROW) is expected
 
 
-def test_numbers_compare_by_value_not_text() -> None:
-    assert canonical(5) == canonical(5.0) == canonical("5") == canonical("5.00")
-    assert parse_filter("quantity=eq.10.0").matches(ROW)
+def test_values_compare_in_the_columns_type() -> None:
+    assert parse_filter("price=eq.101.50", TYPES).matches(ROW)
+    assert parse_filter({"quantity": "010"}, TYPES).matches(ROW)
     # "9" > "10" as text, but not as numbers.
-    assert not parse_filter("quantity=lt.9").matches(ROW)
+    assert not parse_filter("quantity=lt.9", TYPES).matches(ROW)
+    # Text is text, however much it looks like a number.
+    assert not parse_filter("user_id=eq.1", TYPES).matches({"user_id": "0001"})
+    # Without types every value compares exactly as text: no guessing from its shape.
+    assert not parse_filter("quantity=eq.10.0").matches(ROW)
+    assert parse_filter("quantity=eq.10").matches(ROW)
 
 
 def test_missing_column_in_row_does_not_match() -> None:

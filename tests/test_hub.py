@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from realtime_bridge.errors import UnknownChannel
-from realtime_bridge.events import Event, Frame, subscription_prefix
+from realtime_bridge.events import Event, Frame, LogEntry, subscription_prefix
 from realtime_bridge.filters import Filter, parse_filter
 from realtime_bridge.hub import Hub, Subscription, SubscriptionState
 
@@ -137,6 +137,44 @@ async def test_catch_up_reads_memory_then_db_and_goes_live_without_a_gap() -> No
     assert hub.head == 11
     # The window moved during the first read, so the gap it left was read too.
     assert reads == [(0, 6), (6, 7)]
+
+
+async def test_the_window_keeps_to_its_byte_bound_and_resume_reads_the_evicted_from_the_log() -> (
+    None
+):
+    log: dict[int, Event] = {}
+
+    async def history(after: int, upto: int, channel: str) -> AsyncIterator[list[Event]]:
+        yield [log[s] for s in range(after + 1, upto + 1)]
+
+    async def earliest() -> int:
+        return 1
+
+    hub = Hub(window=1000, window_bytes=10_000, history=history, earliest_seq=earliest)
+    hub.add_channel("pos")
+    sizes = [300, 2_000, 50, 4_000]
+    for seq in range(1, 101):
+        log[seq] = event(seq, "u1")
+        entry = LogEntry.of(seq, [log[seq]])
+        entry.size = sizes[seq % len(sizes)]
+        hub.publish(seq, entry)
+        assert hub.window_bytes == sum(e.size for e in hub.window)
+        assert hub.window_bytes <= 10_000
+    # Oldest first: what is left is the newest run of entries, ending at the head.
+    kept = [e.seq for e in hub.window]
+    assert kept == list(range(kept[0], 101))
+    assert 1 < kept[0] < 100
+    # A client from before the window gets everything, in order, from the log then memory.
+    outlet = ListOutlet()
+    sub = hub.subscribe("pos", Filter(), outlet, since=0, render=lambda e, _p: (str(e.seq),))
+    await hub.catch_up(sub)
+    assert [int(f[0]) for f in outlet.frames] == list(range(1, 101))
+    # One entry over the bound on its own stays (the newest always does).
+    big = LogEntry.of(101, [event(101, "u1")])
+    big.size = 50_000
+    hub.publish(101, big)
+    assert [e.seq for e in hub.window] == [101]
+    assert hub.window_bytes == 50_000
 
 
 async def test_full_outlet_switches_to_catch_up_and_resumes_in_order() -> None:

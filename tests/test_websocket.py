@@ -271,6 +271,29 @@ async def test_resume_with_since_delivers_exactly_the_missed_events(
     assert seqs == sorted(seqs)
 
 
+async def test_a_byte_bounded_window_evicts_a_burst_and_resume_still_gets_it_all(
+    start_bridge: BridgeFactory, db: asyncpg.Connection
+) -> None:
+    bridge = await start_bridge(replay_window_bytes=64 * 1024)
+    hub = bridge.bridge.hub
+    await db.execute(
+        "INSERT INTO positions (user_id, symbol, quantity, entry_price) "
+        "SELECT 'u1', 'B' || i, i, 1 FROM generate_series(1, 400) AS i"
+    )
+    assert await hub.wait_for_head(400, timeout=20)
+    assert hub.window_bytes <= 64 * 1024
+    assert len(hub.window) < 400
+    assert hub.window[-1].seq == 400
+    async with bridge.websocket() as ws:
+        await ws.subscribe(channel="position-updates", since=0)
+        events = await ws.changes(400, timeout=30)
+        assert [e["seq"] for e in events] == list(range(1, 401))
+        assert [e["data"]["symbol"] for e in events] == [f"B{i}" for i in range(1, 401)]
+        await db.execute(INSERT, "u1", "LIVE", 1)
+        (live,) = await ws.changes(1)
+        assert live["seq"] == 401
+
+
 async def test_resume_while_writers_are_busy_has_no_gap_and_no_duplicate(
     start_bridge: BridgeFactory, dsn: str, db: asyncpg.Connection
 ) -> None:

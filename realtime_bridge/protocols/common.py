@@ -138,7 +138,7 @@ async def resolve_target(
     else:
         name = bridge.resolve_channel(channel or "")
     hub_channel = bridge.hub.channel(name)
-    flt = parse_filter(filter_spec, hub_channel.columns)
+    flt = parse_filter(filter_spec, hub_channel.types if hub_channel.columns is not None else None)
     policy = bridge.policy(name)
     access = authorize(principal, policy)
     if access is Access.NONE:

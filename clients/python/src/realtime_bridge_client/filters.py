@@ -7,8 +7,8 @@ Two spellings arrive from clients and become the same `Filter`:
 * Supabase filter strings: ``user_id=eq.u1,status=in.(open,pending)`` with the operators
   eq, neq, lt, lte, gt, gte, in and is; a comma means AND.
 
-Values are compared in a canonical text form so that ``5``, ``5.0`` and ``"5"`` are equal,
-which is also the key the hub indexes equality filters by.
+Values are spelled in text as written (numbers in their shortest form); the
+bridge compares them in each column's type.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
+
+import orjson
 
 from realtime_bridge_client.protocol import InvalidFilter
 
@@ -38,12 +40,13 @@ def canonical(value: Any) -> str | None:
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
-    if isinstance(value, float | Decimal):
-        return _number_key(Decimal(str(value)))
-    text = str(value)
-    if _NUMBER.fullmatch(text):
-        return _number_key(Decimal(text))
-    return text
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, float):
+        return orjson.dumps(value).decode()  # as the bridge reads a JSON number
+    # A string stays as written: "0001" is not "1" (the bridge compares it in
+    # the column's type, as Postgres does; guessing from its shape leaks rows).
+    return str(value)
 
 
 def _number_key(number: Decimal) -> str:
