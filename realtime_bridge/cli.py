@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -26,6 +27,7 @@ def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from realtime_bridge.app import create_app
+    from realtime_bridge.server import BridgeServer
 
     settings = _settings(host=args.host, port=args.port)
     if (
@@ -39,7 +41,7 @@ def serve(args: argparse.Namespace) -> None:
             "set ALLOW_TESTING_API_PUBLIC=true if you really mean it"
         )
     app = create_app(settings)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -49,6 +51,14 @@ def serve(args: argparse.Namespace) -> None:
         proxy_headers=True,
         lifespan="on",
     )
+    server = BridgeServer(config, app.state.bridge)
+    # SIGTERM is how every deploy stops us: once uvicorn has shut down
+    # gracefully it raises the signal again, and this handler makes that a
+    # clean exit (0) instead of death by signal.
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: None)
+    server.run()
+    if not server.started:
+        raise SystemExit(3)  # what uvicorn.run does when start-up fails
 
 
 def migrate_command(args: argparse.Namespace) -> None:

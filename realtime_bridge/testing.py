@@ -35,6 +35,7 @@ from realtime_bridge.bridge import Bridge
 from realtime_bridge.embedded import EmbeddedPostgres
 from realtime_bridge.migrate import migrate
 from realtime_bridge.plugins import PluginRegistry
+from realtime_bridge.server import BridgeServer
 from realtime_bridge.settings import Settings
 
 
@@ -210,9 +211,9 @@ async def run_bridge(
         log_level="warning",
         ws_per_message_deflate=False,
         ws_max_size=max(settings.max_frame_bytes * 4, 1024 * 1024),
-        timeout_graceful_shutdown=2,
     )
-    server = uvicorn.Server(config)
+    # The same shutdown as `serve`: clients get their reconnect notice on exit.
+    server = BridgeServer(config, app.state.bridge, timeout=2)
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():

@@ -74,7 +74,7 @@ async def channel_events(request: Request) -> Response:
     refused = refuse_http(bridge, request, principal)
     if refused is not None:
         return refused
-    with bridge.limits.held(client_ip(request), principal.user_id):
+    with bridge.limits.held(client_ip(request), principal.user_id), bridge.shutdown.hold():
         return await _long_poll(request, bridge, target, since, limit, wait)
 
 
@@ -103,11 +103,21 @@ async def _long_poll(
             )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
-        # Wait in short slices so a client that gave up frees its subscription.
-        while not outlet.items and loop.time() < deadline:
-            await outlet.wait(min(1.0, deadline - loop.time()))
-            if not outlet.items and await request.is_disconnected():
-                break
+        # On shutdown the poll is answered at once: the client polls again from
+        # next_seq, on whichever instance answers then.
+        stopping = asyncio.ensure_future(bridge.shutdown.wait())
+        try:
+            # Wait in short slices so a client that gave up frees its subscription.
+            while not outlet.items and not stopping.done() and loop.time() < deadline:
+                arrived = asyncio.ensure_future(outlet.wait(min(1.0, deadline - loop.time())))
+                try:
+                    await asyncio.wait({arrived, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    arrived.cancel()
+                if not outlet.items and not stopping.done() and await request.is_disconnected():
+                    break
+        finally:
+            stopping.cancel()
         # No await from here on: every event up to hub.head has been offered.
         next_seq = sub.last_seq if outlet.full else max(hub.head, sub.last_seq, start)
         body = '{"events":[' + ",".join(outlet.items) + '],"next_seq":' + str(next_seq) + "}"

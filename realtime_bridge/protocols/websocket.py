@@ -1,9 +1,10 @@
 """`/ws/db_subscriptions`: the bridge's own JSON WebSocket protocol.
 
 Client frames: subscribe, unsubscribe, ping. Server frames: subscribed,
-db_change, unsubscribed, pong, resync_required, error. Errors keep the
-connection open, except `too_large` and `slow_consumer`, which close it
-(close code 1009 and 1008, reason = the code).
+db_change, unsubscribed, pong, resync_required, error, reconnect. Errors keep
+the connection open, except `too_large` and `slow_consumer`, which close it
+(close code 1009 and 1008, reason = the code). On shutdown the last frame is
+`reconnect`, carrying each subscription's `since`, then close code 1012.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from realtime_bridge.auth import TokenExpired
 from realtime_bridge.bridge import Bridge
 from realtime_bridge.errors import BadMessage, ClientError, UnknownSubscription
-from realtime_bridge.events import subscription_prefix
+from realtime_bridge.events import Frame, subscription_prefix
 from realtime_bridge.hub import Subscription, SubscriptionState
 from realtime_bridge.limits import TooManySubscriptions
 from realtime_bridge.protocols.common import (
@@ -41,6 +42,7 @@ from realtime_bridge.protocols.messages import (
 )
 from realtime_bridge.protocols.outlet import QueueOutlet
 from realtime_bridge.protocols.session import SocketSession
+from realtime_bridge.shutdown import SERVICE_RESTART, retry_after_ms
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +87,29 @@ class WebSocketSession(SocketSession):
 
     def _close_outlet(self) -> None:
         self.outlet.close()
+
+    def _goodbye(self) -> Frame:
+        """`reconnect`: where each subscription stopped, to subscribe again with as `since`."""
+        positions = []
+        for sub in self.subscriptions.values():
+            self.bridge.hub.unsubscribe(sub)  # its last_seq is final from here on
+            position: dict[str, Any] = {
+                "subscription_id": sub.id,
+                "channel": sub.channel,
+                "since": sub.last_seq,
+            }
+            if sub.client_id is not None:
+                position["client_id"] = sub.client_id
+            positions.append(position)
+        frame = {
+            "type": "reconnect",
+            "code": SERVICE_RESTART,
+            "message": "the server is restarting; reconnect and subscribe again, each "
+            "subscription with its 'since' to miss nothing",
+            "retry_after_ms": retry_after_ms(),
+            "subscriptions": positions,
+        }
+        return (dumps(frame),)
 
     async def _read(self) -> None:
         while True:
