@@ -10,6 +10,7 @@
         ├── UnknownTable        unknown_table
         ├── InvalidFilter       invalid_filter
         ├── UnknownSubscription unknown_subscription
+        ├── SinceAhead          since_ahead
         └── PayloadInvalid      invalid_payload
 
 Codes are stable and documented in the README; the message is for humans.
@@ -69,6 +70,12 @@ class InvalidFilter(ClientError):
 
 class UnknownSubscription(ClientError):
     code = "unknown_subscription"
+
+
+class SinceAhead(ClientError):
+    """A resume position (`since`, Last-Event-ID) beyond every seq this bridge has routed."""
+
+    code = "since_ahead"
 
 
 class PayloadInvalid(ClientError):

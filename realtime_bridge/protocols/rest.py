@@ -16,6 +16,7 @@ from starlette.responses import PlainTextResponse, Response
 from realtime_bridge.bridge import Bridge
 from realtime_bridge.errors import BadMessage, ClientError, PublishError
 from realtime_bridge.events import Event, Frame
+from realtime_bridge.hub import AHEAD_GRACE
 from realtime_bridge.metrics import render_metrics
 from realtime_bridge.protocols.common import (
     JSONResponse,
@@ -68,6 +69,7 @@ async def channel_events(request: Request) -> Response:
         since = parse_since(params.get("since"), "since")
         limit = int(_number(params.get("limit"), "limit", 100, 1, MAX_POLL_LIMIT))
         wait = _number(params.get("wait"), "wait", 25, 0, MAX_POLL_WAIT)
+        await bridge.hub.check_since(since, min(wait, AHEAD_GRACE))
     except ClientError as exc:
         bridge.counters.error(exc.code)
         return client_error_response(exc)

@@ -19,9 +19,9 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from realtime_bridge.bridge import Bridge
-from realtime_bridge.errors import BadMessage, ClientError
+from realtime_bridge.errors import BadMessage, ClientError, SinceAhead
 from realtime_bridge.events import Event, Frame, subscription_prefix
-from realtime_bridge.hub import Subscription
+from realtime_bridge.hub import AHEAD_GRACE, Subscription
 from realtime_bridge.protocols.common import (
     client_error_response,
     client_ip,
@@ -48,6 +48,17 @@ def parse_since(value: str | None, name: str) -> int | None:
     return since
 
 
+def _refused_stream(bridge: Bridge, exc: ClientError) -> Response:
+    """A stream of one `error` event: an EventSource shows it (it cannot read a 4xx body)."""
+    bridge.counters.error(exc.code)
+    body = orjson.dumps(exc.frame()).decode()
+    return Response(
+        f"event: error\ndata: {body}\n\n",
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache"},
+    )
+
+
 async def sse_stream(request: Request) -> Response:
     bridge: Bridge = request.app.state.bridge
     try:
@@ -62,6 +73,10 @@ async def sse_stream(request: Request) -> Response:
     refused = refuse_http(bridge, request, principal)
     if refused is not None:
         return refused
+    try:
+        await bridge.hub.check_since(since, AHEAD_GRACE)
+    except SinceAhead as exc:
+        return _refused_stream(bridge, exc)
     ip = client_ip(request)
 
     hub = bridge.hub

@@ -23,7 +23,7 @@ from realtime_bridge.auth import TokenExpired
 from realtime_bridge.bridge import Bridge
 from realtime_bridge.errors import BadMessage, ClientError, UnknownSubscription
 from realtime_bridge.events import Frame, subscription_prefix
-from realtime_bridge.hub import Subscription, SubscriptionState
+from realtime_bridge.hub import AHEAD_GRACE, Subscription, SubscriptionState
 from realtime_bridge.limits import TooManySubscriptions
 from realtime_bridge.protocols.common import (
     Refusal,
@@ -184,6 +184,7 @@ class WebSocketSession(SocketSession):
             filter_spec=message.filter_spec,
         )
         channel, flt = target.channel, target.filter
+        await hub.check_since(message.since, AHEAD_GRACE)
         sub = target.subscribe(
             hub,
             self.outlet,
