@@ -44,6 +44,7 @@ from realtime_bridge.pgtypes import UNKNOWN, ColumnType
 from realtime_bridge.plugins import PluginRegistry, discover, qualify
 from realtime_bridge.relay import Relay
 from realtime_bridge.settings import Settings
+from realtime_bridge.shutdown import Shutdown
 from realtime_bridge.sources.base import ModeStatus, Source
 from realtime_bridge.sources.outbox import (
     READ_SQL,
@@ -156,6 +157,8 @@ class Bridge:
             self.histograms.loop_stall.observe, settings.loop_monitor_interval
         )
         self.metrics_registry = metrics_registry(self)
+        # Set by the server on SIGTERM; every client endpoint holds and awaits it.
+        self.shutdown = Shutdown()
         self.embedded: EmbeddedPostgres | None = None
         self.dsn: str | None = None
         self.pool: asyncpg.Pool | None = None

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import copy
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -62,11 +63,10 @@ def _embedded(settings: Settings) -> bool:
 
 
 def serve(args: argparse.Namespace) -> None:
-    import uvicorn
 
     from realtime_bridge import preflight
     from realtime_bridge.app import create_app
-    from realtime_bridge.server import server_config
+    from realtime_bridge.server import BridgeServer, server_config
 
     settings = _settings(host=args.host, port=args.port)
     if (
@@ -92,7 +92,11 @@ def serve(args: argparse.Namespace) -> None:
         lock.record(sock.getsockname()[1])
     app = create_app(settings)
     config = server_config(app, settings, port=sock.getsockname()[1], log_config=_log_config())
-    server = uvicorn.Server(config)
+    server = BridgeServer(config, app.state.bridge)
+    # SIGTERM is how every deploy stops us: once uvicorn has shut down
+    # gracefully it raises the signal again, and this handler makes that a
+    # clean exit (0) instead of death by signal.
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: None)
     try:
         server.run(sockets=[sock])
     finally:

@@ -11,6 +11,7 @@
         ├── UnknownTable        unknown_table
         ├── InvalidFilter       invalid_filter
         ├── UnknownSubscription unknown_subscription
+        ├── SinceAhead          since_ahead
         └── PayloadInvalid      invalid_payload
 
 Codes are stable and documented in the README; the message is for humans.
@@ -30,6 +31,7 @@ from realtime_bridge_client.protocol import (
     InvalidFilter,
     PayloadInvalid,
     RealtimeBridgeError,
+    SinceAhead,
     UnknownChannel,
     UnknownSubscription,
     UnknownTable,
@@ -48,6 +50,7 @@ __all__ = [
     "PostgrestError",
     "PublishError",
     "RealtimeBridgeError",
+    "SinceAhead",
     "UnknownChannel",
     "UnknownSubscription",
     "UnknownTable",

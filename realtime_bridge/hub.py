@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from realtime_bridge.errors import UnknownChannel
+from realtime_bridge.errors import SinceAhead, UnknownChannel
 from realtime_bridge.events import Event, Frame, LogEntry
 from realtime_bridge.filters import Columns, Filter, column_types
 from realtime_bridge.pgtypes import UNKNOWN, ColumnType, Key
@@ -234,6 +234,10 @@ class Channel:
 HistoryReader = Callable[[int, int, str], AsyncIterator[list[Event]]]
 
 
+#: Seconds a `since` beyond the head may take to be reached before it is refused.
+AHEAD_GRACE = 1.0
+
+
 @dataclass
 class HubStats:
     events_in: int = 0
@@ -356,6 +360,25 @@ class Hub:
                 return self.head >= seq
         return True
 
+    async def check_since(self, since: int | None, grace: float) -> None:
+        """Raise `SinceAhead` when `since` is beyond the head and not reached within `grace` s.
+
+        Another instance may be a moment ahead of this one, so a little
+        patience; a position far in the future (another database, or seqs
+        of a process that has restarted) gets a clear answer instead of a
+        silent wait.
+        """
+        if since is None or since <= self.head:
+            return
+        if await self.wait_for_head(since, grace):
+            return
+        raise SinceAhead(
+            f"since {since} is ahead of this bridge's head seq {self.head}: it was not given "
+            "out here; take a snapshot (or subscribe without since) and resume from its seq",
+            since=since,
+            head_seq=self.head,
+        )
+
     # subscriptions -------------------------------------------------------
 
     def subscribe(
@@ -445,9 +468,13 @@ class Hub:
             )
 
         if sub.last_seq > self.head:
-            # The client has seen more than this instance (another instance
-            # may be ahead): wait for us to reach it, deliver after that.
-            await self.wait_for_head(sub.last_seq, timeout=30)
+            # Endpoints refuse such a `since` first (`check_since`); going live
+            # here would send seqs the client says it already has.
+            raise SinceAhead(
+                f"since {sub.last_seq} is ahead of the head seq {self.head}",
+                since=sub.last_seq,
+                head_seq=self.head,
+            )
         while not stopped():
             head = self.head
             if sub.last_seq >= head:

@@ -120,6 +120,15 @@ class Settings(BaseSettings):
     )
     max_frame_bytes: int = Field(default=64 * 1024, ge=256)
     sse_heartbeat: float = Field(default=15.0, gt=0)
+    shutdown_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description=(
+            "Seconds SIGTERM waits for clients to take their reconnect notice and go before "
+            "their connections are cut."
+        ),
+    )
     sequencer_batch: int = Field(default=5000, ge=1)
     prune_interval: float = Field(default=3600.0, gt=0)
     log_level: LogLevel = Field(default="INFO", description="Log level (case-insensitive).")

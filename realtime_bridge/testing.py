@@ -25,7 +25,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import orjson
-import uvicorn
 import websockets
 from websockets.asyncio.client import ClientConnection
 
@@ -35,7 +34,7 @@ from realtime_bridge.bridge import Bridge
 from realtime_bridge.embedded import EmbeddedPostgres
 from realtime_bridge.migrate import migrate
 from realtime_bridge.plugins import PluginRegistry
-from realtime_bridge.server import server_config
+from realtime_bridge.server import BridgeServer, server_config
 from realtime_bridge.settings import Settings
 
 
@@ -219,10 +218,10 @@ async def run_bridge(
         host="127.0.0.1",
         port=0,
         log_level="warning",
-        timeout_graceful_shutdown=2,
         **server_options,
     )
-    server = uvicorn.Server(config)
+    # The same shutdown as `serve`: clients get their reconnect notice on exit.
+    server = BridgeServer(config, app.state.bridge, timeout=2)
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():

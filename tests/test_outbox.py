@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from realtime_bridge.migrate import migrate
 from realtime_bridge.sources import SourceState
 from realtime_bridge.testing import run_bridge
 from tests.conftest import BridgeFactory, make_settings
+from tests.helpers import until
 
 INSERT = "INSERT INTO positions (user_id, symbol, quantity, entry_price) VALUES ($1, $2, $3, 1)"
 
@@ -177,6 +179,45 @@ async def test_dropped_database_connections_lose_nothing(
     assert bridge.bridge.source is not None
     assert bridge.bridge.source.status.reconnects >= 1
     await admin.close()
+
+
+async def test_recovery_stays_fast_after_many_consecutive_outages(
+    start_bridge: BridgeFactory, dsn: str
+) -> None:
+    """Each outage is followed by a prompt reconnect, not an ever-longer backoff.
+
+    The backoff used to be reset only when a session ended normally, which a
+    session never does: after a handful of outages every reconnect waited the
+    5 s cap even though Postgres was back at once.
+    """
+    bridge = await start_bridge()
+    admin = await asyncpg.connect(dsn)
+    source = bridge.bridge.source
+    assert source is not None
+    delays: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    def reconnected(before: int) -> bool:
+        return source.status.reconnects > before
+
+    async with bridge.websocket() as ws:
+        await ws.subscribe(table="public.positions")
+        for round_ in range(8):
+            before = source.status.reconnects
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            await until(functools.partial(reconnected, before), what="the outage noticed")
+            # Postgres accepts connections throughout: the commit is the moment to measure from.
+            await admin.execute(INSERT, "u1", f"AFTER{round_}", round_)
+            committed = loop.time()
+            (event,) = await ws.changes(1, timeout=15)
+            delays.append(loop.time() - committed)
+            assert event["data"]["symbol"] == f"AFTER{round_}"
+    await admin.close()
+    print("delivery after each outage (s):", [round(d, 3) for d in delays])
+    assert max(delays) < 3.0, delays
 
 
 async def test_postgres_restart_is_survived_and_reported_by_health(tmp_path: Path) -> None:

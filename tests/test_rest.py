@@ -177,6 +177,27 @@ async def test_poll_without_wait_and_nothing_new_returns_the_head(
     assert without_since == {"events": [], "next_seq": seqs[-1]}
 
 
+async def test_poll_since_ahead_of_the_head_honours_wait_and_answers_400(
+    bridge: RunningBridge, db: asyncpg.Connection
+) -> None:
+    async with http(bridge) as client:
+        (seq,) = await insert_routed(db, client, [("u1", "A")])
+        loop = asyncio.get_running_loop()
+        for wait in (0, 0.3):
+            started = loop.time()
+            response = await client.get(
+                "/api/channels/position-updates/events", params={"since": seq + 100, "wait": wait}
+            )
+            # It used to block 30 s whatever `wait` said, then answer a next_seq from the future.
+            assert loop.time() - started < wait + 1.5
+            assert response.status_code == 400
+            body = response.json()
+            assert body["code"] == "since_ahead"
+            assert body["head_seq"] == seq
+            assert body["since"] == seq + 100
+            assert f"head seq {seq}" in body["message"]
+
+
 async def test_poll_filter_returns_only_matching_rows(
     bridge: RunningBridge, db: asyncpg.Connection
 ) -> None:

@@ -274,6 +274,25 @@ async def test_last_event_id_header_resumes_and_wins_over_since(
     assert live.json()["data"]["symbol"] == "LIVE"
 
 
+async def test_last_event_id_ahead_of_the_head_gets_one_since_ahead_error_event(
+    bridge: RunningBridge, db: asyncpg.Connection
+) -> None:
+    async with http(bridge) as client:
+        (seq,) = await insert_routed(db, client, ["A"])
+        response = await client.get(
+            "/sse/position-updates", headers={"Last-Event-ID": str(seq + 100)}
+        )
+    # A stream (an EventSource cannot read an error status's body) of one error event.
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    event, data = response.text.strip().split("\n")
+    assert event == "event: error"
+    body = orjson.loads(data.removeprefix("data: "))
+    assert body["code"] == "since_ahead"
+    assert body["head_seq"] == seq
+    assert f"head seq {seq}" in body["message"]
+
+
 async def test_resume_older_than_the_memory_window_is_read_from_the_outbox_log(
     start_bridge: BridgeFactory, db: asyncpg.Connection
 ) -> None:

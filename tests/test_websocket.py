@@ -294,6 +294,26 @@ async def test_a_byte_bounded_window_evicts_a_burst_and_resume_still_gets_it_all
         assert live["seq"] == 401
 
 
+async def test_since_ahead_of_the_head_is_answered_with_a_since_ahead_error(
+    start_bridge: BridgeFactory, db: asyncpg.Connection
+) -> None:
+    bridge = await start_bridge()
+    await db.execute(INSERT, "u1", "A", 1)
+    assert await bridge.bridge.hub.wait_for_head(1, timeout=10)
+    head = bridge.bridge.hub.head
+    async with bridge.websocket() as ws:
+        error = await ws.subscribe(channel="position-updates", since=head + 100, client_id="c1")
+        assert error["type"] == "error"
+        assert error["code"] == "since_ahead"
+        assert error["client_id"] == "c1"
+        assert error["head_seq"] == head
+        assert f"head seq {head}" in error["message"]
+        # Nothing was subscribed and the connection stays usable.
+        assert bridge.bridge.hub.subscriptions_per_channel() == {}
+        reply = await ws.subscribe(channel="position-updates", since=head)
+        assert reply["type"] == "subscribed"
+
+
 async def test_resume_while_writers_are_busy_has_no_gap_and_no_duplicate(
     start_bridge: BridgeFactory, dsn: str, db: asyncpg.Connection
 ) -> None:

@@ -35,19 +35,21 @@ class QueueOutlet:
         self._space = asyncio.Event()
         self._space.set()
         self._closed = False
+        self._ending = False
         self._on_overflow = on_overflow
         # Told how many frames wait each time the writer takes some (the depth histogram).
         self._on_take = on_take
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        """Nothing more is accepted (closed, or ending: what is queued still goes out)."""
+        return self._closed or self._ending
 
     def __len__(self) -> int:
         return len(self._frames)
 
     def offer(self, frame: Frame) -> bool:
-        if self._closed:
+        if self.closed:
             return True
         if len(self._frames) >= self.limit:
             return False
@@ -56,13 +58,13 @@ class QueueOutlet:
         return True
 
     async def put(self, frame: Frame) -> None:
-        while not self._closed and len(self._frames) >= self.limit:
+        while not self.closed and len(self._frames) >= self.limit:
             self._space.clear()
             try:
                 await asyncio.wait_for(self._space.wait(), self.stall_timeout)
             except TimeoutError:
                 self.overflow("slow_consumer")
-        if self._closed:
+        if self.closed:
             return
         self._frames.append(frame)
         self._ready.set()
@@ -75,6 +77,15 @@ class QueueOutlet:
         self.close()
         if on_overflow is not None:
             on_overflow(reason)
+
+    def end(self, last: Frame | None = None) -> None:
+        """Accept nothing more but `last` (queued even when full); `take` hands out what is
+        queued, then [] (the writer stops)."""
+        if last is not None and not self.closed:
+            self._frames.append(last)
+        self._ending = True
+        self._ready.set()
+        self._space.set()
 
     def close(self) -> None:
         self._closed = True
@@ -90,7 +101,7 @@ class QueueOutlet:
     async def take(self, max_frames: int = 256) -> list[str]:
         """Wait for frames and return up to `max_frames` of them, joined ([] once closed)."""
         while not self._frames:
-            if self._closed:
+            if self.closed:
                 return []
             self._ready.clear()
             await self._ready.wait()

@@ -22,7 +22,10 @@ Handshake refusals are HTTP responses with a JSON body
 ``{"error", "code", "message"}``; problems with one message are answered on
 the channel, Supabase's way, and the socket stays up. A frame over
 `MAX_FRAME_BYTES` closes the socket (1009), a client that lets its queue sit
-full is cut off (1008, ``slow_consumer``).
+full is cut off (1008, ``slow_consumer``). On shutdown the socket is closed
+with 1012 (service restart) after what was queued, without ``phx_close``:
+that is what Phoenix's socket drainer does, and the clients then rejoin
+every channel once reconnected (a ``phx_close`` would make them drop it).
 """
 
 from __future__ import annotations
@@ -208,6 +211,9 @@ class PhoenixSession(SocketSession):
         super()._release()
         self.channels.clear()  # each channel refers back to this session
         self.owners.clear()
+
+    def _goodbye(self) -> None:
+        self._closed()
 
     async def _admit(self) -> Refusal | None:
         ws = self.websocket

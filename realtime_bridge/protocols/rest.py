@@ -16,6 +16,7 @@ from starlette.responses import Response
 from realtime_bridge.bridge import Bridge
 from realtime_bridge.errors import BadMessage, ClientError, PostgrestError, PublishError
 from realtime_bridge.events import Event, Frame
+from realtime_bridge.hub import AHEAD_GRACE
 from realtime_bridge.metrics import CONTENT_TYPE, render_metrics
 from realtime_bridge.protocols.common import (
     JSONResponse,
@@ -68,13 +69,14 @@ async def channel_events(request: Request) -> Response:
         since = parse_since(params.get("since"), "since")
         limit = int(_number(params.get("limit"), "limit", 100, 1, MAX_POLL_LIMIT))
         wait = _number(params.get("wait"), "wait", 25, 0, MAX_POLL_WAIT)
+        await bridge.hub.check_since(since, min(wait, AHEAD_GRACE))
     except ClientError as exc:
         bridge.counters.error(exc.code)
         return client_error_response(exc)
     refused = refuse_http(bridge, request, principal)
     if refused is not None:
         return refused
-    with bridge.limits.held(client_ip(request), principal.user_id):
+    with bridge.limits.held(client_ip(request), principal.user_id), bridge.shutdown.hold():
         return await _long_poll(request, bridge, target, since, limit, wait)
 
 
@@ -103,11 +105,21 @@ async def _long_poll(
             )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
-        # Wait in short slices so a client that gave up frees its subscription.
-        while not outlet.items and loop.time() < deadline:
-            await outlet.wait(min(1.0, deadline - loop.time()))
-            if not outlet.items and await request.is_disconnected():
-                break
+        # On shutdown the poll is answered at once: the client polls again from
+        # next_seq, on whichever instance answers then.
+        stopping = asyncio.ensure_future(bridge.shutdown.wait())
+        try:
+            # Wait in short slices so a client that gave up frees its subscription.
+            while not outlet.items and not stopping.done() and loop.time() < deadline:
+                arrived = asyncio.ensure_future(outlet.wait(min(1.0, deadline - loop.time())))
+                try:
+                    await asyncio.wait({arrived, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    arrived.cancel()
+                if not outlet.items and not stopping.done() and await request.is_disconnected():
+                    break
+        finally:
+            stopping.cancel()
         # No await from here on: every event up to hub.head has been offered.
         next_seq = sub.last_seq if outlet.full else max(hub.head, sub.last_seq, start)
         body = '{"events":[' + ",".join(outlet.items) + '],"next_seq":' + str(next_seq) + "}"

@@ -10,6 +10,10 @@ close frame get `CLOSE_GRACE` seconds to reach the client; a client that
 does not read them (a stalled consumer, whose socket never becomes
 writable) has its transport aborted, so the connection, its limit slot and
 its buffers are released at once instead of when the client reads again.
+
+On shutdown (`Bridge.shutdown`) the session stops its subscriptions, queues
+the protocol's goodbye behind what is already queued, lets the writer send
+it all and closes with 1012 (service restart).
 """
 
 from __future__ import annotations
@@ -24,8 +28,11 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from realtime_bridge.auth import UNCHECKED, Principal
 from realtime_bridge.bridge import Bridge
+from realtime_bridge.events import Frame
 from realtime_bridge.limits import RateLimiter, TooManyConnections
 from realtime_bridge.protocols.common import Refusal, client_ip, refuse_socket
+from realtime_bridge.protocols.outlet import QueueOutlet
+from realtime_bridge.shutdown import CLOSE_SERVICE_RESTART
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +74,8 @@ def abort(websocket: WebSocket, *, only_if_stuck: bool = False) -> None:
 class SocketSession:
     """One client socket, from handshake to cleanup."""
 
+    outlet: QueueOutlet
+
     def __init__(self, bridge: Bridge, websocket: WebSocket) -> None:
         self.bridge = bridge
         self.websocket = websocket
@@ -76,6 +85,7 @@ class SocketSession:
         self._reader: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
+        self._draining = False
         self.client_ip = client_ip(websocket)
         self.seat = bridge.limits.seat(self.client_ip)
 
@@ -102,22 +112,29 @@ class SocketSession:
         self._opened()
         writer = self._writer = asyncio.create_task(self._write(), name="socket-writer")
         self._reader = asyncio.create_task(self._read(), name="socket-reader")
-        try:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-        finally:
-            counters.connections_open -= 1
-            self._closed()
-            for task in self.replays.values():
-                task.cancel()
-            self._close_outlet()
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await writer
-            if self._closing is not None:
+        restart = asyncio.create_task(self._restart(), name="socket-restart")
+        with self.bridge.shutdown.hold():
+            try:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._reader
+                if self._draining:
+                    # The reader may end first (the client answered the close, or
+                    # sent something meanwhile): the goodbye still goes out.
+                    await asyncio.wait({restart}, timeout=self.bridge.settings.shutdown_timeout)
+            finally:
+                restart.cancel()
+                counters.connections_open -= 1
+                self._closed()
+                for task in self.replays.values():
+                    task.cancel()
+                self._close_outlet()
+                writer.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await self._closing
-            self._release()
+                    await writer
+                if self._closing is not None:
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await self._closing
+                self._release()
 
     def _release(self) -> None:
         """Drop what refers back to this session (tasks, subscriptions, timers).
@@ -151,6 +168,25 @@ class SocketSession:
         finally:
             if self._reader is not None and self._reader is not asyncio.current_task():
                 self._reader.cancel()
+
+    async def _restart(self) -> None:
+        """Once shutdown is requested: goodbye, drain the queue, close 1012, end the session."""
+        await self.bridge.shutdown.wait()
+        self._draining = True
+        for task in self.replays.values():
+            task.cancel()  # before the goodbye reads the positions they would move
+        self.outlet.end(self._goodbye())
+        if self._writer is not None:
+            # Bounded by the server: past SHUTDOWN_TIMEOUT it cancels the session.
+            await asyncio.wait({self._writer})
+        with contextlib.suppress(Exception):
+            await self.websocket.close(code=CLOSE_SERVICE_RESTART, reason="service restart")
+        if self._reader is not None:
+            self._reader.cancel()
+
+    def _goodbye(self) -> Frame | None:
+        """Stop every subscription; the last frame to send before the restart close, if any."""
+        raise NotImplementedError
 
     async def _admit(self) -> Refusal | None:
         """Check the handshake; set `self.principal` or say why not."""

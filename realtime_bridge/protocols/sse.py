@@ -3,7 +3,8 @@
 `id:` is the seq (so the browser's automatic `Last-Event-ID` resumes
 exactly), `event:` the event name, `data:` the same JSON as a `db_change`
 WebSocket frame. A comment line every `SSE_HEARTBEAT` seconds keeps proxies
-from closing an idle stream.
+from closing an idle stream. On shutdown the last event is `reconnect`, with
+a `retry:` and, as its `id:`, the seq to resume after; then the stream ends.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from realtime_bridge.bridge import Bridge
-from realtime_bridge.errors import BadMessage, ClientError
+from realtime_bridge.errors import BadMessage, ClientError, SinceAhead
 from realtime_bridge.events import Event, Frame, subscription_prefix
-from realtime_bridge.hub import Subscription
+from realtime_bridge.hub import AHEAD_GRACE, Subscription
 from realtime_bridge.protocols.common import (
     client_error_response,
     client_ip,
@@ -28,6 +29,7 @@ from realtime_bridge.protocols.common import (
     request_target,
 )
 from realtime_bridge.protocols.outlet import QueueOutlet
+from realtime_bridge.shutdown import SERVICE_RESTART, retry_after_ms
 
 
 def render_sse(event: Event, prefix: str) -> Frame:
@@ -46,6 +48,17 @@ def parse_since(value: str | None, name: str) -> int | None:
     return since
 
 
+def _refused_stream(bridge: Bridge, exc: ClientError) -> Response:
+    """A stream of one `error` event: an EventSource shows it (it cannot read a 4xx body)."""
+    bridge.counters.error(exc.code)
+    body = orjson.dumps(exc.frame()).decode()
+    return Response(
+        f"event: error\ndata: {body}\n\n",
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache"},
+    )
+
+
 async def sse_stream(request: Request) -> Response:
     bridge: Bridge = request.app.state.bridge
     try:
@@ -60,6 +73,10 @@ async def sse_stream(request: Request) -> Response:
     refused = refuse_http(bridge, request, principal)
     if refused is not None:
         return refused
+    try:
+        await bridge.hub.check_since(since, AHEAD_GRACE)
+    except SinceAhead as exc:
+        return _refused_stream(bridge, exc)
     ip = client_ip(request)
 
     hub = bridge.hub
@@ -89,64 +106,90 @@ async def sse_stream(request: Request) -> Response:
 
     heartbeat = bridge.settings.sse_heartbeat
 
-    async def stream() -> AsyncIterator[str]:
-        bridge.limits.connected(ip, principal.user_id)
-        bridge.counters.connections_open += 1
-        bridge.counters.connections_total += 1
-        sub = target.subscribe(
-            hub,
-            outlet,
-            since=since,
-            render=render_sse,
-            prefix_for=subscription_prefix,
-            on_lag=catch_up,
+    async def restart(sub: Subscription) -> None:
+        """On shutdown: stop, then queue the final event behind what is queued and end."""
+        await bridge.shutdown.wait()
+        for task in list(catching_up):
+            task.cancel()  # before reading the position it would move
+        hub.unsubscribe(sub)
+        body = orjson.dumps(
+            {
+                "type": "reconnect",
+                "code": SERVICE_RESTART,
+                "message": "the server is restarting; reconnect (Last-Event-ID resumes after "
+                "this event's id)",
+                "last_event_id": sub.last_seq,
+            }
+        ).decode()
+        # `id:` moves the browser's Last-Event-ID to where this stream really
+        # stopped, past events the filter left out; `retry:` is when to come back.
+        outlet.end(
+            (f"id: {sub.last_seq}\nretry: {retry_after_ms()}\nevent: reconnect\ndata: {body}\n\n",)
         )
-        catch_up(sub)
-        try:
-            # Tells the client the stream is live and which seq it starts after.
-            yield f": subscribed {sub.id} at seq {hub.head}\nretry: 3000\n\n"
-            while True:
-                left = principal.seconds_left()
-                if left is not None and left <= 0:
-                    bridge.counters.error("token_expired")
-                    body = orjson.dumps(
-                        {
-                            "type": "error",
-                            "code": "token_expired",
-                            "message": "your token expired; reconnect with a fresh one "
-                            "(Last-Event-ID resumes where this stream stopped)",
-                        }
-                    ).decode()
-                    yield f"event: error\ndata: {body}\n\n"
-                    return
-                try:
-                    wait = heartbeat if left is None else min(heartbeat, left)
-                    frames = await asyncio.wait_for(outlet.take(), wait)
-                except TimeoutError:
-                    if left is None or left > heartbeat:
-                        yield ": heartbeat\n\n"
-                    continue
-                if not frames:
-                    if outlet.overflowed:
-                        hub.stats.slow_consumers += 1
+
+    async def stream() -> AsyncIterator[str]:
+        # Held from the first byte to the last: the shutdown drain waits for it.
+        with bridge.shutdown.hold():
+            bridge.limits.connected(ip, principal.user_id)
+            bridge.counters.connections_open += 1
+            bridge.counters.connections_total += 1
+            sub = target.subscribe(
+                hub,
+                outlet,
+                since=since,
+                render=render_sse,
+                prefix_for=subscription_prefix,
+                on_lag=catch_up,
+            )
+            catch_up(sub)
+            restarting = asyncio.create_task(restart(sub), name="sse-restart")
+            try:
+                # Tells the client the stream is live and which seq it starts after.
+                yield f": subscribed {sub.id} at seq {hub.head}\nretry: 3000\n\n"
+                while True:
+                    left = principal.seconds_left()
+                    if left is not None and left <= 0:
+                        bridge.counters.error("token_expired")
                         body = orjson.dumps(
                             {
                                 "type": "error",
-                                "code": outlet.overflowed,
-                                "message": "the stream fell too far behind; reconnect to resume",
+                                "code": "token_expired",
+                                "message": "your token expired; reconnect with a fresh one "
+                                "(Last-Event-ID resumes where this stream stopped)",
                             }
                         ).decode()
                         yield f"event: error\ndata: {body}\n\n"
-                    return
-                yield "".join(frames)
-        finally:
-            bridge.limits.disconnected(ip, principal.user_id)
-            bridge.counters.connections_open -= 1
-            hub.unsubscribe(sub)
-            for task in list(catching_up):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+                        return
+                    try:
+                        wait = heartbeat if left is None else min(heartbeat, left)
+                        frames = await asyncio.wait_for(outlet.take(), wait)
+                    except TimeoutError:
+                        if left is None or left > heartbeat:
+                            yield ": heartbeat\n\n"
+                        continue
+                    if not frames:
+                        if outlet.overflowed:
+                            hub.stats.slow_consumers += 1
+                            body = orjson.dumps(
+                                {
+                                    "type": "error",
+                                    "code": outlet.overflowed,
+                                    "message": "the stream fell too far behind; "
+                                    "reconnect to resume",
+                                }
+                            ).decode()
+                            yield f"event: error\ndata: {body}\n\n"
+                        return
+                    yield "".join(frames)
+            finally:
+                restarting.cancel()
+                bridge.limits.disconnected(ip, principal.user_id)
+                bridge.counters.connections_open -= 1
+                hub.unsubscribe(sub)
+                for task in list(catching_up):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
 
     return StreamingResponse(
         stream(),

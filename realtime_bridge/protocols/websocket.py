@@ -1,9 +1,10 @@
 """`/ws/db_subscriptions`: the bridge's own JSON WebSocket protocol.
 
 Client frames: subscribe, unsubscribe, ping. Server frames: subscribed,
-db_change, unsubscribed, pong, resync_required, error. Errors keep the
-connection open, except `too_large` and `slow_consumer`, which close it
-(close code 1009 and 1008, reason = the code).
+db_change, unsubscribed, pong, resync_required, error, reconnect. Errors keep
+the connection open, except `too_large` and `slow_consumer`, which close it
+(close code 1009 and 1008, reason = the code). On shutdown the last frame is
+`reconnect`, carrying each subscription's `since`, then close code 1012.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from starlette.websockets import WebSocket
 from realtime_bridge.auth import TokenExpired
 from realtime_bridge.bridge import Bridge
 from realtime_bridge.errors import BadMessage, ClientError, UnknownSubscription
-from realtime_bridge.events import subscription_prefix
-from realtime_bridge.hub import Subscription, SubscriptionState
+from realtime_bridge.events import Frame, subscription_prefix
+from realtime_bridge.hub import AHEAD_GRACE, Subscription, SubscriptionState
 from realtime_bridge.limits import TooManySubscriptions
 from realtime_bridge.protocols.common import (
     Refusal,
@@ -40,6 +41,7 @@ from realtime_bridge.protocols.messages import (
 )
 from realtime_bridge.protocols.outlet import QueueOutlet
 from realtime_bridge.protocols.session import SocketSession
+from realtime_bridge.shutdown import SERVICE_RESTART, retry_after_ms
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +92,29 @@ class WebSocketSession(SocketSession):
             sub.on_lag = None  # the bound `_catch_up`: a cycle back to this session
         self.subscriptions.clear()
         self._expiry = None
+
+    def _goodbye(self) -> Frame:
+        """`reconnect`: where each subscription stopped, to subscribe again with as `since`."""
+        positions = []
+        for sub in self.subscriptions.values():
+            self.bridge.hub.unsubscribe(sub)  # its last_seq is final from here on
+            position: dict[str, Any] = {
+                "subscription_id": sub.id,
+                "channel": sub.channel,
+                "since": sub.last_seq,
+            }
+            if sub.client_id is not None:
+                position["client_id"] = sub.client_id
+            positions.append(position)
+        frame = {
+            "type": "reconnect",
+            "code": SERVICE_RESTART,
+            "message": "the server is restarting; reconnect and subscribe again, each "
+            "subscription with its 'since' to miss nothing",
+            "retry_after_ms": retry_after_ms(),
+            "subscriptions": positions,
+        }
+        return (dumps(frame),)
 
     async def _read(self) -> None:
         while True:
@@ -164,6 +189,7 @@ class WebSocketSession(SocketSession):
             filter_spec=message.filter_spec,
         )
         channel, flt = target.channel, target.filter
+        await hub.check_since(message.since, AHEAD_GRACE)
         sub = target.subscribe(
             hub,
             self.outlet,

@@ -114,6 +114,32 @@ class ModeStatus:
         }
 
 
+@dataclass
+class Backoff:
+    """Delays between reconnect attempts: doubling from `first` up to `cap`.
+
+    `reset()` belongs where a session is established, not where it ends: a
+    session runs until it fails, so resetting on return never happens and
+    every outage would wait longer than the one before.
+    """
+
+    first: float
+    cap: float
+    _next: float = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._next = self.first
+
+    def reset(self) -> None:
+        self._next = self.first
+
+    def next(self) -> float:
+        """The delay to wait now; the one after doubles (up to `cap`)."""
+        delay = self._next
+        self._next = min(delay * 2, self.cap)
+        return delay
+
+
 class Source(Protocol):
     """What the bridge needs from a source."""
 

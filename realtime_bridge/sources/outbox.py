@@ -35,6 +35,7 @@ import orjson
 
 from realtime_bridge.change import Change
 from realtime_bridge.sources.base import (
+    Backoff,
     Deliver,
     ModeStatus,
     SourceState,
@@ -178,6 +179,7 @@ class OutboxSource:
         self._wake = asyncio.Event()
         self._lost = asyncio.Event()
         self._connections: set[asyncpg.Connection] = set()
+        self._backoff = Backoff(first=0.1, cap=5.0)
 
     async def _default_connect(self, dsn: str) -> asyncpg.Connection:
         conn = await asyncpg.connect(dsn, timeout=10)
@@ -211,11 +213,9 @@ class OutboxSource:
         return self.status.state is SourceState.CONNECTED
 
     async def _run(self) -> None:
-        backoff = 0.1
         while True:
             try:
                 await self._session()
-                backoff = 0.1
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -232,8 +232,12 @@ class OutboxSource:
                     with contextlib.suppress(Exception):
                         conn.terminate()
                 self._connections.clear()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+            await asyncio.sleep(self._backoff.next())
+
+    def _connected(self) -> None:
+        """A session is established: the next outage starts again from the shortest wait."""
+        self.status.set(SourceState.CONNECTED)
+        self._backoff.reset()
 
     async def _open(self) -> asyncpg.Connection:
         conn = await self._connect(self.dsn)
@@ -291,7 +295,7 @@ class OutboxSource:
         await conn.execute("SET enable_mergejoin = off; SET enable_hashjoin = off")
         await conn.add_listener(WAKE_CHANNEL, self._on_notify)
         await self._catch_up(conn)
-        self.status.set(SourceState.CONNECTED)
+        self._connected()
         logger.info("outbox source connected as sequencer at seq %s", self.status.last_seq)
         wake_key = await conn.fetchval("SELECT realtime_bridge.wake_key()")
         idle_polls = 0
@@ -338,7 +342,7 @@ class OutboxSource:
     async def _follow(self, conn: asyncpg.Connection) -> None:
         self.status.role = "follower"
         await conn.add_listener(SEQ_CHANNEL, self._on_notify)
-        self.status.set(SourceState.CONNECTED)
+        self._connected()
         logger.info("outbox source connected as follower at seq %s", self.status.last_seq)
         lock_conn = await self._open()
         takeover = asyncio.ensure_future(

@@ -42,6 +42,7 @@ from realtime.types import RealtimePostgresChangesListenEvent
 from realtime_bridge.change import Change, Operation, Row
 from realtime_bridge.errors import PostgrestError
 from realtime_bridge.sources.base import (
+    Backoff,
     Deliver,
     Mode,
     ModeStatus,
@@ -211,6 +212,8 @@ class SupabaseSource:
         self._connected = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._client: AsyncRealtimeClient | None = None
+        # Retried at least as often as the grace period (and every 5 s at most).
+        self._backoff = Backoff(first=0.2, cap=max(0.5, min(5.0, self.grace)))
 
     # lifecycle -------------------------------------------------------------
 
@@ -253,7 +256,6 @@ class SupabaseSource:
     # realtime --------------------------------------------------------------
 
     async def _realtime(self) -> None:
-        backoff = 0.2
         while True:
             try:
                 await self._connect_and_follow()
@@ -271,11 +273,7 @@ class SupabaseSource:
                 self.status.last_error = message
                 self.status.reconnects += 1
                 await self._close_client()
-                await asyncio.sleep(backoff)
-                # Retried at least as often as the grace period (and every 5 s at most).
-                backoff = min(backoff * 2, max(0.5, min(5.0, self.grace)))
-            else:
-                backoff = 0.2
+                await asyncio.sleep(self._backoff.next())
 
     async def _connect_and_follow(self) -> None:
         if not self._baselined:
@@ -323,6 +321,7 @@ class SupabaseSource:
         async with self._lock:
             await self._pass()
         self._realtime_up = True
+        self._backoff.reset()  # the next outage retries quickly again
         self._down_since = None
         self.status.state = SourceState.CONNECTED
         self.status.since = time.time()

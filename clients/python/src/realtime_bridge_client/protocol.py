@@ -29,6 +29,7 @@ __all__ = [
     "InvalidFilter",
     "PayloadInvalid",
     "RealtimeBridgeError",
+    "SinceAhead",
     "TokenExpired",
     "Unauthorized",
     "UnknownChannel",
@@ -74,6 +75,12 @@ class InvalidFilter(ClientError):
 
 class UnknownSubscription(ClientError):
     code = "unknown_subscription"
+
+
+class SinceAhead(ClientError):
+    """A resume position (`since`, Last-Event-ID) beyond every seq the bridge has routed."""
+
+    code = "since_ahead"
 
 
 class PayloadInvalid(ClientError):
