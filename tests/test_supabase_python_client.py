@@ -148,7 +148,7 @@ async def test_the_python_client_works_unchanged(
     assert bridge.bridge.hub.subscriptions == {}
 
 
-async def test_an_expired_token_pauses_and_a_fresh_one_resumes_without_loss(
+async def test_an_expired_token_closes_the_channel_and_a_fresh_join_resumes_without_loss(
     start_bridge: BridgeFactory, db: asyncpg.Connection
 ) -> None:
     bridge = await start_bridge()
@@ -156,24 +156,33 @@ async def test_an_expired_token_pauses_and_a_fresh_one_resumes_without_loss(
         await alice.set_auth(bridge.user_token("u1", ttl=1))
         changes: list[dict[str, Any]] = []
         states: list[tuple[str, str | None]] = []
-        room = alice.channel("positions-feed")
-        room.on_postgres_changes(
-            "*",  # type: ignore[arg-type]
-            table="positions",
-            callback=lambda payload: changes.append(dict(payload)),
-        )
-        await room.subscribe(lambda s, e: states.append((s.value, str(e) if e else None)))
+
+        def feed() -> AsyncRealtimeChannel:
+            room = alice.channel("positions-feed")
+            room.on_postgres_changes(
+                "*",  # type: ignore[arg-type]
+                table="positions",
+                callback=lambda payload: changes.append(dict(payload)),
+            )
+            return room
+
+        await feed().subscribe(lambda s, e: states.append((s.value, str(e) if e else None)))
         await db.fetchval(INSERT, "u1", "BEFORE", 1)
         await until(lambda: len(changes) == 1, 8, what="the first change")
-        # Expiry: the server says so, and the client reports a channel error.
-        await until(lambda: len(states) >= 2, 5, what="expiry reported")
-        assert states[1][0] == RealtimeSubscribeStates.CHANNEL_ERROR.value
+        # Expiry closes the channel as Supabase does: the client reports the error, then
+        # CLOSED, and does not rejoin with its expired token (no loop).
+        await until(lambda: len(states) >= 3, 5, what="expiry reported")
+        assert [state for state, _ in states] == ["SUBSCRIBED", "CHANNEL_ERROR", "CLOSED"]
         assert "Token has expired" in (states[1][1] or "")
         for i in range(3):
             await db.fetchval(INSERT, "u1", f"MISSED{i}", 1)
-        # The app signs in again; the client rejoins with the fresh token and the
-        # bridge carries the channel's position over: the missed rows arrive.
+        await asyncio.sleep(2.5)  # past realtime-py's first rejoin delays
+        assert len(states) == 3
+        assert bridge.bridge.stats()["errors_sent"]["token_expired"] == 1
+        # The app signs in again and subscribes again: the bridge resumes the topic from
+        # where the closed channel stopped, so the missed rows arrive.
         await alice.set_auth(bridge.user_token("u1", ttl=600))
+        await feed().subscribe(lambda s, e: states.append((s.value, str(e) if e else None)))
         await until(lambda: len(changes) == 4, 15, what="the missed changes")
         assert [c["data"]["record"]["symbol"] for c in changes[1:]] == [
             "MISSED0",
