@@ -205,3 +205,14 @@ async def test_supabase_js_private_channels_rest_replay_and_expiry(
     assert result["expirySystem"][0].startswith("Token has expired")
     assert result["carolStates"] == ["SUBSCRIBED", "CLOSED"]
     assert result["changes"] == ["MISSED0", "MISSED1", "MISSED2", "LIVE"]
+
+
+async def test_supabase_auth_stays_hosted_and_only_realtime_points_at_the_bridge(
+    start_bridge: BridgeFactory, db: asyncpg.Connection
+) -> None:
+    # docs-notes/parity.md: supabase.realtime replaced by a RealtimeClient for the bridge.
+    bridge = await start_bridge()
+    result = await run_node("split.mjs", bridge, db)
+    assert result["states"] == ["SUBSCRIBED"]
+    assert result["updates"] == ["SPLIT"]
+    assert result["endpoint"].startswith(f"ws://127.0.0.1:{bridge.port}/realtime/v1/websocket")

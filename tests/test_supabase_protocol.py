@@ -423,9 +423,7 @@ async def test_tokens_expire_close_resume_switch_and_fail(
             await db.fetchval(INSERT, "u1", f"PAUSED{i}", 1)
         assert await client.silent(0.3)
         # Joining again with a fresh token resumes from where it stopped, nothing lost.
-        assert (await client.join(topic, config, bridge.user_token("u1"))).payload[
-            "status"
-        ] == "ok"
+        assert (await client.join(topic, config, bridge.user_token("u1"))).payload["status"] == "ok"
         missed = [await client.next("postgres_changes") for _ in range(3)]
         assert [m.payload["data"]["record"]["symbol"] for m in missed] == [
             "PAUSED0",

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
-from realtime import AsyncRealtimeChannel, AsyncRealtimeClient, RealtimeSubscribeStates
+from realtime import AsyncRealtimeChannel, AsyncRealtimeClient
 
 from realtime_bridge.testing import RunningBridge
 from tests.conftest import BridgeFactory

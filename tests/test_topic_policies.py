@@ -107,8 +107,10 @@ async def test_private_topics_follow_the_realtime_messages_policies(
         admin = bridge.user_token("1", admin="true")
         assert (await alice.join("realtime:user:0001", PRIVATE, admin)).payload["status"] == "ok"
         await alice.push("realtime:user:0001", "access_token", {"access_token": one})
-        assert (await alice.next("system")).payload["message"].startswith(
-            "You no longer have permission"
+        assert (
+            (await alice.next("system"))
+            .payload["message"]
+            .startswith("You no longer have permission")
         )
         assert (await alice.next("phx_close")).topic == "realtime:user:0001"
     assert bridge.bridge.stats()["errors_sent"]["unauthorized"] >= 4
