@@ -54,6 +54,7 @@ from realtime_bridge.sources.outbox import (
 )
 from realtime_bridge.sources.poll import PollSource
 from realtime_bridge.sources.supabase import SupabaseSource
+from realtime_bridge.topic_policies import TopicPolicies
 
 logger = logging.getLogger(__name__)
 
@@ -186,6 +187,8 @@ class Bridge:
             else None,
             disabled=settings.auth_disabled,
         )
+        # Private channels: realtime.messages policies, asked of this database.
+        self.topic_policies = TopicPolicies(lambda: self.pool)
 
     def _jwt_secret(self) -> str:
         if self.settings.supabase_jwt_secret:

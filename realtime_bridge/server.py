@@ -32,13 +32,20 @@ logger = logging.getLogger(__name__)
 MIN_GRACE = 0.5
 
 
+def ws_max_size(settings: Settings) -> int:
+    """The largest WebSocket frame uvicorn reads at all."""
+    return max(settings.max_message_bytes * 2, settings.max_frame_bytes * 4, 1024 * 1024)
+
+
 def server_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
     """uvicorn's config for `app` under `settings` (`overrides` win, e.g. port=0 in tests)."""
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level.lower(),
-        "ws_max_size": max(settings.max_frame_bytes * 4, 1024 * 1024),
+        # Above both protocols' limits, so an oversized message is read and refused
+        # on its channel; only frames beyond this close the socket (1009).
+        "ws_max_size": ws_max_size(settings),
         "ws_per_message_deflate": False,
         "proxy_headers": bool(settings.trusted_proxies),
         # A list, never None: None would make uvicorn read FORWARDED_ALLOW_IPS itself.

@@ -118,7 +118,19 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds a full queue may stall before the client is cut off.",
     )
-    max_frame_bytes: int = Field(default=64 * 1024, ge=256)
+    max_frame_bytes: int = Field(
+        default=64 * 1024,
+        ge=256,
+        description="Largest frame of the JSON protocol (/ws/db_subscriptions); larger closes it.",
+    )
+    max_message_bytes: int = Field(
+        default=256 * 1024,
+        ge=256,
+        description=(
+            "Largest Supabase-protocol message (a broadcast, a track...): larger ones are "
+            "refused on their channel and the socket stays up (Supabase's default: 256 KB)."
+        ),
+    )
     sse_heartbeat: float = Field(default=15.0, gt=0)
     shutdown_timeout: float = Field(
         default=10.0,

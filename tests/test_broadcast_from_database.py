@@ -1,7 +1,8 @@
 """Broadcast from Database: with hosted Supabase's realtime.send() present and the
 setting on, every captured change and published event is also handed to it.
 
-Our Postgres has no `realtime` schema, so each test that needs one creates a
+Our Postgres has a `realtime` schema (realtime.messages, for private channel
+policies) but no realtime.send(), so each test that needs one creates a
 stand-in whose send() records its calls in a table, with the same signature
 as Supabase's.
 """
@@ -18,7 +19,7 @@ from realtime_bridge.migrate import default_migrations_dir, discover
 MIGRATION = "20261123000700_broadcast_from_database.sql"
 
 STAND_IN = """
-CREATE SCHEMA realtime;
+CREATE SCHEMA IF NOT EXISTS realtime;
 CREATE TABLE realtime.sent (
     n       bigint GENERATED ALWAYS AS IDENTITY,
     payload jsonb,

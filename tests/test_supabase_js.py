@@ -13,6 +13,7 @@ import asyncio
 import functools
 import re
 import subprocess
+import uuid
 from typing import Any
 
 import asyncpg
@@ -153,3 +154,65 @@ async def test_supabase_js_works_unchanged(
         assert frames["receivedKinds"] == []
     assert frames["sentText"] > 0
     assert frames["receivedText"] > 0
+
+
+# Supabase's documented policy for per-user private topics (auth.uid() is a uuid there).
+USER_TOPIC_POLICIES = """
+CREATE POLICY user_topic_read ON realtime.messages FOR SELECT TO authenticated
+USING (realtime.topic() = 'user:' || auth.uid()::text);
+CREATE POLICY user_topic_write ON realtime.messages FOR INSERT TO authenticated
+WITH CHECK (realtime.topic() = 'user:' || auth.uid()::text);
+"""
+
+
+@pytest.mark.parametrize("vsn", ["2.0.0", "1.0.0"])
+async def test_supabase_js_private_channels_rest_replay_and_expiry(
+    start_bridge: BridgeFactory, db: asyncpg.Connection, vsn: str
+) -> None:
+    await db.execute(USER_TOPIC_POLICIES)
+    bridge = await start_bridge()
+    user_a, user_b = str(uuid.uuid4()), str(uuid.uuid4())
+    result = await run_node("private.mjs", bridge, db, vsn, user_a, user_b, timeout=90)
+
+    # SELECT policy: the own topic joins; another user's is refused and then closed, so
+    # supabase-js does not rejoin it in a loop.
+    assert result["ownStates"] == ["SUBSCRIBED"]
+    assert result["otherStates"] == [
+        "CHANNEL_ERROR: Unauthorized: You do not have permissions to read from this "
+        f"Channel topic: user:{user_b}",
+        "CLOSED",
+    ]
+    # INSERT policy: over the socket (ack) and over REST; both directions.
+    assert result["send"] == "ok"
+    assert result["httpSend"] == {"success": True}
+    assert result["backendHeard"] == ["ws", "http"]
+    # (REST messages reach every member, the sender's own socket included, as on Supabase.)
+    assert result["heard"] == ["http", "backend"]
+    # Another user's private topic over REST: accepted and skipped, as on Supabase.
+    assert result["httpOther"] == {"success": True}
+    # send() before joining falls back to REST: the anon key may send on a public topic.
+    assert result["restFallback"] == "ok"
+    # A new token whose user may not read the topic: the channel is closed.
+    assert result["ownAfterRefresh"] == ["CLOSED"]
+
+    # Replay from the log, scoped to the user: the latest `limit`, or all (no cap of 25).
+    assert result["replayLimited"] == [["R28", True], ["R29", True]]
+    assert result["replayAll"] == [f"R{i}" for i in range(30)]
+
+    # Expiry: Supabase's system message and a close, no rejoin with the expired token;
+    # a fresh join on the same socket gets what was missed meanwhile.
+    assert len(result["expirySystem"]) == 1
+    assert result["expirySystem"][0].startswith("Token has expired")
+    assert result["carolStates"] == ["SUBSCRIBED", "CLOSED"]
+    assert result["changes"] == ["MISSED0", "MISSED1", "MISSED2", "LIVE"]
+
+
+async def test_supabase_auth_stays_hosted_and_only_realtime_points_at_the_bridge(
+    start_bridge: BridgeFactory, db: asyncpg.Connection
+) -> None:
+    # docs-notes/parity.md: supabase.realtime replaced by a RealtimeClient for the bridge.
+    bridge = await start_bridge()
+    result = await run_node("split.mjs", bridge, db)
+    assert result["states"] == ["SUBSCRIBED"]
+    assert result["updates"] == ["SPLIT"]
+    assert result["endpoint"].startswith(f"ws://127.0.0.1:{bridge.port}/realtime/v1/websocket")

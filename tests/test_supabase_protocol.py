@@ -402,23 +402,28 @@ async def test_presence_state_first_then_diffs_and_a_closed_socket_leaves(
         assert gone.payload["leaves"]["bob"]["metas"][0]["at"] == 2
 
 
-async def test_tokens_expire_pause_resume_switch_and_fail(
+async def test_tokens_expire_close_resume_switch_and_fail(
     start_bridge: BridgeFactory, db: asyncpg.Connection
 ) -> None:
     bridge = await start_bridge()
     topic = "realtime:mine"
     binding = {"event": "*", "schema": "public", "table": "positions"}
+    config = {"postgres_changes": [binding]}
     async with phx(bridge, key=bridge.anon_key, vsn="2.0.0") as client:
-        await client.join(topic, {"postgres_changes": [binding]}, bridge.user_token("u1", ttl=1))
+        await client.join(topic, config, bridge.user_token("u1", ttl=1))
         await client.next("system")
+        # Expiry closes the channel as Supabase does: a system error, then phx_close.
         expired = await client.next("system", timeout=5)
         assert expired.payload["status"] == "error"
+        assert expired.payload["extension"] == "system"
         assert expired.payload["message"].startswith("Token has expired")
+        closed = await client.recv()
+        assert (closed.event, closed.ref) == ("phx_close", client.joins[topic])
         for i in range(3):
             await db.fetchval(INSERT, "u1", f"PAUSED{i}", 1)
         assert await client.silent(0.3)
-        # Access tokens are never answered; a fresh one resumes from where it stopped.
-        await client.push(topic, "access_token", {"access_token": bridge.user_token("u1")})
+        # Joining again with a fresh token resumes from where it stopped, nothing lost.
+        assert (await client.join(topic, config, bridge.user_token("u1"))).payload["status"] == "ok"
         missed = [await client.next("postgres_changes") for _ in range(3)]
         assert [m.payload["data"]["record"]["symbol"] for m in missed] == [
             "PAUSED0",
@@ -617,12 +622,69 @@ async def test_rest_broadcast_batch_and_single(
         assert await v1.silent(0.2)
 
 
-async def test_an_oversized_frame_closes_the_socket(start_bridge: BridgeFactory) -> None:
-    bridge = await start_bridge(max_frame_bytes=1024)
+@pytest.mark.parametrize("vsn", ["1.0.0", "2.0.0"])
+async def test_an_oversized_message_is_refused_and_the_socket_stays(
+    start_bridge: BridgeFactory, vsn: str
+) -> None:
+    # Supabase's default: 256 KB messages; one too large is refused on its own channel.
+    bridge = await start_bridge()
+    assert bridge.bridge.settings.max_message_bytes == 256 * 1024
+    topic = "realtime:big"
+    big, huge = {"blob": "x" * 200_000}, {"blob": "y" * 300_000}
+    async with phx(bridge, vsn=vsn) as sender, phx(bridge, vsn=vsn) as other:
+        for client in (sender, other):
+            await client.join(topic, {"broadcast": {"ack": True}})
+            await client.join("realtime:bystander")
+
+        async def send(payload: dict[str, Any]) -> str:
+            if vsn == "2.0.0":
+                return await sender.push_binary(topic, "blob", orjson.dumps(payload))
+            body = {"type": "broadcast", "event": "blob", "payload": payload}
+            return await sender.push(topic, "broadcast", body)
+
+        ref = await send(big)
+        assert (await sender.next("phx_reply")).payload == {"status": "ok", "response": {}}
+        got = await other.next("broadcast")
+        assert got.payload["payload"] == big
+        if vsn == "2.0.0":
+            assert got.binary is not None
+
+        ref = await send(huge)
+        refused = await sender.next("phx_reply")
+        assert refused.ref == ref
+        assert refused.topic == topic
+        assert refused.payload["status"] == "error"
+        assert refused.payload["response"]["reason"].startswith(
+            "payload_size_exceeded: a message of "
+        )
+        assert await other.silent(0.3)
+        # The socket and all its channels carry on.
+        await send({"small": True})
+        assert (await sender.next("phx_reply")).payload["status"] == "ok"
+        assert (await other.next("broadcast")).payload["payload"] == {"small": True}
+        await sender.push("phoenix", "heartbeat", {})
+        assert (await sender.next("phx_reply")).payload["status"] == "ok"
+
+        # Without ack, the refusal is also a system message on the channel.
+        await sender.join("realtime:noack")
+        await sender.push(
+            "realtime:noack", "broadcast", {"type": "broadcast", "event": "e", "payload": huge}
+        )
+        system = await sender.next("system")
+        assert system.payload["extension"] == "broadcast"
+        assert system.payload["status"] == "error"
+        assert system.payload["message"].startswith("payload_size_exceeded")
+    assert bridge.bridge.stats()["errors_sent"]["payload_size_exceeded"] == 2
+
+
+async def test_a_frame_beyond_the_websocket_limit_closes_the_socket(
+    start_bridge: BridgeFactory,
+) -> None:
+    bridge = await start_bridge(max_message_bytes=1024)
     async with phx(bridge) as client:
-        await client.push("realtime:x", "broadcast", {"padding": "x" * 2000})
+        # Read and refused up to twice the message limit (at least 1 MiB); beyond, 1009.
+        await client.push("realtime:x", "broadcast", {"padding": "x" * (1024 * 1024 + 10)})
         with pytest.raises(ConnectionClosed) as closed:
             await client.recv()
         assert closed.value.rcvd is not None
         assert closed.value.rcvd.code == 1009
-    assert bridge.bridge.stats()["errors_sent"]["too_large"] == 1

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
-from realtime import AsyncRealtimeChannel, AsyncRealtimeClient, RealtimeSubscribeStates
+from realtime import AsyncRealtimeChannel, AsyncRealtimeClient
 
 from realtime_bridge.testing import RunningBridge
 from tests.conftest import BridgeFactory
@@ -148,7 +148,7 @@ async def test_the_python_client_works_unchanged(
     assert bridge.bridge.hub.subscriptions == {}
 
 
-async def test_an_expired_token_pauses_and_a_fresh_one_resumes_without_loss(
+async def test_an_expired_token_closes_the_channel_and_a_fresh_join_resumes_without_loss(
     start_bridge: BridgeFactory, db: asyncpg.Connection
 ) -> None:
     bridge = await start_bridge()
@@ -156,24 +156,33 @@ async def test_an_expired_token_pauses_and_a_fresh_one_resumes_without_loss(
         await alice.set_auth(bridge.user_token("u1", ttl=1))
         changes: list[dict[str, Any]] = []
         states: list[tuple[str, str | None]] = []
-        room = alice.channel("positions-feed")
-        room.on_postgres_changes(
-            "*",  # type: ignore[arg-type]
-            table="positions",
-            callback=lambda payload: changes.append(dict(payload)),
-        )
-        await room.subscribe(lambda s, e: states.append((s.value, str(e) if e else None)))
+
+        def feed() -> AsyncRealtimeChannel:
+            room = alice.channel("positions-feed")
+            room.on_postgres_changes(
+                "*",  # type: ignore[arg-type]
+                table="positions",
+                callback=lambda payload: changes.append(dict(payload)),
+            )
+            return room
+
+        await feed().subscribe(lambda s, e: states.append((s.value, str(e) if e else None)))
         await db.fetchval(INSERT, "u1", "BEFORE", 1)
         await until(lambda: len(changes) == 1, 8, what="the first change")
-        # Expiry: the server says so, and the client reports a channel error.
-        await until(lambda: len(states) >= 2, 5, what="expiry reported")
-        assert states[1][0] == RealtimeSubscribeStates.CHANNEL_ERROR.value
+        # Expiry closes the channel as Supabase does: the client reports the error, then
+        # CLOSED, and does not rejoin with its expired token (no loop).
+        await until(lambda: len(states) >= 3, 5, what="expiry reported")
+        assert [state for state, _ in states] == ["SUBSCRIBED", "CHANNEL_ERROR", "CLOSED"]
         assert "Token has expired" in (states[1][1] or "")
         for i in range(3):
             await db.fetchval(INSERT, "u1", f"MISSED{i}", 1)
-        # The app signs in again; the client rejoins with the fresh token and the
-        # bridge carries the channel's position over: the missed rows arrive.
+        await asyncio.sleep(2.5)  # past realtime-py's first rejoin delays
+        assert len(states) == 3
+        assert bridge.bridge.stats()["errors_sent"]["token_expired"] == 1
+        # The app signs in again and subscribes again: the bridge resumes the topic from
+        # where the closed channel stopped, so the missed rows arrive.
         await alice.set_auth(bridge.user_token("u1", ttl=600))
+        await feed().subscribe(lambda s, e: states.append((s.value, str(e) if e else None)))
         await until(lambda: len(changes) == 4, 15, what="the missed changes")
         assert [c["data"]["record"]["symbol"] for c in changes[1:]] == [
             "MISSED0",
@@ -219,3 +228,66 @@ async def test_plugin_channel_events_and_replay_reach_the_python_client(
         assert "replayed" not in updates[1]["meta"]
         await asyncio.sleep(0.2)
         assert len(updates) == 2
+
+
+async def test_private_channels_follow_realtime_messages_policies_with_the_python_client(
+    start_bridge: BridgeFactory, db: asyncpg.Connection
+) -> None:
+    # Each user may read and write 'user:<sub>' only (text: "0001" is not "1").
+    await db.execute(
+        "CREATE POLICY r ON realtime.messages FOR SELECT TO authenticated "
+        "USING (realtime.topic() = 'user:' || (auth.jwt() ->> 'sub'));"
+        "CREATE POLICY w ON realtime.messages FOR INSERT TO authenticated "
+        "WITH CHECK (realtime.topic() = 'user:' || (auth.jwt() ->> 'sub'))"
+    )
+    bridge = await start_bridge()
+    private = {"config": {"broadcast": {"ack": True, "self": False}, "private": True}}
+    async with client(bridge, bridge.anon_key) as alice, client(bridge, bridge.service_key) as ops:
+        await alice.set_auth(bridge.user_token("1"))
+        heard: list[dict[str, Any]] = []
+        own = alice.channel("user:1", private)  # type: ignore[arg-type]
+        own.on_broadcast("n", lambda message: heard.append(dict(message)))
+        own_states = await subscribe(own)
+        assert own_states == [("SUBSCRIBED", None)]
+        other_states: list[tuple[str, str | None]] = []
+        other = alice.channel("user:0001", private)  # type: ignore[arg-type]
+        await other.subscribe(
+            lambda state, error: other_states.append((state.value, str(error) if error else None))
+        )
+        await until(lambda: len(other_states) >= 2, 5, what="the refusal")
+        await asyncio.sleep(2.5)  # past realtime-py's first rejoin delays: it does not retry
+        assert [state for state, _ in other_states] == ["CHANNEL_ERROR", "CLOSED"]
+        assert "You do not have permissions to read from this Channel topic: user:0001" in (
+            other_states[0][1] or ""
+        )
+
+        ops_heard: list[dict[str, Any]] = []
+        ops_own = ops.channel("user:1", private)  # type: ignore[arg-type]
+        ops_own.on_broadcast("n", lambda message: ops_heard.append(dict(message)))
+        assert await subscribe(ops_own) == [("SUBSCRIBED", None)]
+        await own.send_broadcast("n", {"from": "ws"})
+        await own.http_send("n", {"from": "http"})  # REST with the user's token: 202
+        await other.http_send("n", {"from": "intruder"})  # not allowed: skipped, still 202
+        await until(lambda: len(ops_heard) == 2, 8, what="ops hears alice twice")
+        await ops_own.send_broadcast("n", {"from": "ops"})
+        await until(lambda: len(heard) == 2, 8, what="alice hears REST and ops")
+        assert [m["payload"]["from"] for m in ops_heard] == ["ws", "http"]
+        assert [m["payload"]["from"] for m in heard] == ["http", "ops"]
+
+        # The anon key over REST on a public topic (no more 403).
+        lobby_heard: list[dict[str, Any]] = []
+        lobby = ops.channel("lobby")
+        lobby.on_broadcast("hi", lambda message: lobby_heard.append(dict(message)))
+        assert await subscribe(lobby) == [("SUBSCRIBED", None)]
+        async with client(bridge, bridge.anon_key) as visitor:
+            await visitor.channel("lobby").http_send("hi", {"n": 1})
+        await until(lambda: len(lobby_heard) == 1, 8, what="the visitor's REST broadcast")
+
+        # A token of another user: the channel is closed (a system error, then phx_close).
+        states: list[tuple[str, str | None]] = []
+        own.subscribe_callback = lambda state, error: states.append((state.value, None))
+        await alice.set_auth(bridge.user_token("0001"))
+        await until(lambda: ("CLOSED", None) in states, 5, what="the channel closed")
+        await asyncio.sleep(0.3)
+        assert own.is_closed
+        assert len(heard) == 2

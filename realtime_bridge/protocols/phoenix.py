@@ -12,20 +12,33 @@ One socket carries many channels, each joined on a topic
   topic named after a plugin channel, that channel's typed events;
 * presence: `presence_state` once, then `presence_diff`.
 
+A private topic (``config.private``) that is not a plugin channel is
+authorized as on Supabase, by the RLS policies of ``realtime.messages``
+(`topic_policies`): SELECT to receive (checked at join and on every new
+token), INSERT to send or track (checked on first use). The answers are
+kept per channel, i.e. per (connection, topic), until the token changes.
+
 Each channel has its own token (the join's ``access_token``, else the
-socket's ``apikey``). When it expires the channel's subscriptions pause
-and a system message says so; a fresh ``access_token`` resumes them from
-where they stopped, nothing lost. A rejoin of the same topic on the same
-socket (what clients do after an error) carries the position over too.
+socket's ``apikey``). When it expires, or a new token may no longer read
+the topic, the channel is closed as Supabase closes it (a system error,
+then ``phx_close``), which the official clients do not retry. A join
+refused for its token or its permissions is answered with the error and
+``phx_close`` too, so clients stop instead of rejoining in a loop. What a
+closed channel had been served is kept for the socket: joining the topic
+again with a valid token (same user) resumes from there, nothing lost; a
+rejoin of a live channel carries the position over the same way.
 
 Handshake refusals are HTTP responses with a JSON body
 ``{"error", "code", "message"}``; problems with one message are answered on
-the channel, Supabase's way, and the socket stays up. A frame over
-`MAX_FRAME_BYTES` closes the socket (1009), a client that lets its queue sit
-full is cut off (1008, ``slow_consumer``). On shutdown the socket is closed
-with 1012 (service restart) after what was queued, without ``phx_close``:
-that is what Phoenix's socket drainer does, and the clients then rejoin
-every channel once reconnected (a ``phx_close`` would make them drop it).
+the channel, Supabase's way, and the socket stays up. A message over
+``MAX_MESSAGE_BYTES`` (256 KiB, as Supabase) is refused on its channel
+(``payload_size_exceeded``) and the socket stays up; only a frame beyond the
+WebSocket limit (twice that, at least 1 MiB) closes it (1009). A client
+that lets its queue sit full is cut off (1008, ``slow_consumer``).
+On shutdown the socket is closed with 1012 (service restart) after what was
+queued, without ``phx_close``: that is what Phoenix's socket drainer does,
+and the clients then rejoin every channel once reconnected (a ``phx_close``
+would make them drop it).
 """
 
 from __future__ import annotations
@@ -34,6 +47,7 @@ import asyncio
 import functools
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,11 +99,13 @@ from realtime_bridge.protocols.phoenix_wire import (
     Vsn,
     binary_bytes,
     decode,
+    decode_envelope,
     is_binary,
     message,
     reply,
 )
 from realtime_bridge.protocols.session import SocketSession
+from realtime_bridge.topic_policies import Extension, PoliciesUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +152,23 @@ class Plan:
     bindings: list[Binding]
     changes_error: BindingError | None
     replay_after: int | None = None
+    # A private topic's read permissions (realtime.messages SELECT); None: not guarded.
+    reads: dict[Extension, bool] | None = None
+
+
+class TopicDenied(Unauthorized):
+    """A private topic whose realtime.messages policies do not let this token read it."""
+
+    def __init__(self, sub_topic: str, *, revoked: bool = False) -> None:
+        if revoked:
+            text = f"You no longer have permission to read from this Channel topic: {sub_topic}"
+        else:
+            text = f"You do not have permissions to read from this Channel topic: {sub_topic}"
+        super().__init__(text, channel=sub_topic)
+
+
+# Join refusals after which the client should stop, not retry (see `_refuse_join`).
+FINAL_REFUSALS = ("unauthorized", "token_expired", "forbidden")
 
 
 def identity(principal: Principal) -> tuple[Role, str | None]:
@@ -164,8 +197,12 @@ class Channel:
         self.token = token
         self.presence_enabled = config.presence.enabled
         self.presence_key = config.presence.key or generated_presence_key()
-        self.paused = False
         self.plugin: Target | None = None
+        # A private topic authorized by realtime.messages policies (not a plugin channel):
+        # what this token may read and write there, asked once per token.
+        self.guarded = False
+        self.reads: dict[Extension, bool] = {}
+        self.writes: dict[Extension, bool] = {}
         self.subs: dict[str, Subscription] = {}
         self.room: Room | None = None
         self.expiry: asyncio.TimerHandle | None = None
@@ -173,6 +210,14 @@ class Channel:
     @property
     def vsn(self) -> Vsn:
         return self.session.vsn
+
+    @property
+    def receives_broadcast(self) -> bool:
+        return not self.guarded or self.reads.get(Extension.BROADCAST, False)
+
+    @property
+    def receives_presence(self) -> bool:
+        return not self.guarded or self.reads.get(Extension.PRESENCE, False)
 
     def send(self, frame: Frame) -> None:
         self.session.send(frame)
@@ -197,6 +242,11 @@ class PhoenixSession(SocketSession):
         )
         self.channels: dict[str, Channel] = {}
         self.owners: dict[str, Channel] = {}  # subscription id → its channel
+        # Channels the server closed (expired or refused token), by topic: who they were
+        # for and how far they were served, so a rejoin with a fresh token resumes there.
+        self.parked: OrderedDict[str, tuple[tuple[Role, str | None], dict[str, int]]] = (
+            OrderedDict()
+        )
 
     # connection ----------------------------------------------------------------
 
@@ -234,10 +284,10 @@ class PhoenixSession(SocketSession):
             data = await self._receive()
             if data is None:
                 return
-            if self._oversize(data) is not None:
-                self.bridge.counters.error("too_large")
-                await self._close("too_large", CLOSE_TOO_LARGE)
-                return
+            size = len(data.encode()) if isinstance(data, str) else len(data)
+            if size > self.bridge.settings.max_message_bytes:
+                self._too_large(data, size)
+                continue
             try:
                 inbound = decode(data, self.vsn)
             except BadFrame as exc:
@@ -284,6 +334,26 @@ class PhoenixSession(SocketSession):
         self.bridge.counters.error(code)
         self._reply(inbound, "error", {"reason": reason})
 
+    def _too_large(self, data: str | bytes, size: int) -> None:
+        """Refuse one oversized message on its channel; the socket and its channels stay."""
+        self.bridge.counters.error("payload_size_exceeded")
+        limit = self.bridge.settings.max_message_bytes
+        try:
+            inbound = decode_envelope(data, self.vsn)
+        except BadFrame:
+            return
+        text = f"payload_size_exceeded: a message of {size} bytes exceeds the {limit}-byte limit"
+        if inbound.ref is not None:
+            self._reply(inbound, "error", {"reason": text})
+        channel = self.channels.get(inbound.topic)
+        if (
+            channel is not None
+            and inbound.event == "broadcast"
+            and not channel.config.broadcast.ack
+        ):
+            # Without ack nobody waits for the reply: say it where listeners see it.
+            self._system(channel, "broadcast", "error", text)
+
     async def _handle(self, inbound: Inbound) -> None:
         if inbound.topic == "phoenix":
             if inbound.event == "heartbeat":
@@ -315,7 +385,7 @@ class PhoenixSession(SocketSession):
             elif inbound.event == "broadcast":
                 await self._broadcast(channel, inbound)
             elif inbound.event == "presence":
-                self._presence(channel, inbound)
+                await self._presence(channel, inbound)
             elif inbound.event == "access_token":
                 await self._access_token(channel, inbound)
             else:
@@ -360,19 +430,28 @@ class PhoenixSession(SocketSession):
             if principal.expired():
                 raise TokenExpired("token has expired; send a fresh one")
         except ClientError as exc:
-            self._refuse_message(
-                inbound, exc.code, f"InvalidJWTToken: {_token_problem(exc, token)}"
-            )
+            self._refuse_join(inbound, exc.code, f"InvalidJWTToken: {_token_problem(exc, token)}")
             return
         sub_topic = topic[len(TOPIC_PREFIX) :]
         try:
             plan = await self._plan(sub_topic, payload.config, principal)
+        except TopicDenied as exc:
+            self._refuse_join(inbound, exc.code, f"Unauthorized: {exc.message}")
+            return
         except Unauthorized as exc:
-            self._refuse_message(
+            self._refuse_join(
                 inbound,
                 exc.code,
                 "Unauthorized: You do not have permissions to read from this Channel topic: "
                 f"{sub_topic} ({exc.message})",
+            )
+            return
+        except PoliciesUnavailable as exc:
+            logger.warning("authorizing %s failed: %s", topic, exc)
+            self._refuse_message(
+                inbound,
+                "unavailable",
+                "UnableToConnectToProject: Realtime was unable to connect to the project database",
             )
             return
         try:
@@ -383,36 +462,82 @@ class PhoenixSession(SocketSession):
             return
         resume: dict[str, int] = {}
         old = self.channels.get(topic)
+        parked = self.parked.pop(topic, None)
         if old is not None:
             # A rejoin: the old channel goes (quietly: clients ignore a close for an old
             # join_ref, or worse, close the new one), its position carries over.
             if identity(old.principal) == identity(principal):
                 resume = old.positions()
             self._close_channel(old)
+        elif parked is not None and parked[0] == identity(principal):
+            # The server closed this topic's channel (its token expired, say): resume it.
+            resume = parked[1]
         channel = Channel(self, topic, join_ref, payload.config, principal, token)
         self.channels[topic] = channel
+        if plan.reads is not None:
+            channel.guarded = True
+            channel.reads = plan.reads
         channel.room = self.state.rooms.join(channel.private, sub_topic, channel)
         self._subscribe(channel, plan, resume)
         raws = payload.config.postgres_changes
         ids = binding_ids(raws)
         echo = [{**raw, "id": binding_id} for raw, binding_id in zip(raws, ids, strict=True)]
         self._reply(inbound, "ok", {"postgres_changes": echo})
-        if channel.presence_enabled:
+        if channel.presence_enabled and channel.receives_presence:
             channel.room.send_state(channel)
         if raws:
             self._changes_status(channel, plan)
+            if channel is not self.channels.get(topic):
+                return
         self._start(channel)
+
+    def _refuse_join(self, inbound: Inbound, code: str, reason: str) -> None:
+        """Refuse a join for its token or permissions, so that clients stop asking.
+
+        The error reply is Supabase's; the ``phx_close`` after it is ours: both
+        official clients retry a refused join forever (with the same token), and a
+        close is what makes them stop (supabase-js reports CLOSED, realtime-py too).
+        A live channel on the topic (this was a rejoin) is closed with it.
+        """
+        self._refuse_message(inbound, code, reason)
+        if code not in FINAL_REFUSALS:
+            return
+        old = self.channels.get(inbound.topic)
+        if old is not None:
+            self._park(old)
+            self._close_channel(old)
+        join_ref = inbound.join_ref or inbound.ref
+        self.send(message(self.vsn, join_ref, join_ref, inbound.topic, "phx_close", {}))
+
+    async def _read_grants(
+        self, sub_topic: str, config: JoinConfig, principal: Principal
+    ) -> dict[Extension, bool]:
+        """What `principal` may read on a private topic; `TopicDenied` when nothing."""
+        wanted = [Extension.BROADCAST]
+        if config.presence.enabled:
+            wanted.append(Extension.PRESENCE)
+        reads = await self.bridge.topic_policies.can_read(
+            principal, sub_topic, wanted, self._headers()
+        )
+        if not any(reads.values()):
+            raise TopicDenied(sub_topic)
+        return reads
+
+    def _headers(self) -> dict[str, str]:
+        return dict(self.websocket.headers.items())
 
     async def _plan(self, sub_topic: str, config: JoinConfig, principal: Principal) -> Plan:
         """Resolve and authorize what a channel reads; raises `Unauthorized` for the topic."""
         bridge = self.bridge
         plugin: Target | None = None
+        reads: dict[Extension, bool] | None = None
         if sub_topic in bridge.registry.by_channel:
+            # A plugin channel is authorized by its plugin (row scope included), private or not.
             plugin = await resolve_target(
                 bridge, principal, channel=sub_topic, table=None, filter_spec=None
             )
-        elif config.private and principal.role is Role.ANON:
-            raise Unauthorized("private topics need a signed-in user or the service key")
+        elif config.private:
+            reads = await self._read_grants(sub_topic, config, principal)
         raws = config.postgres_changes
         bindings: list[Binding] = []
         error: BindingError | None = None
@@ -422,7 +547,7 @@ class PhoenixSession(SocketSession):
             )
         except BindingError as exc:
             error = exc
-        plan = Plan(plugin, bindings, error)
+        plan = Plan(plugin, bindings, error, reads=reads)
         replay = config.broadcast.replay
         if plugin is not None and replay is not None:
             after = await seq_since(bridge, replay.since)
@@ -462,6 +587,15 @@ class PhoenixSession(SocketSession):
 
     def _changes_status(self, channel: Channel, plan: Plan) -> None:
         if plan.changes_error is not None:
+            if plan.changes_error.code in FINAL_REFUSALS:
+                # A table this token may not read: Supabase would just send nothing, we
+                # say so; and close, since realtime-py rejoins on a system error forever.
+                self.bridge.counters.error(plan.changes_error.code)
+                self._system(channel, "postgres_changes", "error", plan.changes_error.message)
+                self._park(channel)
+                self._close_channel(channel)
+                self._send_close(channel)
+                return
             self.bridge.counters.error(plan.changes_error.code)
             self._system(channel, "postgres_changes", "error", plan.changes_error.message)
         else:
@@ -484,6 +618,15 @@ class PhoenixSession(SocketSession):
             if task is not None:
                 task.cancel()
         channel.subs.clear()
+
+    def _park(self, channel: Channel) -> None:
+        """Remember how far a channel the server closes was served (see `parked`)."""
+        if self.channels.get(channel.topic) is not channel or not channel.subs:
+            return
+        self.parked.pop(channel.topic, None)
+        self.parked[channel.topic] = (identity(channel.principal), channel.positions())
+        while len(self.parked) > self.bridge.settings.max_subscriptions_per_connection:
+            self.parked.popitem(last=False)
 
     def _close_channel(self, channel: Channel) -> None:
         if self.channels.get(channel.topic) is channel:
@@ -516,8 +659,20 @@ class PhoenixSession(SocketSession):
             self._refuse_message(inbound, "bad_message", f"bad_message: broadcast {reason}")
             return
         ack = channel.config.broadcast.ack
-        if channel.paused:
-            self._refuse_message(inbound, "token_expired", "InvalidJWTToken: Token has expired")
+        if channel.guarded and not await self._may_write(channel, Extension.BROADCAST):
+            # Supabase drops it without a word; with ack we say why (else it times out).
+            self.bridge.counters.error("forbidden")
+            if ack:
+                self._reply(
+                    inbound,
+                    "error",
+                    {
+                        "reason": "Unauthorized: You do not have permissions to write to this "
+                        f"Channel topic: {channel.sub_topic}"
+                    },
+                )
+            return
+        if channel is not self.channels.get(channel.topic):
             return
         if channel.plugin is not None:
             await self._publish(channel, inbound, push, ack)
@@ -565,7 +720,24 @@ class PhoenixSession(SocketSession):
         if ack:
             self._reply(inbound, "ok")
 
-    def _presence(self, channel: Channel, inbound: Inbound) -> None:
+    async def _may_write(self, channel: Channel, extension: Extension) -> bool:
+        """The INSERT policy's answer for this channel's token, asked once per token."""
+        known = channel.writes.get(extension)
+        if known is not None:
+            return known
+        token = channel.token
+        try:
+            allowed = await self.bridge.topic_policies.can_write(
+                channel.principal, channel.sub_topic, extension, self._headers()
+            )
+        except PoliciesUnavailable as exc:
+            logger.warning("authorizing a write on %s failed: %s", channel.topic, exc)
+            return False
+        if channel.token == token:
+            channel.writes[extension] = allowed
+        return allowed
+
+    async def _presence(self, channel: Channel, inbound: Inbound) -> None:
         try:
             push = PresencePush.model_validate(inbound.payload)
         except ValidationError:
@@ -577,11 +749,35 @@ class PhoenixSession(SocketSession):
             if not isinstance(push.payload, dict):
                 self._reply(inbound, "error", {"reason": "Presence track payload must be a map"})
                 return
+            if channel.guarded:
+                if not await self._may_write(channel, Extension.PRESENCE):
+                    self.bridge.counters.error("forbidden")
+                    self._reply(
+                        inbound,
+                        "error",
+                        {
+                            "reason": "Unauthorized: You do not have permissions to track "
+                            f"presence on this Channel topic: {channel.sub_topic}"
+                        },
+                    )
+                    return
+                if Extension.PRESENCE not in channel.reads:
+                    # Presence was off at join, so its read policy was not asked yet.
+                    try:
+                        reads = await self.bridge.topic_policies.can_read(
+                            channel.principal, channel.sub_topic, [Extension.PRESENCE]
+                        )
+                    except PoliciesUnavailable:
+                        reads = {Extension.PRESENCE: False}
+                    channel.reads.update(reads)
+                if channel is not self.channels.get(channel.topic):
+                    return
             room.track(channel, channel.presence_key, push.payload)
             if not channel.presence_enabled:
                 # Tracking turns presence on; the state comes first (clients buffer diffs).
                 channel.presence_enabled = True
-                room.send_state(channel)
+                if channel.receives_presence:
+                    room.send_state(channel)
             self._reply(inbound, "ok")
         elif push.event == "untrack":
             room.untrack(channel)
@@ -602,21 +798,53 @@ class PhoenixSession(SocketSession):
         try:
             principal = await self.bridge.auth.verify(token)
         except ClientError as exc:
+            self._park(channel)
             self._end(channel, exc.code, _token_problem(exc, token))
             return
         if channel is not self.channels.get(channel.topic):
             return
+        reads: dict[Extension, bool] | None = None
+        if channel.guarded:
+            # A new token is a new caller for the policies: asked again, as Supabase does.
+            wanted = list(channel.reads) or [Extension.BROADCAST]
+            try:
+                reads = await self.bridge.topic_policies.can_read(
+                    principal, channel.sub_topic, wanted, self._headers()
+                )
+            except PoliciesUnavailable as exc:
+                logger.warning("re-authorizing %s failed: %s", channel.topic, exc)
+                self._park(channel)
+                self._end(
+                    channel, "unavailable", "Realtime was unable to connect to the project database"
+                )
+                return
+            if channel is not self.channels.get(channel.topic):
+                return
+            revoked = any(channel.reads.get(e) and not reads.get(e) for e in reads)
+            if revoked or not any(reads.values()):
+                self._park(channel)
+                denied = TopicDenied(channel.sub_topic, revoked=revoked)
+                self._end(channel, denied.code, denied.message)
+                return
         if identity(principal) == identity(channel.principal):
             channel.token = token
             channel.principal = principal
+            if reads is not None:
+                channel.reads, channel.writes = reads, {}
             self._watch_expiry(channel)
-            self._unpause(channel)
             return
         # Another identity: what it may read is decided again, from where the channel was.
         try:
             plan = await self._plan(channel.sub_topic, channel.config, principal)
         except Unauthorized as exc:
+            self._park(channel)
             self._end(channel, exc.code, f"Unauthorized: {exc.message}")
+            return
+        except PoliciesUnavailable as exc:
+            logger.warning("re-authorizing %s failed: %s", channel.topic, exc)
+            self._end(
+                channel, "unavailable", "Realtime was unable to connect to the project database"
+            )
             return
         if channel is not self.channels.get(channel.topic):
             return
@@ -631,16 +859,19 @@ class PhoenixSession(SocketSession):
         resume = channel.positions()
         self._unsubscribe_all(channel)
         channel.principal = principal
-        channel.paused = False
+        if plan.reads is not None:
+            channel.reads, channel.writes = plan.reads, {}
         self._subscribe(channel, plan, resume)
         if plan.changes_error is not None:
             self._changes_status(channel, plan)
-        if channel.presence_enabled and channel.room is not None:
+            if channel is not self.channels.get(channel.topic):
+                return
+        if channel.presence_enabled and channel.receives_presence and channel.room is not None:
             channel.room.send_state(channel)
         self._start(channel)
 
     def _end(self, channel: Channel, code: str, text: str) -> None:
-        """A fatal channel error: a system message, then phx_close."""
+        """A fatal channel error: a system message, then phx_close (Supabase's shutdown)."""
         self.bridge.counters.error(code)
         self._system(channel, "system", "error", text)
         self._close_channel(channel)
@@ -657,26 +888,14 @@ class PhoenixSession(SocketSession):
             )
 
     def _expired(self, channel: Channel) -> None:
+        """The token ran out: closed as Supabase closes it; a fresh join resumes it."""
         channel.expiry = None
         if self.channels.get(channel.topic) is not channel:
             return
-        channel.paused = True
-        for sub in channel.subs.values():
-            self.bridge.hub.pause(sub)
-        self.bridge.counters.error("token_expired")
         expires_at = channel.principal.expires_at or time.time()
         ago = max(int(time.time() - expires_at), 0)
-        self._system(channel, "system", "error", f"Token has expired {ago} seconds ago")
-
-    def _unpause(self, channel: Channel) -> None:
-        if not channel.paused:
-            return
-        channel.paused = False
-        for sub in channel.subs.values():
-            self.bridge.hub.resume(sub)
-            self._catch_up(sub)
-        if channel.presence_enabled and channel.room is not None:
-            channel.room.send_state(channel)
+        self._park(channel)
+        self._end(channel, "token_expired", f"Token has expired {ago} seconds ago")
 
     # catching up -----------------------------------------------------------------
 

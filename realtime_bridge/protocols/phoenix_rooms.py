@@ -44,7 +44,12 @@ class Member(Protocol):
     def presence_enabled(self) -> bool: ...
 
     @property
-    def paused(self) -> bool: ...
+    def receives_broadcast(self) -> bool:
+        """False on a private topic whose SELECT policy refuses broadcasts to it."""
+
+    @property
+    def receives_presence(self) -> bool:
+        """False on a private topic whose SELECT policy refuses presence to it."""
 
     def send(self, frame: Frame) -> None:
         """Queue a frame on the member's connection without waiting."""
@@ -127,7 +132,7 @@ class Room:
         frames = broadcast_frames(self.topic, event, raw, encoding, meta)
         delivered = 0
         for member in list(self.members):
-            if member.paused or (member is sender and not include_sender):
+            if not member.receives_broadcast or (member is sender and not include_sender):
                 continue
             frame = frames[member.vsn]
             if frame is not None:
@@ -170,7 +175,7 @@ class Room:
         body = orjson.dumps({"joins": joins, "leaves": leaves}).decode()
         frames = {vsn: envelope(vsn, None, None, self.topic, "presence_diff") for vsn in Vsn}
         for member in list(self.members):
-            if member.presence_enabled and not member.paused:
+            if member.presence_enabled and member.receives_presence:
                 head, tail = frames[member.vsn]
                 member.send((head, body, tail))
 

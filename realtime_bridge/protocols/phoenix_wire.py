@@ -109,6 +109,24 @@ def decode(data: str | bytes, vsn: Vsn) -> Inbound:
     return Inbound(_ref(join_ref), _ref(ref), topic, event, payload)
 
 
+def decode_envelope(data: str | bytes, vsn: Vsn) -> Inbound:
+    """Topic, event and refs of a frame, to answer it without using its payload.
+
+    For an oversized message: a binary push is read from its header only, a
+    text frame is decoded whole (it is at most the WebSocket frame limit).
+    """
+    if isinstance(data, bytes) and vsn is Vsn.V2 and len(data) >= 7 and data[0] == PUSH_KIND:
+        offset = 7
+        fields: list[str] = []
+        for size in data[1:5]:
+            fields.append(data[offset : offset + size].decode(errors="replace"))
+            offset += size
+        join_ref, ref, topic, _event = fields
+        return Inbound(join_ref or None, ref or None, topic, "broadcast", None)
+    inbound = decode(data, vsn)
+    return Inbound(inbound.join_ref, inbound.ref, inbound.topic, inbound.event, None)
+
+
 def _decode_push(data: bytes) -> Inbound:
     if len(data) < 7 or data[0] != PUSH_KIND:
         raise BadFrame("the only binary frame a client may send is a kind-3 broadcast push")
