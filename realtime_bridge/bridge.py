@@ -50,6 +50,7 @@ from realtime_bridge.sources.outbox import (
 )
 from realtime_bridge.sources.poll import PollSource
 from realtime_bridge.sources.supabase import SupabaseSource
+from realtime_bridge.sources.wal import WalSource, wal_unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -245,11 +246,11 @@ class Bridge:
                         "UPDATE on realtime_bridge.outbox and realtime_bridge.sequencer)"
                     )
         if head is not None:
-            await self._start_outbox(head)
+            await self._start_outbox(head, await self._why_not_wal())
             return
         assert why_not is not None
-        if self.settings.capture == "outbox":
-            raise ConfigurationError(f"CAPTURE=outbox, but {why_not}")
+        if self.settings.capture != "auto":
+            raise ConfigurationError(f"CAPTURE={self.settings.capture}, but {why_not}")
         await self._start_polling(why_not)
 
     async def _install_outbox(self) -> NoOutbox | None:
@@ -269,16 +270,42 @@ class Bridge:
             raise
         return None
 
-    async def _start_outbox(self, head: int) -> None:
+    async def _why_not_wal(self) -> str | None:
+        """None when the WAL is the capture; else why the triggers are."""
+        capture = self.settings.capture
+        if capture in ("triggers", "outbox"):
+            return f"CAPTURE={capture}"
+        assert self.pool is not None
+        async with self.pool.acquire() as conn:
+            why = await wal_unavailable(conn, self.settings.publication)
+        if why is not None and capture == "wal":
+            raise ConfigurationError(f"CAPTURE=wal, but {why}")
+        return why
+
+    async def _start_outbox(self, head: int, why_not_wal: str | None) -> None:
         assert self.dsn is not None
         assert self.pool is not None
         self.hub.head = head
-        source = OutboxSource(
-            self.dsn,
-            self._on_changes,
-            start_after=head,
-            batch_size=self.settings.sequencer_batch,
-        )
+        source: OutboxSource
+        if why_not_wal is None:
+            source = WalSource(
+                self.dsn,
+                self._on_changes,
+                start_after=head,
+                publication=self.settings.publication,
+                slot=self.settings.replication_slot,
+                max_lag_bytes=self.settings.wal_max_slot_lag,
+                batch_size=self.settings.sequencer_batch,
+            )
+        else:
+            await self._leave_wal()
+            source = OutboxSource(
+                self.dsn,
+                self._on_changes,
+                start_after=head,
+                batch_size=self.settings.sequencer_batch,
+            )
+            source.mode.reason = f"capture triggers and the outbox ({why_not_wal})"
         self.source = source
         await self.refresh_tables()
         self._own("source", source.start())
@@ -290,11 +317,39 @@ class Bridge:
         if self.settings.relay_to_supabase:
             # Only the sequencer relays, so Supabase gets each event once, not once per instance.
             self.relay = Relay.from_settings(
-                self.settings, self.registry, active=lambda: source.status.role == "sequencer"
+                self.settings,
+                self.registry,
+                active=lambda: source.status.role == "sequencer",
             )
             # From the head we started at: changes routed while we waited above are relayed too.
             relayed = self.relay.start(self.hub, list(self.registry.by_channel), since=head)
             self._own("relay", relayed)
+
+    async def _leave_wal(self) -> None:
+        """On the trigger path: capture triggers on every published table, and no slot of ours.
+
+        A slot nobody reads holds WAL on the database's disk forever, so the
+        one the WAL source left behind is dropped (loudly).
+        """
+        assert self.pool is not None
+        try:
+            await self.pool.execute("SELECT realtime_bridge.switch_to_triggers()")
+            dropped = await self.pool.fetchval(
+                """
+                SELECT count(pg_drop_replication_slot(slot_name))
+                FROM pg_catalog.pg_replication_slots
+                WHERE slot_name = $1 AND database = current_database() AND NOT active
+                """,
+                self.settings.replication_slot,
+            )
+        except asyncpg.PostgresError as exc:
+            logger.warning("could not prepare the capture triggers: %s", exc)
+            return
+        if dropped:
+            logger.warning(
+                "dropped the replication slot %r: the trigger path captures from now on",
+                self.settings.replication_slot,
+            )
 
     async def _start_polling(self, why: NoOutbox) -> None:
         """No outbox: read the plugins' tables every POLL_INTERVAL seconds over SQL."""
@@ -588,6 +643,7 @@ class Bridge:
             if status is not None and status.last_lag_ms is not None
             else None,
             "source_status": status.to_json() if status is not None else None,
+            "wal": source.stats() if isinstance(source, WalSource) else None,
             "failed_tasks": dict(self._task_errors),
             "uptime_s": round(time.time() - self.started_at, 1),
         }
@@ -620,6 +676,7 @@ class Bridge:
             "head_seq": self.hub.head,
             "channels": sorted(self.hub.channels),
             "relay": self.relay.to_json() if self.relay is not None else None,
+            "wal": self.source.stats() if isinstance(self.source, WalSource) else None,
         }
 
     def encode(self, value: Any) -> bytes:
