@@ -50,7 +50,7 @@ from realtime_bridge.sources.outbox import (
 )
 from realtime_bridge.sources.poll import PollSource
 from realtime_bridge.sources.supabase import SupabaseSource
-from realtime_bridge.sources.wal import WalSource, wal_unavailable
+from realtime_bridge.sources.wal import RESYNC_CHANNEL, WalSource, wal_unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,13 @@ HISTORY_SQL = READ_SQL.replace(
     "AND ((o.schema_name || '.' || o.table_name) = ANY($3::text[]) OR o.channel = $4)\n"
     "ORDER BY o.seq",
 ).replace("LIMIT $3", "LIMIT 200")
+
+# The oldest seq kept, and the last capture gap (a resync marker), if any.
+EARLIEST_SQL = """
+SELECT (SELECT min(seq) FROM realtime_bridge.outbox WHERE seq IS NOT NULL) AS earliest,
+       (SELECT max(seq) FROM realtime_bridge.outbox
+        WHERE operation = 'BROADCAST' AND channel = $1) AS gap
+"""
 
 # The outbox's head, and whether this role may number it (be the sequencer).
 # (A list of privileges in one has_table_privilege call means "any of them".)
@@ -515,6 +522,9 @@ class Bridge:
 
     def _on_changes(self, changes: list[Change]) -> None:
         for change in changes:
+            if change.channel == RESYNC_CHANNEL:
+                self._on_gap(change)
+                continue
             self.hub.publish(
                 change.seq,
                 LogEntry(
@@ -531,6 +541,17 @@ class Bridge:
                 waiter = self._seq_waiters.pop(change.outbox_id, None)
                 if waiter is not None and not waiter.done():
                     waiter.set_result(change.seq)
+
+    def _on_gap(self, change: Change) -> None:
+        """The capture lost changes before this marker: every client reloads."""
+        self.hub.publish(change.seq, LogEntry(change.seq, (), lambda _channel: None))
+        told = self.hub.require_resync(change.seq)
+        logger.error(
+            "the capture lost changes before seq %s (%s): %d subscription(s) told to resync",
+            change.seq,
+            (change.record or {}).get("reason", "unknown"),
+            told,
+        )
 
     async def _history(self, after: int, upto: int, channel: str) -> AsyncIterator[list[Event]]:
         """Events of `channel` in (after, upto] read back from the outbox log."""
@@ -565,13 +586,15 @@ class Bridge:
         if not self._durable:
             return self.hub.head + 1  # no outbox: beyond the window means resync
         assert self.pool is not None
-        value = await self.pool.fetchval(
-            "SELECT min(seq) FROM realtime_bridge.outbox WHERE seq IS NOT NULL"
-        )
-        if value is None:
+        row = await self.pool.fetchrow(EARLIEST_SQL, RESYNC_CHANNEL)
+        assert row is not None
+        if row["gap"] is not None:
+            # The capture lost changes before this marker: nothing older is complete.
+            self.hub.resync_floor = max(self.hub.resync_floor, int(row["gap"]))
+        if row["earliest"] is None:
             # Everything was pruned: the next seq is the earliest a client can get.
             return self.hub.head + 1
-        return int(value)
+        return max(int(row["earliest"]), int(row["gap"] or 0))
 
     # publishing --------------------------------------------------------
 

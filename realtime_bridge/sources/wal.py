@@ -59,6 +59,8 @@ from realtime_bridge.sources.pgoutput import (
 logger = logging.getLogger(__name__)
 
 BROADCAST_PREFIX = "realtime_bridge"
+#: The log marker of a capture gap (a lost slot): every client must resync.
+RESYNC_CHANNEL = "$resync"
 SWITCH_PREFIX = "realtime_bridge.switch"
 
 # Changes held in memory before reading pauses for the log to catch up.
@@ -130,7 +132,9 @@ async def wal_unavailable(conn: asyncpg.Connection, publication: str) -> str | N
 class _Pending:
     """Changes waiting for the log, in stream order (values still in text form)."""
 
-    changes: list[tuple[int, RowChange | Message, Begin]] = field(default_factory=list)
+    changes: list[tuple[int, RowChange | Message | Change, Begin | None]] = field(
+        default_factory=list
+    )
     # The WAL position once these are logged: (commit LSN of the last
     # transaction touched, how many of its changes are logged).
     commit_lsn: int = 0
@@ -180,7 +184,7 @@ class WalSource(OutboxSource):
         self._skipping_switch = False
         self._logged_switch_pending = False
         self._next_seq = start_after + 1
-        self.gap_at: int | None = None
+        self._gap_reason: str | None = None
 
     # leading ---------------------------------------------------------------
 
@@ -204,6 +208,22 @@ class WalSource(OutboxSource):
                 int(await conn.fetchval("SELECT last_seq FROM realtime_bridge.sequencer")),
             )
             self._next_seq = self.status.last_seq + 1
+            if self._gap_reason is not None:
+                marker = Change(
+                    seq=self._next_seq,
+                    operation="BROADCAST",
+                    schema=None,
+                    table=None,
+                    record={"reason": self._gap_reason},
+                    old_record=None,
+                    committed_at=datetime.now(UTC),
+                    channel=RESYNC_CHANNEL,
+                    event="capture_gap",
+                )
+                self._pending.changes.append((marker.seq, marker, None))
+                self._next_seq += 1
+                await self._flush(conn)
+                self._gap_reason = None
             await self._stream(conn)
         finally:
             self._close_replication()
@@ -416,7 +436,10 @@ class WalSource(OutboxSource):
         self._pending.commit_lsn = txn.final_lsn
         self._pending.logged = index + 1
 
-    def _change(self, seq: int, item: RowChange | Message, txn: Begin) -> Change:
+    def _change(self, seq: int, item: RowChange | Message | Change, txn: Begin | None) -> Change:
+        if isinstance(item, Change):
+            return item
+        assert txn is not None
         if isinstance(item, Message):
             return _broadcast_change(item, seq, txn)
         return self._row_change(item, seq, txn)
