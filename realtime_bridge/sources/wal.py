@@ -232,6 +232,7 @@ class WalSource(OutboxSource):
         """Create the slot when missing; give it up when it lags past the limit."""
         row = await conn.fetchrow(SLOT_SQL, self.slot)
         lost = row is not None and row["wal_status"] == "lost"
+        why = "missing"
         too_far = (
             row is not None
             and row["lag_bytes"] is not None
@@ -264,13 +265,14 @@ class WalSource(OutboxSource):
             )
         await conn.execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", self.slot)
         self.slot_lag_bytes = 0
+        logger.info("replication slot %r created", self.slot)
         if had_position:
             self.slot_recreated += 1
             self.status.set(self.status.state, f"slot {self.slot!r} recreated: changes lost")
-            # Nothing older than the new slot can be replayed to us: start afresh.
+            # Nothing older than the new slot can be replayed to us: start afresh, and
+            # put a marker in the log so that every instance tells its clients to resync.
             await conn.execute("UPDATE realtime_bridge.wal_state SET commit_lsn = NULL, logged = 0")
-            self.gap_at = self.status.last_seq + 1
-        logger.info("replication slot %r created", self.slot)
+            self._gap_reason = "the replication slot was lost" if row is None else why
 
     async def _switch_from_triggers(self, conn: asyncpg.Connection) -> None:
         """Drop the capture triggers (once), then number what they captured."""
@@ -357,8 +359,7 @@ class WalSource(OutboxSource):
             return
         end = int(self._cursor.wal_end or 0)
         if end > self._acked and not self._pending.changes and self._txn is None:
-            self._cursor.send_feedback(flush_lsn=end)
-            self._acked = end
+            self._acknowledge(end)
         self.slot_lag_bytes = max(int(self._cursor.wal_end or 0) - self._acked, 0)
 
     def _on_readable(self) -> None:
@@ -507,8 +508,12 @@ class WalSource(OutboxSource):
             await conn.execute("UPDATE realtime_bridge.wal_state SET switch_pending = false")
             self._logged_switch_pending = False
         if pending.ack_lsn > self._acked and self._cursor is not None:
-            self._cursor.send_feedback(flush_lsn=pending.ack_lsn)
-            self._acked = pending.ack_lsn
+            self._acknowledge(pending.ack_lsn)
+
+    def _acknowledge(self, lsn: int) -> None:
+        """Tell Postgres the slot may move up to `lsn` (everything before it is logged)."""
+        self._cursor.send_feedback(flush_lsn=lsn)
+        self._acked = lsn
 
     def _close_replication(self) -> None:
         if self._replication is not None:
