@@ -18,12 +18,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # The package first (its own layer, rebuilt only when the code changes).
-# README.md is part of the package metadata (pyproject `readme`); the SQL
-# migrations ship inside the package (realtime_bridge/migrations links to
-# supabase/migrations, so they must be here before the build). MIGRATIONS_DIR
+# README.md and LICENSE are part of the package metadata; the SQL
+# migrations and the demo schema ship inside the package
+# (realtime_bridge/migrations and realtime_bridge/demo link to supabase/migrations
+# and supabase/demo, so they must be here before the build). MIGRATIONS_DIR
 # below points at the same files.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY supabase/migrations ./supabase/migrations
+COPY supabase/demo ./supabase/demo
 COPY realtime_bridge ./realtime_bridge
 RUN pip install . \
     && rm -rf build realtime_bridge.egg-info

@@ -206,13 +206,12 @@ class Bridge:
                 "Never run like this where anyone else can connect."
             )
         elif self.embedded is not None and not self.settings.supabase_jwt_secret:
-            keys = self.keys()
+            # The keys themselves stay out of the logs (they end up in log
+            # collectors); `realtime-bridge keys` prints them on demand.
             logger.info(
-                "embedded default: JWT secret in %s/jwt_secret\n"
-                "  anon key:    %s\n  service key: %s",
+                "embedded default: JWT secret in %s/jwt_secret; "
+                "run `realtime-bridge keys` for the anon and service keys",
                 self.settings.data_dir,
-                keys["anon"],
-                keys["service_role"],
             )
         assert self.source is not None
         logger.info(
@@ -233,6 +232,7 @@ class Bridge:
         self.pool = await asyncpg.create_pool(
             self.dsn, min_size=1, max_size=10, init=init_connection
         )
+        await self._report_missing_tables()
         head: int | None = None
         if why_not is None:
             try:
@@ -268,7 +268,7 @@ class Bridge:
             return None
         assert self.dsn is not None
         try:
-            await migrate(self.dsn, self.settings.migrations_dir)
+            await migrate(self.dsn, self.settings.migrations_dir, demo=self._wants_demo())
         except asyncpg.InsufficientPrivilegeError as exc:
             return NoOutbox("this database role cannot install the capture triggers", str(exc))
         except MigrationError as exc:
@@ -288,6 +288,30 @@ class Bridge:
         if why is not None and capture == "wal":
             raise ConfigurationError(f"CAPTURE=wal, but {why}")
         return why
+
+    def _wants_demo(self) -> bool:
+        """The demo schema: DEMO_SCHEMA, or by default the embedded database only."""
+        if self.settings.demo_schema is not None:
+            return self.settings.demo_schema
+        return self.embedded is not None
+
+    async def _report_missing_tables(self) -> None:
+        """One line per plugin table that does not exist: reported, never created."""
+        assert self.pool is not None
+        wanted = sorted({table for plugin in self.registry for table in plugin.tables})
+        rows = await self.pool.fetch(
+            "SELECT n.name FROM unnest($1::text[]) AS n(name) WHERE to_regclass(n.name) IS NULL",
+            wanted,
+        )
+        for row in rows:
+            channels = [p.channel for p in self.registry if row["name"] in p.tables]
+            logger.warning(
+                "plugin channel %s expects table %s, which does not exist in this database; "
+                "create it (for the bundled demo plugins: `realtime-bridge migrate --demo` "
+                "or DEMO_SCHEMA=true), or remove the plugin; the channel stays empty until then",
+                ", ".join(channels),
+                row["name"],
+            )
 
     async def _start_outbox(self, head: int, why_not_wal: str | None) -> None:
         assert self.dsn is not None

@@ -4,27 +4,67 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
 from realtime_bridge.errors import RealtimeBridgeError
-from realtime_bridge.settings import Settings
+from realtime_bridge.redact import install as install_redaction
+from realtime_bridge.redact import redact
+from realtime_bridge.settings import SECRET_SETTINGS, Settings
+
+
+def _fail(*lines: str) -> NoReturn:
+    """Exit 2 with one line per problem on stderr (no traceback)."""
+    for line in lines:
+        print(f"realtime-bridge: {line}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _shown(field: str, value: object) -> str:
+    if field in SECRET_SETTINGS:
+        return "<hidden>"
+    return redact(value if isinstance(value, str) else repr(value))
 
 
 def _settings(**overrides: object) -> Settings:
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
     except ValidationError as exc:
-        lines = [f"  {'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()]
-        raise SystemExit("invalid configuration:\n" + "\n".join(lines)) from None
+        lines = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else ""
+            name = ".".join(map(str, error["loc"])).upper() or "configuration"
+            value = f"={_shown(field, error['input'])}" if field else ""
+            lines.append(f"invalid {name}{value}: {error['msg']}")
+        _fail(*lines)
+
+
+def _log_config() -> dict[str, Any]:
+    """uvicorn's logging, with keys and tokens masked on every handler (access log included)."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["filters"] = {"redact": {"()": "realtime_bridge.redact.RedactingFilter"}}
+    for handler in config["handlers"].values():
+        handler["filters"] = ["redact"]
+    return config
+
+
+def _embedded(settings: Settings) -> bool:
+    """No DATABASE_URL and not hosted Supabase: the bridge starts Postgres in DATA_DIR."""
+    hosted = settings.supabase_url and settings.supabase_service_key
+    return not settings.database_url and not hosted
 
 
 def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
+    from realtime_bridge import preflight
     from realtime_bridge.app import create_app
 
     settings = _settings(host=args.host, port=args.port)
@@ -33,31 +73,61 @@ def serve(args: argparse.Namespace) -> None:
         and not settings.allow_testing_api_public
         and settings.host not in ("127.0.0.1", "localhost", "::1")
     ):
-        raise SystemExit(
-            "realtime-bridge: ENABLE_TESTING_API=true on a public address "
+        _fail(
+            "ENABLE_TESTING_API=true on a public address "
             f"({settings.host}) lets anyone with the service key write demo trades; "
             "set ALLOW_TESTING_API_PUBLIC=true if you really mean it"
         )
+    # Before anything is announced: one serve per embedded folder, the port
+    # is free (and now ours), the database answers.
+    try:
+        lock = preflight.claim_data_dir(settings.data_dir) if _embedded(settings) else None
+        sock = preflight.bind(settings.host, settings.port)
+        if settings.database_url:
+            asyncio.run(preflight.check_database(settings.database_url))
+    except preflight.PreflightError as exc:
+        _fail(str(exc))
+    if lock is not None:
+        lock.record(sock.getsockname()[1])
     app = create_app(settings)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
-        port=settings.port,
+        port=sock.getsockname()[1],
         log_level=settings.log_level.lower(),
+        log_config=_log_config(),
         ws_max_size=max(settings.max_frame_bytes * 4, 1024 * 1024),
         ws_per_message_deflate=False,
         proxy_headers=True,
         lifespan="on",
     )
+    server = uvicorn.Server(config)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        if lock is not None:
+            lock.release()
+    if not server.started:
+        sys.exit(3)  # uvicorn's "startup failed" code; the reason is logged above
 
 
 def migrate_command(args: argparse.Namespace) -> None:
+    from realtime_bridge import preflight
     from realtime_bridge.embedded import EmbeddedPostgres
     from realtime_bridge.migrate import migrate
 
     settings = _settings()
+    if settings.database_url:
+        try:
+            asyncio.run(preflight.check_database(settings.database_url))
+        except preflight.PreflightError as exc:
+            _fail(str(exc))
     dsn = settings.database_url or EmbeddedPostgres(settings.data_dir).start()
-    applied = asyncio.run(migrate(dsn, settings.migrations_dir))
+    # The demo schema: --demo or DEMO_SCHEMA, else only in the embedded database.
+    demo = args.demo or (
+        settings.demo_schema if settings.demo_schema is not None else not settings.database_url
+    )
+    applied = asyncio.run(migrate(dsn, settings.migrations_dir, demo=demo))
     print(
         f"applied {len(applied)} migration(s)"
         + (f": {', '.join(applied)}" if applied else "; up to date")
@@ -98,6 +168,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     serve_parser.add_argument("--port", type=int, default=None, help="port (default 8000, PORT)")
     serve_parser.set_defaults(func=serve)
     migrate_parser = commands.add_parser("migrate", help="apply pending SQL migrations")
+    migrate_parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="also create the demo trading tables (supabase/demo; DEMO_SCHEMA=true)",
+    )
     migrate_parser.set_defaults(func=migrate_command)
     keys_parser = commands.add_parser(
         "keys", help="print an anon key and a service key made from the JWT secret"
@@ -117,6 +192,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    install_redaction()
     try:
         args.func(args)
     except RealtimeBridgeError as exc:

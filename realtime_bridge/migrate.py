@@ -5,6 +5,14 @@ under an advisory lock so two instances starting together do not race.
 The files are idempotent on their own (so `supabase db push` can apply them
 too); the record in ``realtime_bridge.schema_migrations`` makes re-running
 `realtime-bridge migrate` a no-op.
+
+The demo trading schema (`supabase/demo/`: positions, trades,
+portfolio_snapshots, auto_trade_settings) is not a migration of the bridge:
+it is applied only when asked (`demo=True`: the embedded database,
+DEMO_SCHEMA=true, `realtime-bridge migrate --demo`), never to a user's
+database by default. Its files keep their timestamps and share the ledger,
+so a database that applied them back when they lived in `migrations/`
+simply has them recorded, and nothing is re-run or undone.
 """
 
 from __future__ import annotations
@@ -30,6 +38,13 @@ def default_migrations_dir() -> Path:
     return source_tree if source_tree.is_dir() else packaged
 
 
+def default_demo_dir() -> Path:
+    """The demo schema's SQL, from the repository or the copy shipped inside the package."""
+    packaged = Path(__file__).parent / "demo"
+    source_tree = Path(__file__).resolve().parent.parent / "supabase" / "demo"
+    return source_tree if source_tree.is_dir() else packaged
+
+
 @dataclass(frozen=True)
 class Migration:
     version: str
@@ -50,9 +65,11 @@ def discover(directory: Path) -> list[Migration]:
     return [Migration(p.name.split("_", 1)[0], p) for p in sorted(directory.glob("*.sql"))]
 
 
-async def migrate(dsn: str, directory: Path | None = None) -> list[str]:
-    """Apply pending migrations; return the versions applied this time."""
+async def migrate(dsn: str, directory: Path | None = None, *, demo: bool = False) -> list[str]:
+    """Apply pending migrations (and the demo schema if `demo`); return the versions applied."""
     migrations = discover(directory or default_migrations_dir())
+    if demo:
+        migrations = sorted([*migrations, *discover(default_demo_dir())], key=lambda m: m.version)
     conn = await asyncpg.connect(dsn, timeout=30)
     applied_now: list[str] = []
     try:

@@ -8,9 +8,40 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG", "TRACE"]
+
+# Settings whose values never appear in an error message.
+SECRET_SETTINGS = frozenset(
+    {"supabase_anon_key", "supabase_service_key", "supabase_jwt_secret", "realtime_bridge_key"}
+)
+
+_URL_SCHEMES = {
+    "database_url": (("postgresql", "postgres"), "postgresql://user:password@host:5432/dbname"),
+    "supabase_url": (("https", "http"), "https://abcd.supabase.co"),
+    "redis_url": (("redis", "rediss", "unix"), "redis://localhost:6379/0"),
+    "realtime_bridge_url": (("https", "http"), "http://127.0.0.1:8000"),
+}
+
+
+def _check_url(name: str, value: str) -> str:
+    """A URL with one of the setting's schemes and a host (or a ?host= for a Unix socket)."""
+    schemes, example = _URL_SCHEMES[name]
+    allowed = " or ".join(f"{scheme}://" for scheme in schemes)
+    parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise ValueError(f"the port is not a number 0-65535; use a {allowed} URL") from None
+    if parts.scheme not in schemes:
+        raise ValueError(f"not a {allowed} URL; expected e.g. {example}")
+    if not parts.hostname and "host=" not in parts.query and parts.scheme != "unix":
+        raise ValueError(f"the URL names no host; expected e.g. {example}")
+    return value
 
 
 class Settings(BaseSettings):
@@ -104,9 +135,16 @@ class Settings(BaseSettings):
     sse_heartbeat: float = Field(default=15.0, gt=0)
     sequencer_batch: int = Field(default=5000, ge=1)
     prune_interval: float = Field(default=3600.0, gt=0)
-    log_level: str = "INFO"
+    log_level: LogLevel = Field(default="INFO", description="Log level (case-insensitive).")
     migrate_on_start: bool = Field(
         default=True, description="Apply pending migrations when `serve` starts."
+    )
+    demo_schema: bool | None = Field(
+        default=None,
+        description=(
+            "Create the demo trading tables (supabase/demo). Unset: only in the embedded "
+            "Postgres, never in a DATABASE_URL database."
+        ),
     )
     migrations_dir: Path | None = Field(
         default=None, description="Override the folder of SQL migrations."
@@ -133,6 +171,23 @@ class Settings(BaseSettings):
         if self.relay_to_supabase and not (self.supabase_url and self.supabase_service_key):
             raise ValueError("RELAY_TO_SUPABASE=true needs SUPABASE_URL and SUPABASE_SERVICE_KEY")
         return self
+
+    @field_validator("database_url", "supabase_url", "redis_url", "realtime_bridge_url")
+    @classmethod
+    def _urls(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else _check_url(str(info.field_name), value)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        if not value.strip() or any(c in value for c in "/ ?#@"):
+            raise ValueError("use an address or host name such as 127.0.0.1 or 0.0.0.0")
+        return value.strip()
 
     @field_validator("allowed_origins", mode="before")
     @classmethod

@@ -52,21 +52,28 @@ class TestDatabase:
 
     admin_dsn: str
     embedded: EmbeddedPostgres | None = None
+    # The demo trading schema (supabase/demo) in every database handed out.
+    demo: bool = False
     template: str = field(default_factory=lambda: f"rb_template_{os.getpid()}")
     _names: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _created: list[str] = field(default_factory=list)
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def start(cls, database_url: str | None = None) -> AsyncIterator[TestDatabase]:
-        """Use `database_url` (e.g. DATABASE_URL) or an embedded server in a temp folder."""
+    async def start(
+        cls, database_url: str | None = None, *, demo: bool = False
+    ) -> AsyncIterator[TestDatabase]:
+        """Use `database_url` (e.g. DATABASE_URL) or an embedded server in a temp folder.
+
+        `demo=True` gives every database the demo trading schema as well.
+        """
         embedded: EmbeddedPostgres | None = None
         temp: tempfile.TemporaryDirectory[str] | None = None
         if database_url is None:
             temp = tempfile.TemporaryDirectory(prefix="rb-test-pg-")
             embedded = EmbeddedPostgres(Path(temp.name))
             database_url = await asyncio.to_thread(embedded.start)
-        databases = cls(database_url, embedded)
+        databases = cls(database_url, embedded, demo)
         try:
             await databases._make_template()
             yield databases
@@ -87,7 +94,7 @@ class TestDatabase:
             await conn.execute(f'CREATE DATABASE "{self.template}"')
         finally:
             await conn.close()
-        await migrate(with_database(self.admin_dsn, self.template))
+        await migrate(with_database(self.admin_dsn, self.template), demo=self.demo)
 
     async def create(self) -> str:
         """A new database with every migration applied; returns its DSN."""

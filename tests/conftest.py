@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session")
 async def databases() -> AsyncIterator[TestDatabase]:
-    async with TestDatabase.start(os.environ.get("DATABASE_URL") or None) as found:
+    # The suite's plugins and fixtures work on the demo trading tables: opt in.
+    async with TestDatabase.start(os.environ.get("DATABASE_URL") or None, demo=True) as found:
         yield found
 
 

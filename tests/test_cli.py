@@ -8,9 +8,10 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -18,7 +19,11 @@ import pytest
 
 from realtime_bridge.embedded import EmbeddedPostgres
 from realtime_bridge.migrate import default_migrations_dir, discover
+from realtime_bridge.testing import with_database
 from tests.conftest import ROOT
+
+# The command line under test: this interpreter's copy of the package.
+CLI = (sys.executable, "-m", "realtime_bridge")
 
 
 def free_port() -> int:
@@ -35,10 +40,12 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 @asynccontextmanager
-async def serving(cwd: Path, env: dict[str, str], *args: str) -> AsyncIterator[str]:
+async def serving(
+    cwd: Path, env: dict[str, str], *args: str, program: Sequence[str] = CLI
+) -> AsyncIterator[str]:
     """Run `realtime-bridge serve` as a user would; yield its base URL once healthy."""
     port = env.get("PORT") or str(free_port())
-    command = [sys.executable, "-m", "realtime_bridge", "serve", *args]
+    command = [*program, "serve", *args]
     if "PORT" not in env and "--port" not in args:
         command += ["--port", port]
     process = subprocess.Popen(
@@ -164,3 +171,95 @@ def test_usage_errors_exit_non_zero(command: list[str]) -> None:
     )
     assert result.returncode == 2
     assert "usage:" in result.stderr
+
+
+def run_cli(
+    *args: str, cwd: Path = ROOT, timeout: float = 60, **env: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args], env=clean_env(**env), cwd=cwd, capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+
+
+def one_clear_line(result: subprocess.CompletedProcess[str], *wanted: str) -> str:
+    """The exit is non-zero and stderr is one line (no traceback) holding every `wanted`."""
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    for text in wanted:
+        assert text in lines[0], lines[0]
+    return lines[0]
+
+
+def with_user(dsn: str, user: str) -> str:
+    parts = urlsplit(dsn)
+    netloc = f"{user}@{parts.hostname}:{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+@pytest.mark.parametrize(
+    ("case", "said"),
+    [
+        ("refused", "connection refused"),
+        ("unknown host", "unknown"),
+        ("bad credentials", "nobody_here"),
+        ("unknown database", "no_such_database"),
+        ("not a url", "postgresql://"),
+    ],
+)
+@pytest.mark.parametrize("command", ["serve", "migrate"])
+def test_a_bad_database_url_is_one_clear_line(dsn: str, command: str, case: str, said: str) -> None:
+    server = urlsplit(dsn)
+    at = f"{server.hostname}:{server.port}"
+    url = {
+        "refused": f"postgresql://postgres@127.0.0.1:{free_port()}/postgres",
+        "unknown host": "postgresql://postgres@no-such-host.invalid:5432/postgres",
+        "bad credentials": with_user(dsn, "nobody_here"),
+        "unknown database": with_database(dsn, "no_such_database"),
+        "not a url": "db.example.com/app",
+    }[case]
+    where = {
+        "refused": urlsplit(url).netloc.partition("@")[2],
+        "unknown host": "no-such-host.invalid:5432",
+        "not a url": url,
+    }.get(case, at)
+    args = ["--port", str(free_port())] if command == "serve" else []
+    result = run_cli(command, *args, DATABASE_URL=url)
+    assert result.returncode == 2
+    one_clear_line(result, "DATABASE_URL", said, where)
+
+
+def test_a_bad_log_level_names_the_variable_value_and_choices() -> None:
+    result = run_cli("serve", "--port", str(free_port()), LOG_LEVEL="LOUD")
+    line = one_clear_line(result, "LOG_LEVEL", "LOUD", "'INFO'", "'DEBUG'")
+    assert "KeyError" not in line
+
+
+async def test_a_port_in_use_is_reported_before_ready_naming_port(tmp_path: Path, dsn: str) -> None:
+    (tmp_path / "plugins").symlink_to(ROOT / "plugins")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("serve", cwd=tmp_path, DATABASE_URL=dsn, PORT=str(port))
+    assert result.returncode == 2
+    one_clear_line(result, "PORT", str(port), "in use")
+    assert "realtime-bridge ready" not in result.stdout + result.stderr
+
+
+async def test_a_second_serve_in_the_same_folder_says_one_is_running(tmp_path: Path) -> None:
+    (tmp_path / "plugins").symlink_to(ROOT / "plugins")
+    first_port = str(free_port())
+    env = clean_env(PORT=first_port)
+    try:
+        async with serving(tmp_path, env):
+            result = run_cli("serve", "--port", str(free_port()), cwd=tmp_path)
+            line = one_clear_line(result, "already running", f"port {first_port}", "DATA_DIR")
+            assert "pid " in line
+            # The same port (a second `make run`): still the clearer message.
+            again = run_cli("serve", cwd=tmp_path, PORT=first_port)
+            one_clear_line(again, "already running")
+    finally:
+        EmbeddedPostgres(tmp_path / ".realtime-bridge").stop("immediate")

@@ -7,7 +7,9 @@ container would run them.
 
 from __future__ import annotations
 
+import ast
 import fnmatch
+import importlib.metadata
 import json
 import re
 import shlex
@@ -22,6 +24,7 @@ from typing import Any
 
 import httpx
 import pytest
+from packaging.requirements import Requirement
 
 from realtime_bridge.migrate import default_migrations_dir, discover
 from realtime_bridge.settings import Settings
@@ -246,7 +249,7 @@ def test_everything_the_dockerfile_copies_exists_and_is_not_dockerignored() -> N
         if line.strip() and not line.startswith("#")
     ]
     sources = [s for found, _ in copies(dockerfile()) for s in found]
-    assert {"pyproject.toml", "README.md", "realtime_bridge", "plugins"} <= set(sources)
+    assert {*PACKAGE_SOURCES, "realtime_bridge", "plugins"} <= set(sources)
     for source in sources:
         assert (ROOT / source).exists(), f"COPY {source}: no such file"
         assert not dockerignored(source, patterns), f"COPY {source} is excluded by .dockerignore"
@@ -260,14 +263,20 @@ def test_everything_the_dockerfile_copies_exists_and_is_not_dockerignored() -> N
     ]
 
 
-def test_the_wheel_carries_the_migrations_and_an_installed_bridge_finds_them(
-    tmp_path: Path,
-) -> None:
-    source = tmp_path / "source"
+# The files the Dockerfile copies before `pip install .` (the image's build context).
+PACKAGE_SOURCES = ("pyproject.toml", "README.md", "LICENSE")
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel `pip install .` builds from what the Dockerfile copies (once per session)."""
+    build = tmp_path_factory.mktemp("wheel")
+    source = build / "source"
     source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in PACKAGE_SOURCES:
         shutil.copy(ROOT / name, source / name)
-    shutil.copytree(ROOT / "supabase" / "migrations", source / "supabase" / "migrations")
+    for folder in ("migrations", "demo"):
+        shutil.copytree(ROOT / "supabase" / folder, source / "supabase" / folder)
     shutil.copytree(
         ROOT / "realtime_bridge",
         source / "realtime_bridge",
@@ -276,12 +285,33 @@ def test_the_wheel_carries_the_migrations_and_an_installed_bridge_finds_them(
     )
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "-q", "-w", "dist"],
-        cwd=tmp_path,
+        cwd=build,
         check=True,
         timeout=300,
         capture_output=True,
     )
-    (wheel,) = (tmp_path / "dist").glob("realtime_bridge-*.whl")
+    (found,) = (build / "dist").glob("realtime_bridge-*.whl")
+    return found
+
+
+@pytest.fixture(scope="session")
+def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A clean venv with the wheel installed WITHOUT extras, as the image has it; its bin/."""
+    venv = tmp_path_factory.mktemp("venv") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    result = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr
+    return venv / "bin"
+
+
+def test_the_wheel_carries_the_migrations_and_an_installed_bridge_finds_them(
+    wheel: Path, tmp_path: Path
+) -> None:
     expected = {p.name: p.read_bytes() for p in (ROOT / "supabase" / "migrations").glob("*.sql")}
     with zipfile.ZipFile(wheel) as archive:
         shipped = {
@@ -310,6 +340,93 @@ def test_the_wheel_carries_the_migrations_and_an_installed_bridge_finds_them(
         str(tmp_path / "installed" / "realtime_bridge" / "migrations"),
         str(len(expected)),
     ]
+
+
+def test_the_wheel_carries_the_mit_license(wheel: Path) -> None:
+    license_text = (ROOT / "LICENSE").read_text()
+    assert license_text.startswith("MIT License")
+    assert "Copyright (c) 2026 the realtime-bridge authors" in license_text
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+        licenses = [n for n in names if ".dist-info/" in n and n.endswith("LICENSE")]
+        assert licenses, names
+        assert archive.read(licenses[0]).decode() == license_text
+        assert "MIT" in archive.read(metadata).decode()
+
+
+def top_level_imports(package: Path) -> dict[str, set[str]]:
+    """Each absolutely imported top-level module of `package` and the files importing it."""
+    found: dict[str, set[str]] = {}
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                found.setdefault(name.partition(".")[0], set()).add(str(path.relative_to(ROOT)))
+    return found
+
+
+def runtime_requirements() -> set[str]:
+    with (ROOT / "pyproject.toml").open("rb") as file:
+        project = tomllib.load(file)["project"]
+    return {canonical(Requirement(r).name) for r in project["dependencies"]}
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_every_import_in_the_package_is_a_runtime_dependency() -> None:
+    # Static: `pip install .` (the image) has only [project.dependencies], so a
+    # module imported only through a dev extra breaks the container at start.
+    declared = runtime_requirements()
+    distributions = importlib.metadata.packages_distributions()
+    undeclared = {}
+    for module, files in top_level_imports(ROOT / "realtime_bridge").items():
+        if module in sys.stdlib_module_names or module == "realtime_bridge":
+            continue
+        owners = {canonical(d) for d in distributions.get(module, [])}
+        if not owners & declared:
+            undeclared[module] = sorted(files)
+    assert not undeclared, f"imported but not in [project.dependencies]: {undeclared}"
+
+
+def test_the_installed_wheel_without_extras_runs_help_and_keys(
+    installed: Path, tmp_path: Path
+) -> None:
+    env = clean_env(DATA_DIR=str(tmp_path / "data"))
+    env.pop("VIRTUAL_ENV", None)
+    helped = subprocess.run(
+        [str(installed / "realtime-bridge"), "--help"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert helped.returncode == 0, helped.stderr
+    assert "serve" in helped.stdout
+    keys = subprocess.run(
+        [str(installed / "realtime-bridge"), "keys"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert keys.returncode == 0, keys.stderr
+    assert keys.stdout.startswith("SUPABASE_ANON_KEY=")
+    assert "SUPABASE_SERVICE_KEY=" in keys.stdout
+
+
+async def test_the_installed_wheel_without_extras_serves_until_healthy(
+    installed: Path, tmp_path: Path, dsn: str
+) -> None:
+    (tmp_path / "plugins").symlink_to(ROOT / "plugins")
+    env = clean_env(DATABASE_URL=dsn)
+    env.pop("VIRTUAL_ENV", None)
+    async with serving(tmp_path, env, program=[str(installed / "realtime-bridge")]) as url:
+        async with httpx.AsyncClient(base_url=url) as http:
+            response = await http.get("/health")
+        assert response.status_code == 200
+        assert response.json()["database"] == "external"
 
 
 # running the commands ------------------------------------------------------

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
-import asyncpg
+import asyncio
+import contextlib
+import logging
+import re
+import signal
+import subprocess
+from pathlib import Path
 
-from realtime_bridge.migrate import default_migrations_dir, discover, migrate
+import asyncpg
+import httpx
+import pytest
+
+from realtime_bridge.migrate import default_demo_dir, default_migrations_dir, discover, migrate
 from realtime_bridge.testing import TestDatabase, with_database
+from tests.conftest import ROOT
+from tests.test_cli import CLI, clean_env, free_port
 
 
 async def test_migrate_applies_every_file_then_is_a_no_op(databases: TestDatabase) -> None:
@@ -154,3 +166,109 @@ async def test_prune_removes_only_numbered_rows_past_retention(db: asyncpg.Conne
     await db.execute("UPDATE realtime_bridge.settings SET value = '3 days' WHERE key = 'retention'")
     await db.execute("UPDATE realtime_bridge.outbox SET seq = 2")
     assert await db.fetchval("SELECT realtime_bridge.prune()") == 0
+
+
+DEMO_TABLES = ["auto_trade_settings", "portfolio_snapshots", "positions", "trades"]
+
+
+async def empty_database(databases: TestDatabase, name: str) -> str:
+    """A new database with nothing in it (not cloned from the migrated template)."""
+    conn = await asyncpg.connect(databases.admin_dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return with_database(databases.admin_dsn, name)
+
+
+async def public_tables(dsn: str) -> list[str]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1"
+        )
+    finally:
+        await conn.close()
+    return [r["tablename"] for r in rows]
+
+
+async def test_migrate_leaves_the_demo_schema_out_unless_asked(databases: TestDatabase) -> None:
+    plain = await empty_database(databases, "rb_migrate_plain")
+    applied = await migrate(plain)
+    assert applied == [m.version for m in discover(default_migrations_dir())]
+    assert await public_tables(plain) == []
+    demo = await migrate(plain, demo=True)
+    assert demo == [m.version for m in discover(default_demo_dir())]
+    assert await public_tables(plain) == DEMO_TABLES
+
+
+def test_the_demo_files_are_not_in_the_migrations_folder() -> None:
+    migrations = {m.path.name for m in discover(default_migrations_dir())}
+    demo = {m.path.name for m in discover(default_demo_dir())}
+    assert demo == {"20261123000500_trading_schema.sql", "20261123000600_auto_trade_settings.sql"}
+    assert not migrations & demo
+    for migration in discover(default_migrations_dir()):
+        assert not re.search(r"\b(positions|trades|portfolio_snapshots|auto_trade)", migration.sql)
+
+
+async def test_a_database_that_applied_the_demo_before_it_moved_is_left_as_it_is(
+    dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The template applied every file with the demo, as migrations did when
+    # the demo lived in migrations/: the ledger holds its versions.
+    caplog.set_level(logging.WARNING, "realtime_bridge.migrate")
+    assert await migrate(dsn) == []
+    assert await migrate(dsn, demo=True) == []
+    assert not caplog.records
+    assert set(DEMO_TABLES) <= set(await public_tables(dsn))
+
+
+def test_migrate_command_creates_no_demo_tables_then_does_with_demo(
+    databases: TestDatabase,
+) -> None:
+    plain = asyncio.run(empty_database(databases, "rb_migrate_cli"))
+    env = clean_env(DATABASE_URL=plain)
+    migrated = subprocess.run(
+        [*CLI, "migrate"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert migrated.returncode == 0, migrated.stderr
+    assert asyncio.run(public_tables(plain)) == []
+    with_demo = subprocess.run(
+        [*CLI, "migrate", "--demo"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert with_demo.returncode == 0, with_demo.stderr
+    assert asyncio.run(public_tables(plain)) == DEMO_TABLES
+
+
+async def test_serve_on_a_plain_database_creates_no_demo_tables_and_says_what_is_missing(
+    databases: TestDatabase, tmp_path: Path
+) -> None:
+    plain = await empty_database(databases, "rb_serve_plain")
+    (tmp_path / "plugins").symlink_to(ROOT / "plugins")
+    log = tmp_path / "serve.log"
+    port = free_port()
+    env = clean_env(DATABASE_URL=plain, PORT=str(port))
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [*CLI, "serve"], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            for _ in range(300):
+                assert process.poll() is None, log.read_text()
+                with contextlib.suppress(httpx.TransportError):
+                    if (await http.get("/health")).status_code == 200:
+                        break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError(log.read_text())
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=20)
+    assert await public_tables(plain) == []
+    missing = [line for line in log.read_text().splitlines() if "does not exist" in line]
+    for table in ("positions", "trades", "portfolio_snapshots"):
+        (line,) = [m for m in missing if f"table public.{table}," in m]
+        assert "--demo" in line
+    assert len(missing) == 3

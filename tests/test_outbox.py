@@ -188,7 +188,7 @@ async def test_postgres_restart_is_survived_and_reported_by_health(
     server = EmbeddedPostgres(tmp_path / "pg")
     dsn = await asyncio.to_thread(server.start)
     try:
-        await migrate(dsn)
+        await migrate(dsn, demo=True)
         async with (
             run_bridge(make_settings(dsn, capture=capture)) as bridge,
             bridge.websocket() as ws,

@@ -57,3 +57,54 @@ def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PORT", "99999")
     with pytest.raises(ValidationError, match="port"):
         Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "allowed"),
+    [
+        ("LOG_LEVEL", "LOUD", "'INFO'"),
+        ("CAPTURE", "sometimes", "'outbox'"),
+        ("PORT", "99999", "65535"),
+        ("PORT", "eighty", "integer"),
+        ("POLL_INTERVAL", "0", "greater than 0"),
+        ("RELAY_BATCH_SIZE", "5000", "1000"),
+        ("SEND_QUEUE_MAX", "2", "16"),
+        ("MIGRATE_ON_START", "perhaps", "bool"),
+        ("DATABASE_URL", "localhost:5432/app", "postgresql://"),
+        ("DATABASE_URL", "mysql://db.example.com/app", "postgresql://"),
+        ("DATABASE_URL", "postgresql://db:notaport/app", "port"),
+        ("SUPABASE_URL", "abcd.supabase.co", "https://"),
+        ("REALTIME_BRIDGE_URL", "ftp://bridge", "http"),
+        ("REDIS_URL", "localhost:6379", "redis://"),
+        ("HOST", "http://0.0.0.0", "address"),
+        ("TABLE_ACCESS", "public.t=everyone", "owner"),
+    ],
+)
+def test_a_bad_value_names_the_variable_the_value_and_what_is_allowed(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, allowed: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError) as raised:
+        Settings(_env_file=None)  # type: ignore[call-arg]
+    (error,) = raised.value.errors()
+    assert str(error["loc"][0]).upper() == variable
+    assert value in str(raised.value)
+    assert allowed in error["msg"]
+
+
+def test_log_level_is_case_insensitive(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOG_LEVEL", "debug")
+    assert Settings(_env_file=None).log_level == "DEBUG"  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://postgres@127.0.0.1:5432/postgres",
+        "postgres://u:p%40ss@db.example.com/app?sslmode=require",
+        "postgresql:///app?host=/var/run/postgresql",
+    ],
+)
+def test_good_database_urls_pass(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("DATABASE_URL", url)
+    assert Settings(_env_file=None).database_url == url  # type: ignore[call-arg]

@@ -276,7 +276,7 @@ async def test_capture_wal_refuses_to_start_where_it_cannot_and_says_why(dsn: st
         capture="wal",
         migrate_on_start=False,
     )
-    with pytest.raises(ConfigurationError, match="CAPTURE=wal, but .* no REPLICATION attribute"):
+    with pytest.raises(ConfigurationError, match=r"CAPTURE=wal, but .* no REPLICATION attribute"):
         await Bridge(settings).start()
     await admin.execute("DROP OWNED BY no_repl; DROP ROLE no_repl")
     await admin.close()
