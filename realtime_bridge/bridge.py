@@ -50,7 +50,7 @@ from realtime_bridge.sources.outbox import (
 )
 from realtime_bridge.sources.poll import PollSource
 from realtime_bridge.sources.supabase import SupabaseSource
-from realtime_bridge.sources.wal import RESYNC_CHANNEL, WalSource, wal_unavailable
+from realtime_bridge.sources.wal import RESYNC_CHANNEL, WalSource, slot_name, wal_unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -365,21 +365,23 @@ class Bridge:
         assert self.pool is not None
         try:
             await self.pool.execute("SELECT realtime_bridge.switch_to_triggers()")
+            slot = self.settings.replication_slot or slot_name(
+                await self.pool.fetchval("SELECT current_database()")
+            )
             dropped = await self.pool.fetchval(
                 """
                 SELECT count(pg_drop_replication_slot(slot_name))
                 FROM pg_catalog.pg_replication_slots
                 WHERE slot_name = $1 AND database = current_database() AND NOT active
                 """,
-                self.settings.replication_slot,
+                slot,
             )
         except asyncpg.PostgresError as exc:
             logger.warning("could not prepare the capture triggers: %s", exc)
             return
         if dropped:
             logger.warning(
-                "dropped the replication slot %r: the trigger path captures from now on",
-                self.settings.replication_slot,
+                "dropped the replication slot %r: the trigger path captures from now on", slot
             )
 
     async def _start_polling(self, why: NoOutbox) -> None:

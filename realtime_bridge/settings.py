@@ -88,10 +88,13 @@ class Settings(BaseSettings):
         pattern=r"^[a-z_][a-z0-9_]*$",
         description="The publication the WAL source streams (the tables it captures).",
     )
-    replication_slot: str = Field(
-        default="realtime_bridge",
+    replication_slot: str | None = Field(
+        default=None,
         pattern=r"^[a-z0-9_]{1,63}$",
-        description="The logical replication slot the WAL leader reads through.",
+        description=(
+            "The logical replication slot the WAL leader reads through; unset: "
+            "realtime_bridge_<database> (slot names are shared by the whole server)."
+        ),
     )
     wal_max_slot_lag: int = Field(
         default=1 << 30,

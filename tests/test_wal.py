@@ -37,7 +37,8 @@ async def test_auto_streams_the_wal_and_health_says_so(start_bridge: BridgeFacto
         stats = (await http.get("/api/stats")).json()
     assert health["source"] == "wal"
     assert "publication" in health["mode_reason"]
-    assert health["wal"]["slot"] == "realtime_bridge"
+    database = bridge.bridge.dsn.rsplit("/", 1)[1] if bridge.bridge.dsn else ""
+    assert health["wal"]["slot"] == f"realtime_bridge_{database}"
     assert health["wal"]["slot_lag_bytes"] is not None
     assert stats["wal"]["publication"] == "supabase_realtime"
 
@@ -209,11 +210,11 @@ async def test_a_dropped_slot_is_recreated_and_every_client_told_to_resync(
         for _ in range(100):
             await db.execute(
                 "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots"
-                " WHERE slot_name = 'realtime_bridge' AND active_pid IS NOT NULL"
+                " WHERE database = current_database() AND active_pid IS NOT NULL"
             )
             dropped = await db.fetchval(
                 "SELECT count(pg_drop_replication_slot(slot_name)) FROM pg_replication_slots"
-                " WHERE slot_name = 'realtime_bridge' AND NOT active"
+                " WHERE database = current_database() AND NOT active"
             )
             if dropped:
                 break

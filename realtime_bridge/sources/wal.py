@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -100,6 +101,12 @@ WHERE s.slot_name = $1 AND s.database = current_database()
 """
 
 
+def slot_name(database: str) -> str:
+    """The default slot of `database`: slot names are shared by every database of a server."""
+    suffix = re.sub(r"[^a-z0-9_]", "_", database.lower())
+    return f"realtime_bridge_{suffix}"[:63]
+
+
 class WalUnavailable(Exception):
     """This database cannot be read through the WAL (say why)."""
 
@@ -156,13 +163,13 @@ class WalSource(OutboxSource):
         *,
         start_after: int,
         publication: str = "supabase_realtime",
-        slot: str = "realtime_bridge",
+        slot: str | None = None,
         max_lag_bytes: int = 1 << 30,
         batch_size: int = 5000,
     ) -> None:
         super().__init__(dsn, deliver, start_after=start_after, batch_size=batch_size)
         self.publication = publication
-        self.slot = slot
+        self.slot = slot or ""  # unset: named after the database when leading starts
         self.max_lag_bytes = max_lag_bytes
         self.mode.reason = f"logical replication of the {publication!r} publication"
         self.types = Types()
@@ -230,6 +237,18 @@ class WalSource(OutboxSource):
 
     async def _prepare_slot(self, conn: asyncpg.Connection) -> None:
         """Create the slot when missing; give it up when it lags past the limit."""
+        if not self.slot:
+            self.slot = slot_name(await conn.fetchval("SELECT current_database()"))
+        elsewhere = await conn.fetchval(
+            "SELECT database FROM pg_catalog.pg_replication_slots"
+            " WHERE slot_name = $1 AND database IS DISTINCT FROM current_database()",
+            self.slot,
+        )
+        if elsewhere is not None:
+            raise WalUnavailable(
+                f"the replication slot {self.slot!r} belongs to database {elsewhere!r}; "
+                "set REPLICATION_SLOT to a name of this database's own"
+            )
         row = await conn.fetchrow(SLOT_SQL, self.slot)
         lost = row is not None and row["wal_status"] == "lost"
         why = "missing"
