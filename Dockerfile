@@ -22,10 +22,12 @@ WORKDIR /app
 # migrations and the demo schema ship inside the package
 # (realtime_bridge/migrations and realtime_bridge/demo link to supabase/migrations
 # and supabase/demo, so they must be here before the build). MIGRATIONS_DIR
-# below points at the same files.
+# below points at the same files. The Python client's package (clients/python)
+# is part of the server's too.
 COPY pyproject.toml README.md LICENSE ./
 COPY supabase/migrations ./supabase/migrations
 COPY supabase/demo ./supabase/demo
+COPY clients/python/src ./clients/python/src
 COPY realtime_bridge ./realtime_bridge
 RUN pip install . \
     && rm -rf build realtime_bridge.egg-info

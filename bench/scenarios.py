@@ -75,6 +75,8 @@ class Run:
     closed_early: int = 0  # sockets the server closed (cumulative for the open sockets)
     closed_example: str | None = None
     queries: Snapshot | None = None  # what the bridge sent to Postgres (through the proxy)
+    # real: full GC passes and their seconds during the run, longest loop stall so far
+    pauses: dict[str, float] | None = None
 
     @property
     def expected(self) -> int:
@@ -255,6 +257,7 @@ def run_load(
     outbox_before = env.db.outbox_head() if kind == "real" else None
     proxy = env.proxy if kind == "real" else None
     queries_before = proxy.snapshot() if proxy is not None else None
+    pauses_before = server.pauses() if isinstance(server, BridgeServer) else None
     before = _cpu(env, server)
     env.writer.start_update(plan)
     written = env.writer.wait_update(plan)
@@ -264,6 +267,7 @@ def run_load(
     backlog_limit = max(plan.duration * 3, expected / 5000) + 30
     _drain(env.fleet, expected, idle=env.config.drain_idle, limit=backlog_limit)
     after = _cpu(env, server)
+    pauses = _pauses(pauses_before, server.pauses()) if isinstance(server, BridgeServer) else None
     queries = (
         proxy.snapshot().minus(queries_before)
         if proxy is not None and queries_before is not None
@@ -291,7 +295,21 @@ def run_load(
         closed_early=health.closed_early,
         closed_example=health.closed_examples[0] if health.closed_examples else None,
         queries=queries,
+        pauses=pauses,
     )
+
+
+def _pauses(before: dict[str, float] | None, after: dict[str, float]) -> dict[str, float] | None:
+    if not before or not after:
+        return None
+    passes = "realtime_bridge_gc_collections_total"
+    seconds = "realtime_bridge_gc_pause_seconds_sum"
+    return {
+        "gc2_passes": after.get(passes, 0) - before.get(passes, 0),
+        "gc2_seconds": after.get(seconds, 0) - before.get(seconds, 0),
+        "gc2_max_s": after.get("realtime_bridge_gc_pause_max_seconds", 0),
+        "stall_max_s": after.get("realtime_bridge_loop_stall_max_seconds", 0),
+    }
 
 
 def _describe(run: Run) -> str:
@@ -319,6 +337,14 @@ def _describe(run: Run) -> str:
         + (
             f"; {run.queries.statements / max(run.written.committed, 1):.1f} statements/change"
             if run.queries is not None
+            else ""
+        )
+        + (
+            f"; full GC passes {run.pauses['gc2_passes']:.0f} "
+            f"({run.pauses['gc2_seconds'] * 1000:.0f} ms), longest so far: GC "
+            f"{run.pauses['gc2_max_s'] * 1000:.0f} ms, loop stall "
+            f"{run.pauses['stall_max_s'] * 1000:.0f} ms"
+            if run.pauses is not None
             else ""
         )
     )

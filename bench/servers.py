@@ -214,6 +214,29 @@ class BridgeServer(ServerProcess):
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.service_key}"}
 
+    def pauses(self) -> dict[str, float]:
+        """Full GC passes, their seconds and the longest loop stall so far, from /metrics."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        try:
+            response = httpx.get(f"{self.url}/metrics", headers=self.headers, timeout=10.0)
+            response.raise_for_status()
+        except httpx.HTTPError:
+            return {}
+        found: dict[str, float] = {}
+        for family in text_string_to_metric_families(response.text):
+            for sample in family.samples:
+                if sample.labels.get("generation", "2") != "2":
+                    continue
+                if sample.name in (
+                    "realtime_bridge_gc_collections_total",
+                    "realtime_bridge_gc_pause_seconds_sum",
+                    "realtime_bridge_gc_pause_max_seconds",
+                    "realtime_bridge_loop_stall_max_seconds",
+                ):
+                    found[sample.name] = sample.value
+        return found
+
     def stats(self) -> dict[str, Any]:
         """The bridge's /api/stats ({} if it cannot be read)."""
         try:

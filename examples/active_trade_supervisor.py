@@ -35,8 +35,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from realtime_bridge.client import Client, Event, ResyncRequired, connect
 from realtime_bridge.plugins import PluginRegistry, discover
+from realtime_bridge_client import Client, Event, ResyncRequired, connect
 
 logger = logging.getLogger("active_trade_supervisor")
 

@@ -35,7 +35,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from realtime_bridge.client import Client, Event, ResyncRequired, connect
+from realtime_bridge_client import Client, Event, ResyncRequired, connect
 
 logger = logging.getLogger("auto_entry_supervisor")
 

@@ -18,7 +18,8 @@ from starlette.staticfiles import StaticFiles
 from realtime_bridge.bridge import Bridge
 from realtime_bridge.plugins import PluginRegistry
 from realtime_bridge.protocols import phoenix, phoenix_rest, rest, sse, websocket
-from realtime_bridge.protocols.common import error_response
+from realtime_bridge.protocols.common import error_response, install_handshake_log_filter
+from realtime_bridge.protocols.session import TransportScope
 from realtime_bridge.settings import Settings
 
 
@@ -72,6 +73,8 @@ def create_app(
         ),
     ]
     middleware = [
+        # First: it must see uvicorn's own `receive` (see TransportScope).
+        Middleware(TransportScope),
         Middleware(
             CORSMiddleware,
             allow_origins=settings.allowed_origins,
@@ -83,7 +86,7 @@ def create_app(
                 "Last-Event-ID",
                 "x-client-info",
             ],
-        )
+        ),
     ]
     app = Starlette(
         routes=routes,
@@ -92,4 +95,5 @@ def create_app(
         exception_handlers={HTTPException: http_error},
     )
     app.state.bridge = bridge
+    install_handshake_log_filter()
     return app

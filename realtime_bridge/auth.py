@@ -36,6 +36,10 @@ import jwt
 
 from realtime_bridge.errors import ClientError
 
+# The protocol defines these (the client subclasses them); the server raises them from here.
+from realtime_bridge_client.protocol import TokenExpired as TokenExpired
+from realtime_bridge_client.protocol import Unauthorized as Unauthorized
+
 logger = logging.getLogger(__name__)
 
 HMAC_ALGORITHMS = ("HS256",)
@@ -47,16 +51,6 @@ class Role(enum.StrEnum):
     ANON = "anon"
     AUTHENTICATED = "authenticated"
     SERVICE = "service_role"
-
-
-class Unauthorized(ClientError):
-    """No, or a bad, token; or a token that may not do this."""
-
-    code = "unauthorized"
-
-
-class TokenExpired(Unauthorized):
-    code = "token_expired"
 
 
 class Forbidden(ClientError):

@@ -37,7 +37,9 @@ from realtime_bridge.errors import (
 from realtime_bridge.events import Event, LogEntry
 from realtime_bridge.hub import Hub
 from realtime_bridge.limits import ConnectionLimits
+from realtime_bridge.metrics import Histograms, metrics_registry
 from realtime_bridge.migrate import migrate
+from realtime_bridge.pauses import CollectorTimer, LoopMonitor, tune_collector
 from realtime_bridge.plugins import PluginRegistry, discover, qualify
 from realtime_bridge.relay import Relay
 from realtime_bridge.settings import Settings
@@ -129,6 +131,12 @@ class Bridge:
         )
         self.counters = Counters()
         self.limits = ConnectionLimits(settings)
+        self.histograms = Histograms()
+        self.collector_timer = CollectorTimer(self._observe_gc)
+        self.loop_monitor = LoopMonitor(
+            self.histograms.loop_stall.observe, settings.loop_monitor_interval
+        )
+        self.metrics_registry = metrics_registry(self)
         self.embedded: EmbeddedPostgres | None = None
         self.dsn: str | None = None
         self.pool: asyncpg.Pool | None = None
@@ -200,6 +208,12 @@ class Bridge:
             await self.stop()  # what started before the failure stops with it
             raise
         _current = self
+        self.collector_timer.install()
+        self._own("loop-monitor", asyncio.create_task(self.loop_monitor.run(), name="loop-monitor"))
+        if self.settings.gc_tuning:
+            # Everything start-up built (plugins, models, the app, the pool) lives
+            # as long as the process: out of every later full collection.
+            tune_collector()
         if self.settings.auth_disabled:
             logger.warning(
                 "AUTH_DISABLED=true: every client is treated as service_role and sees every row. "
@@ -445,6 +459,7 @@ class Bridge:
         global _current
         if _current is self:
             _current = None
+        self.collector_timer.uninstall()
         if self.source is not None:
             await self.source.stop()
         if self.relay is not None:
@@ -546,19 +561,31 @@ class Bridge:
 
     # the flow ------------------------------------------------------------
 
+    def _observe_gc(self, generation: int, seconds: float) -> None:
+        self.histograms.gc_pause.of(str(generation)).observe(seconds)
+
     def _on_changes(self, changes: list[Change]) -> None:
+        if not changes:
+            return
+        delivery = self.histograms.delivery
+        channels = self.hub.channels
+        self.histograms.source_lag.observe(time.time() - changes[-1].committed_at.timestamp())
         for change in changes:
             if change.channel == RESYNC_CHANNEL:
                 self._on_gap(change)
                 continue
+            names = self.registry.channels_for(change)
             self.hub.publish(
                 change.seq,
-                LogEntry(
-                    change.seq,
-                    self.registry.channels_for(change),
-                    functools.partial(self.registry.event_for, change),
-                ),
+                LogEntry(change.seq, names, functools.partial(self.registry.event_for, change)),
             )
+            # Once per event and channel with subscribers, not per receiver.
+            routed = time.time()
+            committed = change.committed_at.timestamp()
+            for name in names:
+                channel = channels.get(name)
+                if channel is not None and channel.count:
+                    delivery.of(name).observe(routed - committed)
             if change.operation == "BROADCAST" and change.outbox_id is not None:
                 self._published[change.outbox_id] = change.seq
                 if len(self._published) > 10_000:

@@ -66,6 +66,7 @@ def serve(args: argparse.Namespace) -> None:
 
     from realtime_bridge import preflight
     from realtime_bridge.app import create_app
+    from realtime_bridge.server import server_config
 
     settings = _settings(host=args.host, port=args.port)
     if (
@@ -90,17 +91,7 @@ def serve(args: argparse.Namespace) -> None:
     if lock is not None:
         lock.record(sock.getsockname()[1])
     app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=sock.getsockname()[1],
-        log_level=settings.log_level.lower(),
-        log_config=_log_config(),
-        ws_max_size=max(settings.max_frame_bytes * 4, 1024 * 1024),
-        ws_per_message_deflate=False,
-        proxy_headers=True,
-        lifespan="on",
-    )
+    config = server_config(app, settings, port=sock.getsockname()[1], log_config=_log_config())
     server = uvicorn.Server(config)
     try:
         server.run(sockets=[sock])

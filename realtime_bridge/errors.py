@@ -4,6 +4,7 @@
     ├── ConfigurationError      bad settings or plugins, raised at start-up
     ├── MigrationError          a migration file failed to apply
     ├── PublishError            an event could not be written
+    ├── PostgrestError          hosted mode: PostgREST refused a read
     └── ClientError             something a client sent or did; carries `code`
         ├── BadMessage          bad_message
         ├── UnknownChannel      unknown_channel
@@ -13,15 +14,44 @@
         └── PayloadInvalid      invalid_payload
 
 Codes are stable and documented in the README; the message is for humans.
+The base and the client-error classes are defined in
+`realtime_bridge_client.protocol` (the client package, which the server
+ships too), so the Python client's errors are subclasses of these.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from realtime_bridge_client.protocol import (
+    RESYNC_REQUIRED,
+    SLOW_CONSUMER,
+    TOO_LARGE,
+    BadMessage,
+    ClientError,
+    InvalidFilter,
+    PayloadInvalid,
+    RealtimeBridgeError,
+    UnknownChannel,
+    UnknownSubscription,
+    UnknownTable,
+)
 
-
-class RealtimeBridgeError(Exception):
-    """Base class of every error the package raises on purpose."""
+__all__ = [
+    "RESYNC_REQUIRED",
+    "SLOW_CONSUMER",
+    "TOO_LARGE",
+    "BadMessage",
+    "ClientError",
+    "ConfigurationError",
+    "InvalidFilter",
+    "MigrationError",
+    "PayloadInvalid",
+    "PostgrestError",
+    "PublishError",
+    "RealtimeBridgeError",
+    "UnknownChannel",
+    "UnknownSubscription",
+    "UnknownTable",
+]
 
 
 class ConfigurationError(RealtimeBridgeError):
@@ -36,46 +66,9 @@ class PublishError(RealtimeBridgeError):
     """An event could not be published."""
 
 
-class ClientError(RealtimeBridgeError):
-    """An error caused by a client's request, reported to it with `code`."""
+class PostgrestError(RealtimeBridgeError):
+    """PostgREST refused a read: its error `code` (e.g. ``42703``) and message."""
 
-    code = "bad_request"
-
-    def __init__(self, message: str, **details: Any) -> None:
-        super().__init__(message)
-        self.message = message
-        self.details = details
-
-    def frame(self) -> dict[str, Any]:
-        """The `{"type": "error", ...}` frame describing this error."""
-        return {**self.details, "type": "error", "code": self.code, "message": self.message}
-
-
-class BadMessage(ClientError):
-    code = "bad_message"
-
-
-class UnknownChannel(ClientError):
-    code = "unknown_channel"
-
-
-class UnknownTable(ClientError):
-    code = "unknown_table"
-
-
-class InvalidFilter(ClientError):
-    code = "invalid_filter"
-
-
-class UnknownSubscription(ClientError):
-    code = "unknown_subscription"
-
-
-class PayloadInvalid(ClientError):
-    code = "invalid_payload"
-
-
-# Codes sent only as frames (the connection is closed after them).
-TOO_LARGE = "too_large"
-SLOW_CONSUMER = "slow_consumer"
-RESYNC_REQUIRED = "resync_required"
+    def __init__(self, table: str, code: str | None, message: str | None) -> None:
+        super().__init__(f"PostgREST refused to read {table}: {message or 'error'} (code {code})")
+        self.code = code

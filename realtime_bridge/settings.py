@@ -6,6 +6,7 @@ with the variable's name (pydantic-settings does that for us).
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -139,6 +140,16 @@ class Settings(BaseSettings):
     sequencer_batch: int = Field(default=5000, ge=1)
     prune_interval: float = Field(default=3600.0, gt=0)
     log_level: LogLevel = Field(default="INFO", description="Log level (case-insensitive).")
+    gc_tuning: bool = Field(
+        default=True,
+        description="After start-up, freeze what it built out of the garbage collector's "
+        "full passes and raise the collector's thresholds (see realtime_bridge.pauses).",
+    )
+    loop_monitor_interval: float = Field(
+        default=0.05,
+        gt=0,
+        description="Seconds between two wake-ups of the event-loop stall monitor.",
+    )
     migrate_on_start: bool = Field(
         default=True, description="Apply pending migrations when `serve` starts."
     )
@@ -165,6 +176,14 @@ class Settings(BaseSettings):
     max_connections_per_user: int = Field(default=100, ge=1)
     max_subscriptions_per_connection: int = Field(default=100, ge=1)
     max_messages_per_second: float = Field(default=50.0, gt=0)
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed: addresses or "
+            "networks, or '*' for any. Empty: the headers are ignored and the client address "
+            "is the TCP peer's."
+        ),
+    )
     allowed_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["*"], description="WebSocket Origin allow-list and CORS origins."
     )
@@ -197,6 +216,28 @@ class Settings(BaseSettings):
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if item == "*":
+                continue
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"TRUSTED_PROXIES entry {item!r}: use an IP address, a network "
+                    "(10.0.0.0/8) or * for any"
+                ) from None
         return value
 
     @field_validator("table_access", mode="before")

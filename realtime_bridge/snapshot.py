@@ -29,7 +29,7 @@ import orjson
 from realtime_bridge.change import Change, Row
 from realtime_bridge.errors import BadMessage, PublishError
 from realtime_bridge.filters import canonical
-from realtime_bridge.sources.supabase import SupabaseSource
+from realtime_bridge.sources.supabase import PostgrestReader, Query, SupabaseSource
 
 if TYPE_CHECKING:
     from realtime_bridge.bridge import Bridge
@@ -120,7 +120,7 @@ async def take_snapshot(
         rest = bridge.source.rest
 
         async def read_rest(table: str, target: Target, after: Any, limit: int) -> list[Any]:
-            rows = await rest.get(table.rpartition(".")[2], _rest_params(target, after, limit))
+            rows = await rest.get(_rest_query(rest, table, target, after, limit))
             return [(row, row.get("id")) for row in rows]
 
         return await _pages(bridge, target, tables, start, limit, seq, read_rest)
@@ -181,14 +181,15 @@ async def _pages(
     return Snapshot(target.channel, seq, records, position.encode() if more else None)
 
 
-def _rest_params(target: Target, after: Any, limit: int) -> dict[str, str]:
-    """PostgREST's query for the next rows by id, in the target's row scope."""
-    params = {"select": "*", "order": "id.asc", "limit": str(limit)}
+def _rest_query(rest: PostgrestReader, table: str, target: Target, after: Any, limit: int) -> Query:
+    """PostgREST's read of `table`'s next rows by id, in the target's row scope."""
+    schema, _, name = table.rpartition(".")
+    query = rest.select(name, schema=schema or "public")
     if target.owner is not None and target.owner_column is not None:
-        params[target.owner_column] = f"eq.{target.owner}"
+        query = query.eq(target.owner_column, target.owner)
     if after is not None:
-        params["id"] = f"gt.{after}"
-    return params
+        query = query.gt("id", after)
+    return query.order("id").limit(limit)
 
 
 def _page_query(table: str, target: Target, after: Any, limit: int) -> list[Any]:

@@ -35,6 +35,7 @@ from realtime_bridge.bridge import Bridge
 from realtime_bridge.embedded import EmbeddedPostgres
 from realtime_bridge.migrate import migrate
 from realtime_bridge.plugins import PluginRegistry
+from realtime_bridge.server import server_config
 from realtime_bridge.settings import Settings
 
 
@@ -237,19 +238,21 @@ class JsonSocket:
 
 @contextlib.asynccontextmanager
 async def run_bridge(
-    settings: Settings, registry: PluginRegistry | None = None
+    settings: Settings, registry: PluginRegistry | None = None, **server_options: Any
 ) -> AsyncIterator[RunningBridge]:
-    """Start the app on a free loopback port; stop it on exit."""
+    """Start the app on a free loopback port; stop it on exit.
+
+    Served as `realtime-bridge serve` serves it (`server_options`: uvicorn's, to override).
+    """
     app = create_app(settings, registry)
-    config = uvicorn.Config(
+    config = server_config(
         app,
+        settings,
         host="127.0.0.1",
         port=0,
-        lifespan="on",
         log_level="warning",
-        ws_per_message_deflate=False,
-        ws_max_size=max(settings.max_frame_bytes * 4, 1024 * 1024),
         timeout_graceful_shutdown=2,
+        **server_options,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

@@ -50,6 +50,9 @@ def make_settings(dsn: str, **overrides: Any) -> Settings:
         "database_url": dsn,
         "plugin_paths": [ROOT / "plugins"],
         "prune_interval": 3600,
+        # One process runs hundreds of bridges: freezing the heap and changing the
+        # collector's thresholds at each start is for a service (tests/test_pauses.py).
+        "gc_tuning": False,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from realtime_bridge.testing import RunningBridge
 
@@ -122,3 +123,17 @@ async def until(
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of a `/metrics` body, by name and labels (parsed by prometheus_client)."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    """One sample of a `/metrics` body (None when it is not there)."""
+    return samples(text).get((name, frozenset(labels.items())))

@@ -15,7 +15,9 @@ from pydantic import BaseModel
 from websockets.asyncio.server import ServerConnection, serve
 
 from realtime_bridge import auth, errors
-from realtime_bridge.client import (
+from realtime_bridge.plugins import PluginRegistry
+from realtime_bridge.testing import RunningBridge
+from realtime_bridge_client import (
     ClientClosed,
     ConnectionState,
     Event,
@@ -27,10 +29,8 @@ from realtime_bridge.client import (
     UnknownChannel,
     UnknownTable,
     connect,
-    websocket_url,
 )
-from realtime_bridge.plugins import PluginRegistry
-from realtime_bridge.testing import RunningBridge
+from realtime_bridge_client._client import websocket_url
 from tests.conftest import BridgeFactory
 
 POSITION = (

@@ -10,7 +10,9 @@ import pytest
 from pydantic import BaseModel
 
 from realtime_bridge import errors
-from realtime_bridge.client import (
+from realtime_bridge.filters import parse_filter
+from realtime_bridge.plugins import PluginRegistry
+from realtime_bridge_client import (
     ClientClosed,
     DecodeError,
     Event,
@@ -24,11 +26,8 @@ from realtime_bridge.client import (
     UnknownChannel,
     UnknownTable,
     connect,
-    filter_string,
-    http_url,
 )
-from realtime_bridge.filters import parse_filter
-from realtime_bridge.plugins import PluginRegistry
+from realtime_bridge_client._client import filter_string, http_url
 from tests.conftest import BridgeFactory
 from tests.helpers import churn_positions, insert_position
 

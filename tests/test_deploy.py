@@ -277,6 +277,8 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.copy(ROOT / name, source / name)
     for folder in ("migrations", "demo"):
         shutil.copytree(ROOT / "supabase" / folder, source / "supabase" / folder)
+    client = Path("clients", "python", "src")  # the server's wheel carries the client's package
+    shutil.copytree(ROOT / client, source / client, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(
         ROOT / "realtime_bridge",
         source / "realtime_bridge",
@@ -387,8 +389,13 @@ def test_every_import_in_the_package_is_a_runtime_dependency() -> None:
     declared = runtime_requirements()
     distributions = importlib.metadata.packages_distributions()
     undeclared = {}
-    for module, files in top_level_imports(ROOT / "realtime_bridge").items():
-        if module in sys.stdlib_module_names or module == "realtime_bridge":
+    # The client's package ships inside the server's wheel (clients/python/src).
+    shipped = {"realtime_bridge", "realtime_bridge_client"}
+    imports = top_level_imports(ROOT / "realtime_bridge")
+    for module, files in top_level_imports(ROOT / "clients/python/src").items():
+        imports.setdefault(module, set()).update(files)
+    for module, files in imports.items():
+        if module in sys.stdlib_module_names or module in shipped:
             continue
         owners = {canonical(d) for d in distributions.get(module, [])}
         if not owners & declared:

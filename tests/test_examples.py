@@ -14,8 +14,8 @@ from examples.active_trade_supervisor import ActiveTradeSupervisor, load_plugins
 from examples.active_trade_supervisor import supervise as supervise_trades
 from examples.auto_entry_supervisor import AutoEntrySupervisor, EntryRules
 from examples.auto_entry_supervisor import supervise as supervise_settings
-from realtime_bridge.client import Client, connect
 from realtime_bridge.plugins import PluginRegistry
+from realtime_bridge_client import Client, connect
 from tests.conftest import BridgeFactory
 from tests.helpers import until
 

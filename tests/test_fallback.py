@@ -11,6 +11,7 @@ import pytest
 import respx
 
 from realtime_bridge.change import Change
+from realtime_bridge.errors import PostgrestError
 from realtime_bridge.sources.supabase import SupabaseSource
 
 URL = "https://proj.supabase.co"
@@ -135,7 +136,7 @@ async def test_a_failed_read_is_read_again_and_deletes_beyond_the_window_are_not
     await source._pass()
     table.rows.append(row(6, 6, 10))
     table.fail_next = 503
-    with pytest.raises(httpx.HTTPStatusError):
+    with pytest.raises(PostgrestError, match="boom"):
         await source._pass()
     assert delivered == []
     await source._pass()
@@ -251,3 +252,25 @@ async def test_unreachable_realtime_switches_to_polling_after_the_grace_period(
         assert source.to_json()["mode"] == "polling"
     finally:
         await source.stop()
+
+
+@respx.mock(assert_all_mocked=True)
+async def test_reads_go_through_the_postgrest_client_and_name_the_tables_schema(
+    respx_mock: respx.MockRouter,
+) -> None:
+    table = FakeTable([row(1, 10, 1), row(2, 20, 2)])
+    respx_mock.get(f"{URL}/rest/v1/quotes").mock(side_effect=table)
+    delivered: list[Change] = []
+    source = SupabaseSource(URL, KEY, ["market.quotes"], delivered.extend, page=1, lookback=0)
+    await source._pass()
+    table.rows.append(row(3, 30, 3))
+    table.requests.clear()
+    await source._pass()
+    assert ops(delivered) == [(1, "INSERT", 3)]
+    for request in table.requests:
+        # PostgREST reads a non-default schema only when the request names it.
+        assert request.headers["accept-profile"] == "market"
+        assert request.headers["x-client-info"].startswith("supabase-py/postgrest-py")
+    pages = [r.url.params for r in table.requests[:-1]]
+    assert [(p["offset"], p["limit"]) for p in pages] == [("0", "1"), ("1", "1")]
+    await source.stop()

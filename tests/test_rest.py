@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
@@ -14,7 +13,7 @@ import orjson
 
 from realtime_bridge.testing import RunningBridge
 from tests.conftest import BridgeFactory
-from tests.helpers import head, http, insert_position, seq_of, wait_routed
+from tests.helpers import head, http, insert_position, sample, seq_of, wait_routed
 
 POLL = "/api/channels/position-updates/events"
 
@@ -593,16 +592,15 @@ async def test_stats_count_connections_subscriptions_and_events(
     assert closed["connections_total"] == 1
 
 
-def metric_value(text: str, name: str) -> float:
-    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
-    assert match is not None, f"{name} not in metrics:\n{text}"
-    return float(match.group(1))
+def metric_value(text: str, name: str, **labels: str) -> float:
+    value = sample(text, name, **labels)
+    assert value is not None, f"{name} {labels} not in metrics:\n{text}"
+    return value
 
 
 async def test_metrics_expose_prometheus_text(
     bridge: RunningBridge, db: asyncpg.Connection
 ) -> None:
-    sub_line = 'realtime_bridge_subscriptions{channel="position-updates"} 1'
     async with http(bridge) as client:
         async with bridge.websocket() as ws:
             await ws.subscribe(channel="position-updates")
@@ -617,15 +615,15 @@ async def test_metrics_expose_prometheus_text(
     assert response.headers["content-type"].startswith("text/plain")
     assert "version=0.0.4" in response.headers["content-type"]
     lines = text.splitlines()
-    assert "realtime_bridge_up 1" in lines
+    assert metric_value(text, "realtime_bridge_up") == 1
     assert metric_value(text, "realtime_bridge_head_seq") == seq
-    assert sub_line in lines
+    assert metric_value(text, "realtime_bridge_subscriptions", channel="position-updates") == 1
     assert metric_value(text, "realtime_bridge_connections") == 1
     assert metric_value(text, "realtime_bridge_events_in_total") >= 1
     assert metric_value(text, "realtime_bridge_events_out_total") >= 1
     assert "# TYPE realtime_bridge_head_seq gauge" in lines
     assert "# TYPE realtime_bridge_events_in_total counter" in lines
-    assert sub_line not in after.splitlines()
+    assert sample(after, "realtime_bridge_subscriptions", channel="position-updates") is None
     assert metric_value(after, "realtime_bridge_connections") == 0
 
 

@@ -9,11 +9,14 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+import respx
 
 from realtime_bridge.bridge import Bridge
+from realtime_bridge.errors import PostgrestError
 from realtime_bridge.filters import Filter
 from realtime_bridge.protocols.common import Target
 from realtime_bridge.snapshot import SnapshotUnavailable, take_snapshot
+from realtime_bridge.sources.supabase import SupabaseSource
 from realtime_bridge.testing import RunningBridge
 from tests.conftest import BridgeFactory, make_settings
 from tests.helpers import SNAPSHOT, churn_positions, http, insert_position, snapshot_pages
@@ -181,3 +184,23 @@ async def test_a_bridge_that_has_not_started_has_nothing_to_snapshot() -> None:
     bridge.tables = {"public.positions": {"id"}}
     with pytest.raises(SnapshotUnavailable, match="no database"):
         await take_snapshot(bridge, target)
+
+
+@respx.mock(assert_all_mocked=True)
+async def test_a_hosted_snapshot_asks_postgrest_for_the_scope_and_reports_its_refusal(
+    respx_mock: respx.MockRouter,
+) -> None:
+    url = "https://proj.supabase.co"
+    route = respx_mock.get(f"{url}/rest/v1/positions").mock(
+        return_value=httpx.Response(401, json={"code": "42501", "message": "permission denied"})
+    )
+    bridge = Bridge(make_settings("", database_url=None))
+    bridge.tables = {"public.positions": {"id", "user_id"}}
+    bridge.source = SupabaseSource(url, "key", ["public.positions"], lambda changes: None)
+    target = Target("position-updates", Filter(), "u1", "user_id")
+    with pytest.raises(PostgrestError, match="permission denied") as refused:
+        await take_snapshot(bridge, target, limit=7)
+    assert refused.value.code == "42501"
+    params = route.calls.last.request.url.params
+    assert (params["user_id"], params["order"], params["limit"]) == ("eq.u1", "id.asc", "7")
+    await bridge.source.stop()

@@ -1,23 +1,28 @@
-// The client is used from source, as `@realtime-bridge/client` and
-// `@realtime-bridge/client/react` would be after `npm install @realtime-bridge/client`.
+// `@realtime-bridge/client` is installed as a user installs it (package.json:
+// "file:../../clients/js", built by `make example`), through its package exports.
 import { fileURLToPath } from "node:url";
 
 import react from "@vitejs/plugin-react";
 import { defineConfig } from "vite";
 
-const clientSrc = fileURLToPath(new URL("../../clients/js/src/", import.meta.url));
+// npm links the folder: Vite sees the client's real path, outside this app.
+const clientDir = fileURLToPath(new URL("../../clients/js/", import.meta.url));
 
 export default defineConfig({
   // Relative asset URLs: dist/ works from any folder or static server.
   base: "./",
   plugins: [react()],
   resolve: {
-    alias: [
-      { find: /^@realtime-bridge\/client$/, replacement: `${clientSrc}index.ts` },
-      { find: /^@realtime-bridge\/client\/react$/, replacement: `${clientSrc}react.ts` },
-    ],
-    // The hooks' `import "react"` must be this app's React, not a second copy.
+    // The hooks' `import "react"` must be this app's React, not the client's dev copy.
     dedupe: ["react", "react-dom"],
   },
-  server: { fs: { allow: [".", clientSrc] } },
+  build: {
+    rollupOptions: {
+      input: {
+        main: fileURLToPath(new URL("index.html", import.meta.url)),
+        supabase: fileURLToPath(new URL("supabase.html", import.meta.url)),
+      },
+    },
+  },
+  server: { fs: { allow: [".", clientDir] } },
 });

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextvars
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +28,36 @@ class JSONResponse(Response):
         return orjson.dumps(content)
 
 
+logger = logging.getLogger(__name__)
+
+# Set in the task of a handshake the bridge refused on purpose (see `HandshakeLogFilter`).
+_refused: contextvars.ContextVar[bool] = contextvars.ContextVar("refused", default=False)
+
+INCOMPLETE_HANDSHAKE = "ASGI callable returned without completing handshake."
+
+
+class HandshakeLogFilter(logging.Filter):
+    """Drops uvicorn's ERROR for a handshake the bridge refused with a denial response.
+
+    uvicorn's websockets-sansio protocol (some versions; Kludex/uvicorn#3138)
+    does not mark the handshake complete after a `websocket.http.response`,
+    and then reports the deliberate 401/403/429 as an application error. The
+    refusal is already logged by `refuse_socket`; any other incomplete
+    handshake still reaches the log. uvicorn runs the application in the
+    task that logs this, so the context variable set there is visible here.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.getMessage() == INCOMPLETE_HANDSHAKE and _refused.get())
+
+
+def install_handshake_log_filter() -> None:
+    """Add `HandshakeLogFilter` to uvicorn's error logger (once)."""
+    target = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, HandshakeLogFilter) for f in target.filters):
+        target.addFilter(HandshakeLogFilter())
+
+
 def error_response(status: int, code: str, message: str, **details: Any) -> JSONResponse:
     return JSONResponse({"code": code, "message": message, **details}, status_code=status)
 
@@ -39,6 +71,7 @@ CLIENT_ERROR_STATUS = {
     "unauthorized": 401,
     "token_expired": 401,
     "forbidden": 403,
+    "too_many_connections": 429,
 }
 
 
@@ -170,9 +203,9 @@ class Refusal:
 
 
 async def admit_socket(
-    bridge: Bridge, websocket: WebSocket, token: str | None, client_ip: str
+    bridge: Bridge, websocket: WebSocket, token: str | None
 ) -> Principal | Refusal:
-    """Check origin, key and connection limits before a socket is accepted."""
+    """Check origin and key before a socket is accepted (its `Seat` checks the limits)."""
     origin = websocket.headers.get("origin")
     allowed = bridge.settings.allowed_origins
     if origin and "*" not in allowed and origin not in allowed:
@@ -181,15 +214,29 @@ async def admit_socket(
         principal = await bridge.auth.verify(token)
     except ClientError as exc:
         return Refusal(401, exc.code, exc.message)
-    reason = bridge.limits.admit(client_ip, principal.user_id)
-    if reason is not None:
-        return Refusal(429, "too_many_connections", reason)
     return principal
 
 
-async def refuse_socket(bridge: Bridge, websocket: WebSocket, refusal: Refusal) -> None:
-    """Answer the handshake with an HTTP error and a JSON body (Supabase's `error` too)."""
+async def refuse_socket(
+    bridge: Bridge, websocket: WebSocket, refusal: Refusal, client_ip: str
+) -> None:
+    """Answer the handshake with an HTTP error and a JSON body (Supabase's `error` too).
+
+    A refusal is the bridge working, not failing: logged once, at INFO, with
+    its reason (and uvicorn's "returned without completing handshake" error,
+    which some of its versions log after a denial response, is filtered out:
+    see `HandshakeLogFilter`).
+    """
     bridge.counters.error(refusal.code)
+    logger.info(
+        "refused a WebSocket on %s from %s: %d %s (%s)",
+        websocket.url.path,
+        client_ip,
+        refusal.status,
+        refusal.code,
+        refusal.message,
+    )
+    _refused.set(True)
     body = {"code": refusal.code, "message": refusal.message, "error": refusal.message}
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
         await websocket.send_denial_response(JSONResponse(body, status_code=refusal.status))

@@ -25,6 +25,7 @@ class QueueOutlet:
         limit: int,
         on_overflow: Callable[[str], None] | None = None,
         stall_timeout: float = 30.0,
+        on_take: Callable[[int], None] | None = None,
     ) -> None:
         self.limit = limit
         self.stall_timeout = stall_timeout
@@ -35,6 +36,8 @@ class QueueOutlet:
         self._space.set()
         self._closed = False
         self._on_overflow = on_overflow
+        # Told how many frames wait each time the writer takes some (the depth histogram).
+        self._on_take = on_take
 
     @property
     def closed(self) -> bool:
@@ -68,15 +71,21 @@ class QueueOutlet:
         if self.overflowed is not None:
             return
         self.overflowed = reason
+        on_overflow = self._on_overflow
         self.close()
-        if self._on_overflow is not None:
-            self._on_overflow(reason)
+        if on_overflow is not None:
+            on_overflow(reason)
 
     def close(self) -> None:
         self._closed = True
         self._frames.clear()
         self._ready.set()
         self._space.set()
+        # The callbacks are the owning session's bound methods: dropping them
+        # breaks the session ↔ outlet cycle, so a closed connection is freed
+        # by reference counting instead of waiting for the cyclic collector.
+        self._on_overflow = None
+        self._on_take = None
 
     async def take(self, max_frames: int = 256) -> list[str]:
         """Wait for frames and return up to `max_frames` of them, joined ([] once closed)."""
@@ -85,7 +94,10 @@ class QueueOutlet:
                 return []
             self._ready.clear()
             await self._ready.wait()
-        count = min(len(self._frames), max_frames)
+        waiting = len(self._frames)
+        if self._on_take is not None:
+            self._on_take(waiting)
+        count = min(waiting, max_frames)
         frames = ["".join(self._frames.popleft()) for _ in range(count)]
         self._space.set()
         return frames

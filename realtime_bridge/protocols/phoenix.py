@@ -38,14 +38,14 @@ import jwt
 import orjson
 from pydantic import ValidationError
 from starlette.applications import Starlette
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
 from realtime_bridge.auth import Principal, Role, TokenExpired, Unauthorized
 from realtime_bridge.bridge import Bridge
 from realtime_bridge.errors import ClientError, PublishError
 from realtime_bridge.events import Frame
 from realtime_bridge.hub import Subscription, SubscriptionState
-from realtime_bridge.limits import RateLimited
+from realtime_bridge.limits import RateLimited, TooManyConnections
 from realtime_bridge.protocols.common import (
     Refusal,
     Target,
@@ -190,6 +190,7 @@ class PhoenixSession(SocketSession):
             bridge.settings.send_queue_max,
             on_overflow=self._on_overflow,
             stall_timeout=bridge.settings.slow_consumer_timeout,
+            on_take=bridge.histograms.queue_depth.observe,
         )
         self.channels: dict[str, Channel] = {}
         self.owners: dict[str, Channel] = {}  # subscription id → its channel
@@ -203,6 +204,11 @@ class PhoenixSession(SocketSession):
     def _close_outlet(self) -> None:
         self.outlet.close()
 
+    def _release(self) -> None:
+        super()._release()
+        self.channels.clear()  # each channel refers back to this session
+        self.owners.clear()
+
     async def _admit(self) -> Refusal | None:
         ws = self.websocket
         vsn = Vsn.parse(ws.query_params.get("vsn"))
@@ -211,7 +217,7 @@ class PhoenixSession(SocketSession):
         self.vsn = vsn
         # Supabase reads the `x-api-key` header first, then the `apikey` parameter.
         token = ws.headers.get("x-api-key") or ws.query_params.get("apikey") or request_token(ws)
-        admitted = await admit_socket(self.bridge, ws, token, self.client_ip)
+        admitted = await admit_socket(self.bridge, ws, token)
         if isinstance(admitted, Refusal):
             return admitted
         self.principal = admitted
@@ -259,17 +265,7 @@ class PhoenixSession(SocketSession):
             self._closing = asyncio.create_task(self._close(reason, CLOSE_POLICY))
 
     async def _close(self, reason: str, code: int) -> None:
-        self.outlet.close()
-        if self._writer is not None and self._writer is not asyncio.current_task():
-            self._writer.cancel()
-        try:
-            async with asyncio.timeout(2):
-                await self.websocket.close(code=code, reason=reason)
-        except (TimeoutError, WebSocketDisconnect, RuntimeError, OSError):
-            pass
-        finally:
-            if self._reader is not None and self._reader is not asyncio.current_task():
-                self._reader.cancel()
+        await self._shut(reason, code)
 
     # dispatch ------------------------------------------------------------------
 
@@ -372,6 +368,12 @@ class PhoenixSession(SocketSession):
                 "Unauthorized: You do not have permissions to read from this Channel topic: "
                 f"{sub_topic} ({exc.message})",
             )
+            return
+        try:
+            # The socket counts for each user it joins channels for (once per user).
+            self.seat.hold(principal.user_id)
+        except TooManyConnections as exc:
+            self._refuse_message(inbound, exc.code, f"too_many_connections: {exc.message}")
             return
         resume: dict[str, int] = {}
         old = self.channels.get(topic)
@@ -478,6 +480,8 @@ class PhoenixSession(SocketSession):
         channel.subs.clear()
 
     def _close_channel(self, channel: Channel) -> None:
+        if self.channels.get(channel.topic) is channel:
+            self.seat.release(channel.principal.user_id)
         self._unsubscribe_all(channel)
         if channel.expiry is not None:
             channel.expiry.cancel()
@@ -596,8 +600,8 @@ class PhoenixSession(SocketSession):
             return
         if channel is not self.channels.get(channel.topic):
             return
-        channel.token = token
         if identity(principal) == identity(channel.principal):
+            channel.token = token
             channel.principal = principal
             self._watch_expiry(channel)
             self._unpause(channel)
@@ -610,6 +614,14 @@ class PhoenixSession(SocketSession):
             return
         if channel is not self.channels.get(channel.topic):
             return
+        try:
+            self.seat.switch(channel.principal.user_id, principal.user_id)
+        except TooManyConnections as exc:
+            # Refused: the channel carries on as before, under its old token.
+            self.bridge.counters.error(exc.code)
+            self._system(channel, "system", "error", f"too_many_connections: {exc.message}")
+            return
+        channel.token = token
         resume = channel.positions()
         self._unsubscribe_all(channel)
         channel.principal = principal

@@ -11,12 +11,12 @@ import httpx
 import orjson
 from pydantic import ValidationError
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import Response
 
 from realtime_bridge.bridge import Bridge
-from realtime_bridge.errors import BadMessage, ClientError, PublishError
+from realtime_bridge.errors import BadMessage, ClientError, PostgrestError, PublishError
 from realtime_bridge.events import Event, Frame
-from realtime_bridge.metrics import render_metrics
+from realtime_bridge.metrics import CONTENT_TYPE, render_metrics
 from realtime_bridge.protocols.common import (
     JSONResponse,
     Target,
@@ -138,7 +138,13 @@ async def channel_snapshot(request: Request) -> Response:
         return client_error_response(exc)
     except SnapshotUnavailable as exc:
         return error_response(503, "unavailable", str(exc))
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, httpx.HTTPError) as exc:
+    except (
+        OSError,
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        httpx.HTTPError,
+        PostgrestError,
+    ) as exc:
         return error_response(503, "unavailable", f"could not read the snapshot: {exc}")
     return JSONResponse(snapshot.to_json())
 
@@ -284,7 +290,7 @@ async def metrics(request: Request) -> Response:
         await require_service(bridge, request)
     except ClientError as exc:
         return client_error_response(exc)
-    return PlainTextResponse(render_metrics(bridge), media_type="text/plain; version=0.0.4")
+    return Response(render_metrics(bridge), media_type=CONTENT_TYPE)
 
 
 async def index(request: Request) -> Response:

@@ -4,19 +4,64 @@ Admit (origin, key, limits) or refuse the handshake; accept; count the
 connection; run one reader and one writer task until the reader ends; then
 undo all of it, whatever ended the connection. Each protocol supplies how it
 admits, reads and writes, and what it opens and closes beyond that.
+
+Ending a connection from our side (`_shut`) is bounded: the reason and the
+close frame get `CLOSE_GRACE` seconds to reach the client; a client that
+does not read them (a stalled consumer, whose socket never becomes
+writable) has its transport aborted, so the connection, its limit slot and
+its buffers are released at once instead of when the client reads again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+from typing import Any
 
-from starlette.websockets import WebSocket
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from realtime_bridge.auth import UNCHECKED, Principal
 from realtime_bridge.bridge import Bridge
-from realtime_bridge.limits import RateLimiter
+from realtime_bridge.limits import RateLimiter, TooManyConnections
 from realtime_bridge.protocols.common import Refusal, client_ip, refuse_socket
+
+logger = logging.getLogger(__name__)
+
+CLOSE_GRACE = 1.0
+TRANSPORT_KEY = "realtime_bridge.transport"
+
+
+class TransportScope:
+    """ASGI middleware: puts a WebSocket's asyncio transport in its scope (see `abort`).
+
+    ASGI gives an application no way to drop a connection whose peer stopped
+    reading. uvicorn's `receive` is a method of its protocol object, which
+    holds the transport; this is read once, at the edge, so nothing else
+    depends on the server's internals. Without it `abort` does nothing.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            transport = getattr(getattr(receive, "__self__", None), "transport", None)
+            if isinstance(transport, asyncio.Transport):
+                scope[TRANSPORT_KEY] = transport
+        await self.app(scope, receive, send)
+
+
+def abort(websocket: WebSocket, *, only_if_stuck: bool = False) -> None:
+    """Drop the connection now, discarding unsent bytes (`only_if_stuck`: if there are any)."""
+    transport: Any = websocket.scope.get(TRANSPORT_KEY)
+    if transport is None:
+        logger.warning("cannot abort a stalled WebSocket: its transport is unknown")
+        return
+    if only_if_stuck and transport.is_closing() and not transport.get_write_buffer_size():
+        return
+    transport.abort()
 
 
 class SocketSession:
@@ -32,17 +77,28 @@ class SocketSession:
         self._writer: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
         self.client_ip = client_ip(websocket)
+        self.seat = bridge.limits.seat(self.client_ip)
 
     async def run(self) -> None:
         refusal = await self._admit()
+        if refusal is None:
+            try:
+                self.seat.occupy(self.principal.user_id)
+            except TooManyConnections as exc:
+                refusal = Refusal(429, exc.code, exc.message)
         if refusal is not None:
-            await refuse_socket(self.bridge, self.websocket, refusal)
+            await refuse_socket(self.bridge, self.websocket, refusal, self.client_ip)
             return
-        await self.websocket.accept()
+        try:
+            await self.websocket.accept()
+            await self._serve()
+        finally:
+            self.seat.close()
+
+    async def _serve(self) -> None:
         counters = self.bridge.counters
         counters.connections_total += 1
         counters.connections_open += 1
-        self.bridge.limits.connected(self.client_ip, self.principal.user_id)
         self._opened()
         writer = self._writer = asyncio.create_task(self._write(), name="socket-writer")
         self._reader = asyncio.create_task(self._read(), name="socket-reader")
@@ -51,7 +107,6 @@ class SocketSession:
                 await self._reader
         finally:
             counters.connections_open -= 1
-            self.bridge.limits.disconnected(self.client_ip, self.principal.user_id)
             self._closed()
             for task in self.replays.values():
                 task.cancel()
@@ -62,6 +117,40 @@ class SocketSession:
             if self._closing is not None:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self._closing
+            self._release()
+
+    def _release(self) -> None:
+        """Drop what refers back to this session (tasks, subscriptions, timers).
+
+        A closed session is then freed by reference counting; left as cycles,
+        every closed connection would wait for (and lengthen) a pass of the
+        cyclic garbage collector.
+        """
+        self.replays.clear()
+        self._reader = self._writer = self._closing = None
+
+    async def _shut(self, code: str, close_code: int, frame: str | None = None) -> None:
+        """End the connection from our side: say why (`frame`) and close, within CLOSE_GRACE."""
+        self._close_outlet()
+        # The writer may be stuck behind a client that stopped reading.
+        if self._writer is not None and self._writer is not asyncio.current_task():
+            self._writer.cancel()
+        try:
+            async with asyncio.timeout(CLOSE_GRACE):
+                if frame is not None:
+                    await self.websocket.send_text(frame)
+                await self.websocket.close(code=close_code, reason=code)
+        except (TimeoutError, WebSocketDisconnect, RuntimeError, OSError):
+            abort(self.websocket)
+        else:
+            # Queued, not necessarily delivered: a client that never reads the
+            # close frame would hold the transport and its buffer forever.
+            asyncio.get_running_loop().call_later(
+                CLOSE_GRACE, lambda: abort(self.websocket, only_if_stuck=True)
+            )
+        finally:
+            if self._reader is not None and self._reader is not asyncio.current_task():
+                self._reader.cancel()
 
     async def _admit(self) -> Refusal | None:
         """Check the handshake; set `self.principal` or say why not."""

@@ -64,7 +64,9 @@ async def sse_stream(request: Request) -> Response:
 
     hub = bridge.hub
     outlet = QueueOutlet(
-        bridge.settings.send_queue_max, stall_timeout=bridge.settings.slow_consumer_timeout
+        bridge.settings.send_queue_max,
+        stall_timeout=bridge.settings.slow_consumer_timeout,
+        on_take=bridge.histograms.queue_depth.observe,
     )
     catching_up: set[asyncio.Task[None]] = set()
 

@@ -9,14 +9,13 @@ connection open, except `too_large` and `slow_consumer`, which close it
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 from typing import Any
 
 import orjson
 from pydantic import ValidationError
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
 from realtime_bridge.auth import TokenExpired
 from realtime_bridge.bridge import Bridge
@@ -61,14 +60,13 @@ class WebSocketSession(SocketSession):
             bridge.settings.send_queue_max,
             on_overflow=self._on_overflow,
             stall_timeout=bridge.settings.slow_consumer_timeout,
+            on_take=bridge.histograms.queue_depth.observe,
         )
         self.subscriptions: dict[str, Subscription] = {}
         self._expiry: asyncio.TimerHandle | None = None
 
     async def _admit(self) -> Refusal | None:
-        admitted = await admit_socket(
-            self.bridge, self.websocket, request_token(self.websocket), self.client_ip
-        )
+        admitted = await admit_socket(self.bridge, self.websocket, request_token(self.websocket))
         if isinstance(admitted, Refusal):
             return admitted
         self.principal = admitted
@@ -85,6 +83,13 @@ class WebSocketSession(SocketSession):
 
     def _close_outlet(self) -> None:
         self.outlet.close()
+
+    def _release(self) -> None:
+        super()._release()
+        for sub in self.subscriptions.values():
+            sub.on_lag = None  # the bound `_catch_up`: a cycle back to this session
+        self.subscriptions.clear()
+        self._expiry = None
 
     async def _read(self) -> None:
         while True:
@@ -186,6 +191,9 @@ class WebSocketSession(SocketSession):
     async def _use_token(self, token: str, *, reply: bool) -> None:
         """Switch the connection to a fresh token; resume what expiry paused."""
         principal = await self.bridge.auth.verify(token)
+        # The connection counts for the user it acts for: moved first, so a
+        # user at its limit is refused and the connection stays as it was.
+        self.seat.switch(self.principal.user_id, principal.user_id)
         if principal.user_id != self.principal.user_id or principal.role != self.principal.role:
             # A different identity may not inherit row-scoped subscriptions.
             for sub in list(self.subscriptions.values()):
@@ -325,22 +333,8 @@ class WebSocketSession(SocketSession):
         await self._close_with(code, message, close_code)
 
     async def _close_with(self, code: str, message: str, close_code: int) -> None:
-        # The writer may be stuck behind a client that stopped reading: stop
-        # it, say why once, close, and end the session either way.
-        if self._writer is not None and self._writer is not asyncio.current_task():
-            self._writer.cancel()
-        try:
-            async with asyncio.timeout(2):
-                await self.websocket.send_text(
-                    dumps({"type": "error", "code": code, "message": message})
-                )
-                await self.websocket.close(code=close_code, reason=code)
-        except (TimeoutError, WebSocketDisconnect, RuntimeError, OSError):
-            with contextlib.suppress(Exception):
-                await self.websocket.close(code=close_code, reason=code)
-        finally:
-            if self._reader is not None and self._reader is not asyncio.current_task():
-                self._reader.cancel()
+        frame = dumps({"type": "error", "code": code, "message": message})
+        await self._shut(code, close_code, frame)
 
 
 async def db_subscriptions(websocket: WebSocket) -> None:

@@ -32,13 +32,15 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import httpx
+from postgrest import APIError, AsyncPostgrestClient, AsyncSelectRequestBuilder
 from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
 from realtime.types import RealtimePostgresChangesListenEvent
 
 from realtime_bridge.change import Change, Operation, Row
+from realtime_bridge.errors import PostgrestError
 from realtime_bridge.sources.base import (
     Deliver,
     Mode,
@@ -51,6 +53,8 @@ from realtime_bridge.sources.base import (
 logger = logging.getLogger(__name__)
 
 CURSOR_CANDIDATES = ("updated_at", "created_at")
+
+Query = AsyncSelectRequestBuilder
 
 
 def _parse_time(value: Any) -> datetime | None:
@@ -72,40 +76,70 @@ def _above(key: Any, than: Any) -> bool:
         return False
 
 
+# PostgREST's answer to selecting a column the table lacks (SQLSTATE undefined_column);
+# a body that is not PostgREST's JSON leaves the HTTP status as the code instead.
+_NO_SUCH_COLUMN = ("42703", "400")
+
+
 class PostgrestReader:
-    """The few PostgREST reads polling needs, with the service key."""
+    """The few PostgREST reads polling and snapshots need, with the service key.
+
+    Queries are built with the maintained `postgrest` client (select, filters,
+    order, range/limit; ``apikey`` and ``Authorization`` sent with each request).
+    Where it is not used as it comes:
+
+    * its retries (1, 2, 4 s sleeps on a 503) are off: a failed poll pass is
+      retried on the poll interval anyway, and a snapshot should answer 503 now;
+    * it is given our own httpx client: its default one asks for HTTP/2 and
+      takes its timeout through a deprecated argument;
+    * its `APIError` keeps PostgREST's error body but not the HTTP status, so a
+      missing column is told by PostgREST's code, and errors become `PostgrestError`.
+    """
 
     def __init__(
         self, url: str, key: str, *, client: httpx.AsyncClient | None = None, timeout: float = 10
     ) -> None:
         self.base = f"{url.rstrip('/')}/rest/v1"
-        self.headers = {"apikey": key, "Authorization": f"Bearer {key}"}
         self.client = client or httpx.AsyncClient(timeout=timeout)
         self._own_client = client is None
+        self._postgrest = AsyncPostgrestClient(
+            self.base,
+            headers={"Accept": "application/json", "apikey": key},
+            http_client=self.client,
+            retry_enabled=False,
+        ).auth(key)
+        self._schemas = {"public": self._postgrest}
 
     async def close(self) -> None:
         if self._own_client:
             await self.client.aclose()
 
-    async def get(self, table: str, params: dict[str, str]) -> list[Row]:
-        response = await self.client.get(
-            f"{self.base}/{table}", params=params, headers=self.headers
-        )
-        response.raise_for_status()
-        rows = response.json()
+    def select(self, table: str, *columns: str, schema: str = "public") -> Query:
+        """A read of `table` (in `schema`, sent as PostgREST's Accept-Profile) to refine."""
+        client = self._schemas.get(schema)
+        if client is None:
+            client = self._schemas[schema] = self._postgrest.schema(schema)
+        return client.from_(table).select(*columns or ("*",))
+
+    async def get(self, query: Query) -> list[Row]:
+        """The rows `query` reads; PostgREST's refusals raise `PostgrestError`."""
+        table = str(query.request.path).rpartition("/")[2]
+        try:
+            response = await query.execute()
+        except APIError as exc:
+            raise PostgrestError(table, exc.code, exc.message) from exc
+        rows = response.data
         if not isinstance(rows, list):
             raise ValueError(f"PostgREST returned {type(rows).__name__} for {table}")
-        return rows
+        return cast(list[Row], rows)
 
-    async def has_column(self, table: str, column: str) -> bool:
-        response = await self.client.get(
-            f"{self.base}/{table}",
-            params={"select": column, "limit": "1"},
-            headers=self.headers,
-        )
-        if response.status_code == 400:
-            return False  # PostgREST: column does not exist
-        response.raise_for_status()
+    async def has_column(self, table: str, column: str, *, schema: str = "public") -> bool:
+        try:
+            await self.get(self.select(table, column, schema=schema).limit(1))
+        except PostgrestError as exc:
+            if exc.code in _NO_SUCH_COLUMN:
+                return False
+            raise
         return True
 
 
@@ -124,10 +158,9 @@ class _Table:
     def qualified(self) -> str:
         return f"{self.schema}.{self.name}"
 
-    @property
-    def path(self) -> str:
-        # PostgREST serves the exposed schema's tables by name (`public` by default).
-        return self.name
+    def select(self, rest: PostgrestReader, *columns: str) -> Query:
+        # PostgREST serves a table by name, its schema named by the Accept-Profile header.
+        return rest.select(self.name, *columns, schema=self.schema)
 
 
 class SupabaseSource:
@@ -430,11 +463,11 @@ class SupabaseSource:
 
     async def _describe(self, table: _Table) -> None:
         for column in CURSOR_CANDIDATES:
-            if await self.rest.has_column(table.path, column):
+            if await self.rest.has_column(table.name, column, schema=table.schema):
                 table.cursor = column
                 break
         newest = await self.rest.get(
-            table.path, {"select": "*", "order": "id.desc", "limit": str(self.delete_window)}
+            table.select(self.rest).order("id", desc=True).limit(self.delete_window)
         )
         for row in reversed(newest):
             table.rows[row.get("id")] = (row, self._cursor_of(table, row))
@@ -442,12 +475,9 @@ class SupabaseSource:
                 table.max_id = row.get("id")
         if table.cursor is not None:
             top = await self.rest.get(
-                table.path,
-                {
-                    "select": table.cursor,
-                    "order": f"{table.cursor}.desc.nullslast",
-                    "limit": "1",
-                },
+                table.select(self.rest, table.cursor)
+                .order(table.cursor, desc=True, nullsfirst=False)
+                .limit(1)
             )
             if top:
                 table.max_cursor = _parse_time(top[0].get(table.cursor))
@@ -465,7 +495,7 @@ class SupabaseSource:
         for table in self.tables.values():
             rows = await self._changed_rows(table)
             present = await self.rest.get(
-                table.path, {"select": "id", "order": "id.desc", "limit": str(self.delete_window)}
+                table.select(self.rest, "id").order("id", desc=True).limit(self.delete_window)
             )
             changes: list[Change] = []
             for row in rows:
@@ -480,20 +510,23 @@ class SupabaseSource:
             changes.extend(self._deletions(table, present, now))
             self._emit(changes)
 
-    async def _changed_rows(self, table: _Table) -> list[Row]:
+    def _changed_query(self, table: _Table) -> Query:
+        query = table.select(self.rest)
         if table.cursor is None:
-            params = {"select": "*", "order": "id.asc"}
             if table.max_id is not None:
-                params["id"] = f"gt.{table.max_id}"
-        else:
-            params = {"select": "*", "order": f"{table.cursor}.asc,id.asc"}
-            if table.max_cursor is not None:
-                params[table.cursor] = f"gt.{(table.max_cursor - self.lookback).isoformat()}"
+                query = query.gt("id", table.max_id)
+            return query.order("id")
+        if table.max_cursor is not None:
+            query = query.gt(table.cursor, (table.max_cursor - self.lookback).isoformat())
+        return query.order(table.cursor).order("id")
+
+    async def _changed_rows(self, table: _Table) -> list[Row]:
         rows: list[Row] = []
         offset = 0
         while True:
+            # A query builder is spent once executed: each page is built anew.
             page = await self.rest.get(
-                table.path, {**params, "limit": str(self.page), "offset": str(offset)}
+                self._changed_query(table).range(offset, offset + self.page - 1)
             )
             rows.extend(page)
             if len(page) < self.page:

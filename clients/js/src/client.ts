@@ -222,6 +222,12 @@ const MIN_REFRESH_INTERVAL_MS = 5000;
 
 const noop = (): void => {};
 
+/** Said once per client made without a WebSocket: polling works, but nobody chose it. */
+export const NO_WEBSOCKET_WARNING =
+  "@realtime-bridge/client: this runtime has no global WebSocket (Node before 22), so the " +
+  "client will only long-poll, never use the socket. Run on Node 22+, or pass an " +
+  "implementation, such as the `ws` package's: createClient({ ..., WebSocket }).";
+
 function defaultWebSocket(): WebSocketConstructor | undefined {
   const candidate = (globalThis as { WebSocket?: unknown }).WebSocket;
   return typeof candidate === "function" ? (candidate as WebSocketConstructor) : undefined;
@@ -342,6 +348,7 @@ export class RealtimeClient {
         "createClient: no WebSocket in this runtime; pass `WebSocket` or enable the fallback",
       );
     }
+    if (this.WebSocketImpl === undefined) console.warn(NO_WEBSOCKET_WARNING);
   }
 
   /** `connecting | realtime | polling | offline` */

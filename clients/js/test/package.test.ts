@@ -4,7 +4,11 @@
  * dependencies, and React is an optional peer.
  */
 
-import { existsSync, readFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 
 import { expect, test } from "vitest";
 
@@ -50,5 +54,28 @@ test("the runtime code imports nothing but itself (and React, in the hooks)", ()
       if (file === "react" && specifier === "react") continue;
       expect(specifier, `${file}.js imports ${specifier}`).toMatch(/^\.\//);
     }
+  }
+});
+
+test("the npm pack tarball installs and imports by name outside this folder", () => {
+  const root = fileURLToPath(new URL("..", import.meta.url));
+  const dir = mkdtempSync(join(tmpdir(), "rb-pack-"));
+  try {
+    const packed = JSON.parse(
+      execFileSync("npm", ["pack", "--json", "--pack-destination", dir, "--loglevel=error"], { cwd: root, encoding: "utf8" }),
+    ) as { filename: string; files: { path: string }[] }[];
+    const files = packed[0]!.files.map((file) => file.path);
+    for (const entry of ["package.json", "dist/index.js", "dist/index.d.ts", "dist/react.js", "dist/react.d.ts"]) {
+      expect(files, entry).toContain(entry);
+    }
+    expect(files.filter((file) => file.startsWith("test/") || file.includes("node_modules"))).toEqual([]);
+    const target = join(dir, "app", "node_modules", "@realtime-bridge", "client");
+    mkdirSync(target, { recursive: true });
+    execFileSync("tar", ["xzf", join(dir, packed[0]!.filename), "-C", target, "--strip-components=1"]);
+    const script = 'import("@realtime-bridge/client").then((m) => console.log(typeof m.createClient))';
+    const out = execFileSync("node", ["--input-type=module", "-e", script], { cwd: join(dir, "app"), encoding: "utf8" });
+    expect(out.trim()).toBe("function");
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 });
