@@ -270,7 +270,7 @@ class Bridge:
             await self._start_outbox(head, await self._why_not_wal())
             return
         assert why_not is not None
-        if self.settings.capture != "auto":
+        if self.settings.capture not in ("auto", "poll"):
             raise ConfigurationError(f"CAPTURE={self.settings.capture}, but {why_not}")
         await self._start_polling(why_not)
 

@@ -73,13 +73,14 @@ APPEND_SQL = f"""
 WITH logged AS (
     INSERT INTO realtime_bridge.outbox
         (seq, operation, schema_name, table_name, record, old_record, channel, event,
-         changes, batch, created_at, sequenced_at)
+         changes, batch, created_at, ref, sequenced_at)
     SELECT r.seq, r.operation, r.schema_name, r.table_name, r.record::jsonb, r.old_record::jsonb,
-           r.channel, r.event, r.changes, r.batch, r.created_at, clock_timestamp()
+           r.channel, r.event, r.changes, r.batch, r.created_at, r.ref, clock_timestamp()
     FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                $7::text[], $8::text[], $9::int[], $10::bool[], $11::timestamptz[])
+                $7::text[], $8::text[], $9::int[], $10::bool[], $11::timestamptz[],
+                $16::bigint[])
          AS r(seq, operation, schema_name, table_name, record, old_record, channel, event,
-              changes, batch, created_at)
+              changes, batch, created_at, ref)
     RETURNING 1
 ), counter AS (
     UPDATE realtime_bridge.sequencer SET last_seq = $12 WHERE last_seq < $12 RETURNING 1
@@ -503,13 +504,15 @@ class WalSource(OutboxSource):
             changes = [self._change(*entry) for entry in pending.changes]
             rows = _log_rows(changes)
             self.statements += 1
+            *columns, refs = rows
             await conn.fetchrow(
                 APPEND_SQL,
-                *rows,
+                *columns,
                 changes[-1].seq,
                 pending.commit_lsn,
                 pending.logged,
                 pending.switch_pending,
+                refs,
             )
             self._skip_before = (pending.commit_lsn, pending.logged)
             self._logged_switch_pending = pending.switch_pending
@@ -569,11 +572,13 @@ def _broadcast_change(message: Message, seq: int, txn: Begin) -> Change:
         committed_at=txn.committed_at,
         channel=body.get("channel"),
         event=body.get("event"),
+        # What the publisher's broadcast() returned: how it learns the seq.
+        outbox_id=-message.lsn,
     )
 
 
 def _log_rows(changes: list[Change]) -> tuple[list[Any], ...]:
-    """The outbox rows of `changes`: runs of one table and operation share a batch row."""
+    """The outbox rows of `changes`: runs of INSERTs or DELETEs of one table share a batch row."""
     seqs: list[int] = []
     ops: list[str] = []
     schemas: list[str | None] = []
@@ -585,6 +590,7 @@ def _log_rows(changes: list[Change]) -> tuple[list[Any], ...]:
     counts: list[int] = []
     batches: list[bool] = []
     times: list[datetime] = []
+    refs: list[int | None] = []
     run: list[Change] = []
 
     def close_run() -> None:
@@ -598,9 +604,12 @@ def _log_rows(changes: list[Change]) -> tuple[list[Any], ...]:
         channels.append(first.channel)
         events.append(first.event)
         times.append(first.committed_at)
+        refs.append(first.outbox_id if first.operation == "BROADCAST" else None)
         counts.append(len(run))
         # JSON text: asyncpg would take a list inside a jsonb[] for another dimension.
-        if len(run) == 1:
+        # INSERT and DELETE rows are always batches (JSON arrays), UPDATEs single
+        # rows: the same layout as the capture triggers write, whatever the path.
+        if first.operation not in ("INSERT", "DELETE"):
             records.append(_json(first.record))
             olds.append(_json(first.old_record))
             batches.append(False)
@@ -623,7 +632,7 @@ def _log_rows(changes: list[Change]) -> tuple[list[Any], ...]:
             close_run()
         run.append(change)
     close_run()
-    return seqs, ops, schemas, tables, records, olds, channels, events, counts, batches, times
+    return seqs, ops, schemas, tables, records, olds, channels, events, counts, batches, times, refs
 
 
 def _json(value: Any) -> str | None:

@@ -22,6 +22,10 @@ INSERT INTO realtime_bridge.settings (key, value)
 VALUES ('capture', 'triggers')
 ON CONFLICT (key) DO NOTHING;
 
+-- What broadcast() returned for an event the WAL leader logged (minus the
+-- LSN of its logical message), so that its publisher learns its seq.
+ALTER TABLE realtime_bridge.outbox ADD COLUMN IF NOT EXISTS ref bigint;
+
 -- Where the WAL reader is: the commit LSN of the last transaction whose
 -- changes are (partly) in the outbox, and how many of its changes are. The
 -- leader updates it in the same statement that appends a batch, so after a
@@ -54,7 +58,8 @@ $$;
 
 -- Publish an event (POST /api/broadcast, the Python broadcast()). Inside the
 -- caller's transaction, the event exists if and only if it commits. Returns
--- the outbox id with the triggers, NULL with the WAL (there is no row yet).
+-- the outbox id with the triggers; with the WAL (no row yet) minus the LSN of
+-- its logical message, which the leader stores in the row's `ref`.
 CREATE OR REPLACE FUNCTION realtime_bridge.broadcast(channel text, event text, payload jsonb)
 RETURNS bigint
 LANGUAGE plpgsql
@@ -66,13 +71,12 @@ DECLARE
 BEGIN
     PERFORM pg_advisory_xact_lock_shared(realtime_bridge.mode_key());
     IF realtime_bridge.capture_mode() = 'wal' THEN
-        PERFORM pg_logical_emit_message(
+        RETURN -(pg_logical_emit_message(
             true,
             'realtime_bridge',
             jsonb_build_object('channel', broadcast.channel, 'event', broadcast.event,
                                'payload', payload)::text
-        );
-        RETURN NULL;
+        ) - '0/0'::pg_lsn)::bigint;
     END IF;
     INSERT INTO realtime_bridge.outbox (operation, record, channel, event)
     VALUES ('BROADCAST', payload, broadcast.channel, broadcast.event)
