@@ -54,6 +54,7 @@ from realtime_bridge.sources.outbox import (
 )
 from realtime_bridge.sources.poll import PollSource
 from realtime_bridge.sources.supabase import SupabaseSource
+from realtime_bridge.sources.wal import RESYNC_CHANNEL, WalSource, slot_name, wal_unavailable
 from realtime_bridge.topic_policies import TopicPolicies
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,13 @@ HISTORY_SQL = READ_SQL.replace(
     "AND ((o.schema_name || '.' || o.table_name) = ANY($3::text[]) OR o.channel = $4)\n"
     "ORDER BY o.seq",
 ).replace("LIMIT $3", "LIMIT 200")
+
+# The oldest seq kept, and the last capture gap (a resync marker), if any.
+EARLIEST_SQL = """
+SELECT (SELECT min(seq) FROM realtime_bridge.outbox WHERE seq IS NOT NULL) AS earliest,
+       (SELECT max(seq) FROM realtime_bridge.outbox
+        WHERE operation = 'BROADCAST' AND channel = $1) AS gap
+"""
 
 # The outbox's head, and whether this role may number it (be the sequencer).
 # (A list of privileges in one has_table_privilege call means "any of them".)
@@ -294,11 +302,11 @@ class Bridge:
                         "UPDATE on realtime_bridge.outbox and realtime_bridge.sequencer)"
                     )
         if head is not None:
-            await self._start_outbox(head)
+            await self._start_outbox(head, await self._why_not_wal())
             return
         assert why_not is not None
-        if self.settings.capture == "outbox":
-            raise ConfigurationError(f"CAPTURE=outbox, but {why_not}")
+        if self.settings.capture not in ("auto", "poll"):
+            raise ConfigurationError(f"CAPTURE={self.settings.capture}, but {why_not}")
         await self._start_polling(why_not)
 
     async def _install_outbox(self) -> NoOutbox | None:
@@ -317,6 +325,18 @@ class Bridge:
                 return NoOutbox("this database role cannot install the capture triggers", str(exc))
             raise
         return None
+
+    async def _why_not_wal(self) -> str | None:
+        """None when the WAL is the capture; else why the triggers are."""
+        capture = self.settings.capture
+        if capture in ("triggers", "outbox"):
+            return f"CAPTURE={capture}"
+        assert self.pool is not None
+        async with self.pool.acquire() as conn:
+            why = await wal_unavailable(conn, self.settings.publication)
+        if why is not None and capture == "wal":
+            raise ConfigurationError(f"CAPTURE=wal, but {why}")
+        return why
 
     def _wants_demo(self) -> bool:
         """The demo schema: DEMO_SCHEMA, or by default the embedded database only."""
@@ -342,16 +362,30 @@ class Bridge:
                 row["name"],
             )
 
-    async def _start_outbox(self, head: int) -> None:
+    async def _start_outbox(self, head: int, why_not_wal: str | None) -> None:
         assert self.dsn is not None
         assert self.pool is not None
         self.hub.head = head
-        source = OutboxSource(
-            self.dsn,
-            self._on_changes,
-            start_after=head,
-            batch_size=self.settings.sequencer_batch,
-        )
+        source: OutboxSource
+        if why_not_wal is None:
+            source = WalSource(
+                self.dsn,
+                self._on_changes,
+                start_after=head,
+                publication=self.settings.publication,
+                slot=self.settings.replication_slot,
+                max_lag_bytes=self.settings.wal_max_slot_lag,
+                batch_size=self.settings.sequencer_batch,
+            )
+        else:
+            await self._leave_wal()
+            source = OutboxSource(
+                self.dsn,
+                self._on_changes,
+                start_after=head,
+                batch_size=self.settings.sequencer_batch,
+            )
+            source.mode.reason = f"capture triggers and the outbox ({why_not_wal})"
         self.source = source
         await self.refresh_tables()
         self._own("source", source.start())
@@ -363,11 +397,41 @@ class Bridge:
         if self.settings.relay_to_supabase:
             # Only the sequencer relays, so Supabase gets each event once, not once per instance.
             self.relay = Relay.from_settings(
-                self.settings, self.registry, active=lambda: source.status.role == "sequencer"
+                self.settings,
+                self.registry,
+                active=lambda: source.status.role == "sequencer",
             )
             # From the head we started at: changes routed while we waited above are relayed too.
             relayed = self.relay.start(self.hub, list(self.registry.by_channel), since=head)
             self._own("relay", relayed)
+
+    async def _leave_wal(self) -> None:
+        """On the trigger path: capture triggers on every published table, and no slot of ours.
+
+        A slot nobody reads holds WAL on the database's disk forever, so the
+        one the WAL source left behind is dropped (loudly).
+        """
+        assert self.pool is not None
+        try:
+            await self.pool.execute("SELECT realtime_bridge.switch_to_triggers()")
+            slot = self.settings.replication_slot or slot_name(
+                await self.pool.fetchval("SELECT current_database()")
+            )
+            dropped = await self.pool.fetchval(
+                """
+                SELECT count(pg_drop_replication_slot(slot_name))
+                FROM pg_catalog.pg_replication_slots
+                WHERE slot_name = $1 AND database = current_database() AND NOT active
+                """,
+                slot,
+            )
+        except asyncpg.PostgresError as exc:
+            logger.warning("could not prepare the capture triggers: %s", exc)
+            return
+        if dropped:
+            logger.warning(
+                "dropped the replication slot %r: the trigger path captures from now on", slot
+            )
 
     async def _start_polling(self, why: NoOutbox) -> None:
         """No outbox: read the plugins' tables every POLL_INTERVAL seconds over SQL."""
@@ -556,6 +620,9 @@ class Bridge:
         channels = self.hub.channels
         self.histograms.source_lag.observe(time.time() - changes[-1].committed_at.timestamp())
         for change in changes:
+            if change.channel == RESYNC_CHANNEL:
+                self._on_gap(change)
+                continue
             names = self.registry.channels_for(change)
             self.hub.publish(
                 change.seq,
@@ -581,6 +648,17 @@ class Bridge:
                 waiter = self._seq_waiters.pop(change.outbox_id, None)
                 if waiter is not None and not waiter.done():
                     waiter.set_result(change.seq)
+
+    def _on_gap(self, change: Change) -> None:
+        """The capture lost changes before this marker: every client reloads."""
+        self.hub.publish(change.seq, LogEntry(change.seq, (), lambda _channel: None))
+        told = self.hub.require_resync(change.seq)
+        logger.error(
+            "the capture lost changes before seq %s (%s): %d subscription(s) told to resync",
+            change.seq,
+            (change.record or {}).get("reason", "unknown"),
+            told,
+        )
 
     async def _history(self, after: int, upto: int, channel: str) -> AsyncIterator[list[Event]]:
         """Events of `channel` in (after, upto] read back from the outbox log."""
@@ -615,13 +693,15 @@ class Bridge:
         if not self._durable:
             return self.hub.head + 1  # no outbox: beyond the window means resync
         assert self.pool is not None
-        value = await self.pool.fetchval(
-            "SELECT min(seq) FROM realtime_bridge.outbox WHERE seq IS NOT NULL"
-        )
-        if value is None:
+        row = await self.pool.fetchrow(EARLIEST_SQL, RESYNC_CHANNEL)
+        assert row is not None
+        if row["gap"] is not None:
+            # The capture lost changes before this marker: nothing older is complete.
+            self.hub.resync_floor = max(self.hub.resync_floor, int(row["gap"]))
+        if row["earliest"] is None:
             # Everything was pruned: the next seq is the earliest a client can get.
             return self.hub.head + 1
-        return int(value)
+        return max(int(row["earliest"]), int(row["gap"] or 0))
 
     # publishing --------------------------------------------------------
 
@@ -693,6 +773,7 @@ class Bridge:
             if status is not None and status.last_lag_ms is not None
             else None,
             "source_status": status.to_json() if status is not None else None,
+            "wal": source.stats() if isinstance(source, WalSource) else None,
             "failed_tasks": dict(self._task_errors),
             "uptime_s": round(time.time() - self.started_at, 1),
         }
@@ -725,6 +806,7 @@ class Bridge:
             "head_seq": self.hub.head,
             "channels": sorted(self.hub.channels),
             "relay": self.relay.to_json() if self.relay is not None else None,
+            "wal": self.source.stats() if isinstance(self.source, WalSource) else None,
         }
 
     def encode(self, value: Any) -> bytes:

@@ -137,7 +137,9 @@ class EmbeddedPostgres:
                 str(self.pgdata / "server.log"),
                 "-o",
                 f"-p {self.port} -h 127.0.0.1 -k {socket_dir} -c max_connections=200 "
-                "-c fsync=on -c shared_buffers=128MB",
+                "-c fsync=on -c shared_buffers=128MB "
+                # Logical replication, so the bridge reads the WAL (CAPTURE=auto).
+                "-c wal_level=logical -c max_replication_slots=100 -c max_wal_senders=100",
                 "start",
             )
             logger.info("embedded Postgres listening on 127.0.0.1:%s", self.port)

@@ -272,6 +272,8 @@ class Hub:
         self.subscriptions: dict[str, Subscription] = {}
         self.history = history
         self.earliest_seq = earliest_seq
+        # Positions below this missed changes the capture lost: resync (require_resync).
+        self.resync_floor = 0
         self.stats = HubStats()
         self._ids = itertools.count(1)
         self._waiters: list[asyncio.Future[None]] = []
@@ -477,6 +479,14 @@ class Hub:
             )
         while not stopped():
             head = self.head
+            if sub.last_seq < self.resync_floor <= head:
+                self.stats.resyncs += 1
+                sub.last_seq = head
+                if on_resync is not None:
+                    result = on_resync(self.resync_floor)
+                    if asyncio.iscoroutine(result):
+                        await result
+                continue
             if sub.last_seq >= head:
                 sub.state = SubscriptionState.LIVE
                 return
@@ -525,6 +535,27 @@ class Hub:
     async def _send_replayed(self, sub: Subscription, event: Event) -> None:
         await sub.outlet.put(sub.render(event, sub.prefix))
         self.stats.replayed += 1
+
+    def require_resync(self, from_seq: int) -> int:
+        """Changes before `from_seq` are incomplete (the capture lost some): resync everyone.
+
+        Every subscription, live or catching up, is sent back through catch-up
+        with a position before the gap, so each protocol tells its client
+        `resync_required` in its own way and carries on live; a client that
+        resumes from before the gap later is told the same. Returns how many
+        subscriptions were told.
+        """
+        self.resync_floor = max(self.resync_floor, from_seq)
+        told = 0
+        for sub in list(self.subscriptions.values()):
+            if sub.state is SubscriptionState.CLOSED or sub.last_seq >= from_seq:
+                continue
+            told += 1
+            if sub.state is SubscriptionState.LIVE:
+                sub.state = SubscriptionState.CATCHING_UP
+                if sub.on_lag is not None:
+                    sub.on_lag(sub)
+        return told
 
     async def _earliest(self) -> int | None:
         if self.earliest_seq is None:

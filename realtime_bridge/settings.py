@@ -75,11 +75,34 @@ class Settings(BaseSettings):
     plugin_paths: Annotated[list[Path], NoDecode] = Field(default_factory=lambda: [Path("plugins")])
     enable_testing_api: bool = False
 
-    capture: Literal["auto", "outbox", "poll"] = Field(
+    capture: Literal["auto", "wal", "triggers", "outbox", "poll"] = Field(
         default="auto",
         description=(
-            "How changes are found with a database: the outbox (capture triggers), polling the "
-            "tables over SQL, or auto (the outbox where this role can install and use it)."
+            "How changes are found with a database: wal (logical replication of the "
+            "publication), triggers (capture triggers and the outbox; 'outbox' is the same), "
+            "poll (reading the tables over SQL), or auto: the WAL where the role may replicate "
+            "and wal_level is logical, else the triggers where they can be installed, else poll."
+        ),
+    )
+    publication: str = Field(
+        default="supabase_realtime",
+        pattern=r"^[a-z_][a-z0-9_]*$",
+        description="The publication the WAL source streams (the tables it captures).",
+    )
+    replication_slot: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9_]{1,63}$",
+        description=(
+            "The logical replication slot the WAL leader reads through; unset: "
+            "realtime_bridge_<database> (slot names are shared by the whole server)."
+        ),
+    )
+    wal_max_slot_lag: int = Field(
+        default=1 << 30,
+        ge=1 << 20,
+        description=(
+            "Bytes of WAL the slot may hold back; past this at start the slot is given up "
+            "(clients are told to resync) rather than let the WAL fill the disk."
         ),
     )
     poll_interval: float = Field(default=5.0, gt=0)

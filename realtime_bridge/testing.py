@@ -107,13 +107,45 @@ class TestDatabase:
         self._created.append(name)
         return with_database(self.admin_dsn, name)
 
+    async def drop(self, dsn: str) -> None:
+        """Drop one database made by `create()` (its replication slots first)."""
+        name = urlsplit(dsn).path.lstrip("/")
+        conn = await self._admin()
+        try:
+            await _drop_database(conn, name)
+        finally:
+            await conn.close()
+        if name in self._created:
+            self._created.remove(name)
+
     async def _drop_all(self) -> None:
         conn = await self._admin()
         try:
             for name in [*self._created, self.template]:
-                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                await _drop_database(conn, name)
         finally:
             await conn.close()
+
+
+async def _drop_database(conn: asyncpg.Connection, name: str) -> None:
+    # A database with a replication slot cannot be dropped, even with FORCE.
+    for _ in range(50):
+        active = await conn.fetchval(
+            """
+            SELECT count(pg_terminate_backend(active_pid)) FROM pg_catalog.pg_replication_slots
+            WHERE database = $1 AND active_pid IS NOT NULL
+            """,
+            name,
+        )
+        if not active:
+            break
+        await asyncio.sleep(0.05)
+    await conn.execute(
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_catalog.pg_replication_slots"
+        " WHERE database = $1 AND NOT active",
+        name,
+    )
+    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @dataclass

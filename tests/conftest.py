@@ -26,9 +26,11 @@ async def databases() -> AsyncIterator[TestDatabase]:
 
 
 @pytest.fixture
-async def dsn(databases: TestDatabase) -> str:
-    """A fresh, migrated database for this test."""
-    return await databases.create()
+async def dsn(databases: TestDatabase) -> AsyncIterator[str]:
+    """A fresh, migrated database for this test (dropped after it, with its slot)."""
+    created = await databases.create()
+    yield created
+    await databases.drop(created)
 
 
 @pytest.fixture
@@ -58,13 +60,23 @@ def make_settings(dsn: str, **overrides: Any) -> Settings:
 
 BridgeFactory = Callable[..., Awaitable[RunningBridge]]
 
+#: Run a module's tests on both capture paths: `pytestmark = BOTH_CAPTURES`.
+BOTH_CAPTURES = pytest.mark.parametrize("capture", ["wal", "triggers"], indirect=True)
+
 
 @pytest.fixture
-async def start_bridge(dsn: str) -> AsyncIterator[BridgeFactory]:
+def capture(request: pytest.FixtureRequest) -> str:
+    """The CAPTURE setting of this test's bridges (auto unless parametrised)."""
+    return str(getattr(request, "param", "auto"))
+
+
+@pytest.fixture
+async def start_bridge(dsn: str, capture: str) -> AsyncIterator[BridgeFactory]:
     """Factory: `await start_bridge(**settings)` runs a bridge on this test's database."""
     async with contextlib.AsyncExitStack() as stack:
 
         async def start(**overrides: Any) -> RunningBridge:
+            overrides.setdefault("capture", capture)
             database = overrides.pop("database_url", dsn)
             return await stack.enter_async_context(run_bridge(make_settings(database, **overrides)))
 

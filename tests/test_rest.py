@@ -573,7 +573,7 @@ async def test_health_reports_the_source_and_the_head_seq(
         await wait_routed(client, seq)
         after = (await client.get("/health")).json()
     assert before["status"] == "ok"
-    assert before["source"] == "outbox"
+    assert before["source"] == "wal"  # the embedded Postgres streams its WAL
     assert before["mode"] == "realtime"
     assert before["database"] == "external"
     assert isinstance(before["last_seq"], int)

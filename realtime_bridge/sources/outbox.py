@@ -49,8 +49,8 @@ WAKE_CHANNEL = "realtime_bridge_wake"
 SEQ_CHANNEL = "realtime_bridge_seq"
 
 _COLUMNS = (
-    "o.id, o.seq, o.operation, o.schema_name, o.table_name, o.record, o.old_record,"
-    " o.created_at, o.channel, o.event, o.changes, o.batch"
+    "coalesce(o.ref, o.id) AS id, o.seq, o.operation, o.schema_name, o.table_name, o.record,"
+    " o.old_record, o.created_at, o.channel, o.event, o.changes, o.batch"
 )
 
 # Changes routed between two yields to the event loop.
