@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import queue
 import threading
@@ -113,8 +114,11 @@ def exchange(bridge: RunningBridge, frame: str | bytes) -> list[dict[str, Any]]:
     replies: list[dict[str, Any]] = []
     with connect(f"{bridge.ws_url}?apikey={bridge.service_key}", open_timeout=5) as ws:
         ws.send(frame)
-        try:
+        with contextlib.suppress(ConnectionClosed):
+            # The server may already have answered `frame` and closed (too_large):
+            # the ping then fails, but what arrived before the close is still read.
             ws.send('{"type":"ping"}')
+        try:
             while True:
                 reply = orjson.loads(ws.recv(timeout=5))
                 if reply == {"type": "pong"}:
