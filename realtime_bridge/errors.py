@@ -6,6 +6,8 @@
     ├── PublishError            an event could not be written
     └── ClientError             something a client sent or did; carries `code`
         ├── BadMessage          bad_message
+        │   ├── TooDeep         too_deep    (JSON nested past the depth limit)
+        │   └── TooLong         too_long    (too many entries, or a key too long)
         ├── UnknownChannel      unknown_channel
         ├── UnknownTable        unknown_table
         ├── InvalidFilter       invalid_filter
@@ -53,6 +55,14 @@ class ClientError(RealtimeBridgeError):
 
 class BadMessage(ClientError):
     code = "bad_message"
+
+
+class TooDeep(BadMessage):
+    code = "too_deep"
+
+
+class TooLong(BadMessage):
+    code = "too_long"
 
 
 class UnknownChannel(ClientError):

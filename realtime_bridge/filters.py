@@ -26,6 +26,7 @@ OPERATORS: frozenset[str] = frozenset({"eq", "neq", "lt", "lte", "gt", "gte", "i
 IS_VALUES: frozenset[str] = frozenset({"null", "true", "false"})
 MAX_IN_VALUES = 100
 MAX_CONDITIONS = 16
+MAX_FILTER_CHARS = 4000
 
 _NUMBER = re.compile(r"-?\d+(\.\d+)?")
 
@@ -48,7 +49,9 @@ def canonical(value: Any) -> str | None:
 
 def _number_key(number: Decimal) -> str:
     if number == number.to_integral_value():
-        return str(int(number))
+        # Not str(int(...)): Python refuses to print ints of more than 4,300 digits,
+        # and such numbers arrive in filters and rows alike.
+        return "0" if number.is_zero() else format(number.to_integral_value(), "f")
     return format(number.normalize(), "f")
 
 
@@ -139,6 +142,8 @@ def parse_filter(spec: Any, columns: Collection[str] | None = None) -> Filter:
     if spec is None or spec == "" or spec == {}:
         return Filter()
     if isinstance(spec, str):
+        if len(spec) > MAX_FILTER_CHARS:
+            raise InvalidFilter(f"a filter is at most {MAX_FILTER_CHARS} characters")
         conditions = [_parse_clause(clause) for clause in _split_top_level(spec)]
     elif isinstance(spec, Mapping):
         conditions = [_from_map_entry(column, value) for column, value in spec.items()]

@@ -8,7 +8,6 @@ from typing import Any
 
 import asyncpg
 import httpx
-import orjson
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -17,6 +16,7 @@ from realtime_bridge.bridge import Bridge
 from realtime_bridge.errors import BadMessage, ClientError, PublishError
 from realtime_bridge.events import Event, Frame
 from realtime_bridge.metrics import render_metrics
+from realtime_bridge.protocols import bounds
 from realtime_bridge.protocols.common import (
     JSONResponse,
     Target,
@@ -150,10 +150,7 @@ async def _json_body(request: Request) -> Any:
     raw = await request.body()
     if len(raw) > MAX_BODY:
         raise _TooLarge()
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadMessage(f"body is not valid JSON: {exc}") from exc
+    return bounds.loads(raw, "body")
 
 
 class _TooLarge(Exception):
