@@ -27,6 +27,86 @@ from tests.conftest import BridgeFactory, make_settings
 from tests.helpers import http, insert_position, seq_of
 from tests.test_supabase_protocol import Msg, Phx, phx
 
+
+def nest(depth: int, kind: str = "list") -> Any:
+    value: Any = 0
+    for _ in range(depth):
+        value = [value] if kind == "list" else {"a": value}
+    return value
+
+
+@dataclass(frozen=True)
+class Deep:
+    """A value nested too deep for any JSON encoder: `encode` writes it as text."""
+
+    depth: int
+    kind: str = "list"
+
+    def text(self) -> str:
+        if self.kind == "list":
+            return "[" * self.depth + "0" + "]" * self.depth
+        return '{"a":' * self.depth + "0" + "}" * self.depth
+
+
+def encode(value: Any) -> str:
+    """JSON text of `value`, `Deep` values included."""
+    deep: list[Deep] = []
+
+    def placeholder(item: Any) -> str:
+        if not isinstance(item, Deep):
+            raise TypeError(item)
+        deep.append(item)
+        return f"@deep-{len(deep) - 1}@"
+
+    text = json.dumps(value, default=placeholder)
+    for index, item in enumerate(deep):
+        text = text.replace(f'"@deep-{index}@"', item.text(), 1)
+    return text
+
+
+class LoggedErrors(logging.Handler):
+    """Records logged at ERROR or with a traceback, by us or by uvicorn."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info or record.levelno >= logging.ERROR:
+            self.records.append(record)
+
+    def summary(self) -> list[str]:
+        return [f"{r.name}: {r.getMessage()} {r.exc_info!r}" for r in self.records]
+
+
+@contextlib.contextmanager
+def logged_errors() -> Iterator[LoggedErrors]:
+    """Watch the root logger and uvicorn's (which does not propagate).
+
+    Enter it after the bridge started: uvicorn's dictConfig drops handlers.
+    """
+    handler = LoggedErrors()
+    loggers = [logging.getLogger(), logging.getLogger("uvicorn.error")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+
+
+ROOM = "realtime:room"
+PHOENIX_EVENTS = {
+    "phx_reply",
+    "phx_close",
+    "system",
+    "presence_state",
+    "presence_diff",
+    "broadcast",
+    "postgres_changes",
+}
+
 KNOWN_REPLIES = {"error", "subscribed", "pong", "unsubscribed", "access_token"}
 KNOWN_CODES = {
     "bad_message",
@@ -53,8 +133,16 @@ json_values = st.recursive(
     ),
     max_leaves=12,
 )
+hostile_values = st.one_of(
+    st.builds(Deep, st.integers(min_value=60, max_value=1200), st.sampled_from(["list", "map"])),
+    st.integers(min_value=1_000, max_value=11_000).map(lambda n: [0] * n),
+    st.dictionaries(st.text(min_size=250, max_size=300), scalars, min_size=1, max_size=2),
+    st.integers(min_value=10, max_value=4000).map(lambda n: "9" * n),
+    st.integers(min_value=10, max_value=4000).map(lambda n: "user_id=eq." + "9" * n),
+)
 field_values = st.one_of(
     json_values,
+    hostile_values,
     st.sampled_from(
         [
             "position-updates",
@@ -81,8 +169,9 @@ messages = st.fixed_dictionaries(
     },
 )
 frames = st.one_of(
-    messages.map(json.dumps),
-    json_values.map(json.dumps),
+    messages.map(encode),
+    json_values.map(encode),
+    hostile_values.map(encode),
     st.text(max_size=200),
     st.binary(max_size=200),
 )
@@ -137,6 +226,41 @@ def exchange(bridge: RunningBridge, frame: str | bytes) -> list[dict[str, Any]]:
             return replies
 
 
+def json_depth(frame: str | bytes) -> int:
+    """How deep arrays and objects nest in JSON text (0 for bytes)."""
+    if isinstance(frame, bytes):
+        return 0
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in frame:
+        if in_string:
+            escaped = not escaped and char == "\\"
+            if char == '"' and not escaped:
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def parses(text: str) -> bool:
+    try:
+        orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def threaded_errors(threaded_bridge: RunningBridge) -> Iterator[LoggedErrors]:
+    with logged_errors() as handler:
+        yield handler
+
+
 @settings(
     max_examples=120,
     deadline=None,
@@ -144,9 +268,12 @@ def exchange(bridge: RunningBridge, frame: str | bytes) -> list[dict[str, Any]]:
 )
 @given(frame=frames)
 def test_any_frame_gets_a_known_answer_and_the_server_stays_up(
-    threaded_bridge: RunningBridge, frame: str | bytes
+    threaded_bridge: RunningBridge, threaded_errors: LoggedErrors, frame: str | bytes
 ) -> None:
     replies = exchange(threaded_bridge, frame)
+    depth = json_depth(frame)
+    if isinstance(frame, str) and len(frame.encode()) <= 4096 and depth > 64 and parses(frame):
+        assert [r["code"] for r in replies] == ["too_deep"], (depth, replies)
     for reply in replies:
         assert reply["type"] in KNOWN_REPLIES | {"db_change", "resync_required"}, reply
         if reply["type"] == "error":
@@ -155,6 +282,116 @@ def test_any_frame_gets_a_known_answer_and_the_server_stays_up(
             assert reply["message"]
     # And the server still answers a fresh connection.
     assert exchange(threaded_bridge, '{"type":"ping"}') == []
+    assert threaded_errors.summary() == []
+
+
+phoenix_configs = st.fixed_dictionaries(
+    {},
+    optional={
+        "broadcast": st.one_of(
+            field_values,
+            st.fixed_dictionaries(
+                {}, optional=dict.fromkeys(("self", "ack", "replay"), field_values)
+            ),
+        ),
+        "presence": st.one_of(
+            field_values,
+            st.fixed_dictionaries({}, optional=dict.fromkeys(("key", "enabled"), field_values)),
+        ),
+        "postgres_changes": st.one_of(
+            field_values,
+            st.lists(
+                st.fixed_dictionaries(
+                    {},
+                    optional=dict.fromkeys(
+                        ("event", "schema", "table", "filter", "select"), field_values
+                    ),
+                ),
+                max_size=2,
+            ),
+        ),
+        "private": field_values,
+    },
+)
+phoenix_payloads = st.fixed_dictionaries(
+    {},
+    optional={
+        "type": field_values,
+        "event": st.one_of(st.sampled_from(["track", "untrack", "e"]), field_values),
+        "payload": field_values,
+        "config": st.one_of(phoenix_configs, field_values),
+        "access_token": field_values,
+    },
+)
+phoenix_pushes = st.one_of(
+    st.fixed_dictionaries(
+        {
+            "topic": st.just(ROOM),
+            "event": st.just("presence"),
+            "payload": st.fixed_dictionaries(
+                {"event": st.sampled_from(["track", "untrack"]), "payload": field_values}
+            ),
+        }
+    ),
+    st.fixed_dictionaries(
+        {
+            "topic": st.just(ROOM),
+            "event": st.just("broadcast"),
+            "payload": st.fixed_dictionaries(
+                {"type": st.just("broadcast"), "event": st.just("e"), "payload": field_values}
+            ),
+        }
+    ),
+    st.fixed_dictionaries(
+        {
+            "topic": st.just("realtime:other"),
+            "event": st.just("phx_join"),
+            "payload": st.fixed_dictionaries({"config": phoenix_configs}),
+        }
+    ),
+).map(lambda push: encode({**push, "ref": "1", "join_ref": "j"}))
+phoenix_frames = st.fixed_dictionaries(
+    {
+        "topic": st.one_of(st.sampled_from(["phoenix", ROOM, "realtime:other"]), field_values),
+        "event": st.one_of(
+            st.sampled_from(
+                ["phx_join", "phx_leave", "heartbeat", "broadcast", "presence", "access_token"]
+            ),
+            field_values,
+        ),
+        "payload": st.one_of(phoenix_payloads, field_values),
+        "ref": st.one_of(st.just("1"), field_values),
+    },
+    optional={"join_ref": field_values},
+).map(encode)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(frame=st.one_of(phoenix_pushes, phoenix_frames, st.text(max_size=100)))
+def test_any_phoenix_frame_leaves_the_socket_answering(
+    threaded_bridge: RunningBridge, threaded_errors: LoggedErrors, frame: str
+) -> None:
+    bridge = threaded_bridge
+    url = f"ws://127.0.0.1:{bridge.port}/realtime/v1/websocket?apikey={bridge.service_key}"
+    heartbeat = '{"topic":"phoenix","event":"heartbeat","payload":{},"ref":"beat"}'
+    join = {"topic": ROOM, "event": "phx_join", "payload": {"config": {}}, "ref": "j"}
+    if len(frame.encode()) > 4096:
+        frame = frame[:10]  # past MAX_FRAME_BYTES the socket closes (1009) by design
+    with connect(url, open_timeout=5) as ws:
+        ws.send(orjson.dumps({**join, "join_ref": "j"}).decode())
+        with contextlib.suppress(ConnectionClosed):
+            ws.send(frame)
+            ws.send(heartbeat)
+        while True:
+            reply = orjson.loads(ws.recv(timeout=5))  # ConnectionClosed fails the test
+            if reply["topic"] == "phoenix" and reply["ref"] == "beat":
+                break
+            assert reply["event"] in PHOENIX_EVENTS, reply
+    assert threaded_errors.summary() == []
 
 
 def test_oversized_and_binary_garbage_do_not_hurt(threaded_bridge: RunningBridge) -> None:
@@ -174,42 +411,6 @@ def test_oversized_and_binary_garbage_do_not_hurt(threaded_bridge: RunningBridge
 
 TOO_DEEP = {"too_deep"}
 TOO_LONG = {"too_long"}
-
-
-def nest(depth: int, kind: str = "list") -> Any:
-    value: Any = 0
-    for _ in range(depth):
-        value = [value] if kind == "list" else {"a": value}
-    return value
-
-
-@dataclass(frozen=True)
-class Deep:
-    """A value nested too deep for any JSON encoder: `encode` writes it as text."""
-
-    depth: int
-    kind: str = "list"
-
-    def text(self) -> str:
-        if self.kind == "list":
-            return "[" * self.depth + "0" + "]" * self.depth
-        return '{"a":' * self.depth + "0" + "}" * self.depth
-
-
-def encode(value: Any) -> str:
-    """JSON text of `value`, `Deep` values included."""
-    deep: list[Deep] = []
-
-    def placeholder(item: Any) -> str:
-        if not isinstance(item, Deep):
-            raise TypeError(item)
-        deep.append(item)
-        return f"@deep-{len(deep) - 1}@"
-
-    text = json.dumps(value, default=placeholder)
-    for index, item in enumerate(deep):
-        text = text.replace(f'"@deep-{index}@"', item.text(), 1)
-    return text
 
 
 HOSTILE: list[tuple[str, Any, set[str] | None]] = [
@@ -264,38 +465,6 @@ async def hostile_bridge(start_bridge: BridgeFactory) -> RunningBridge:
         max_subscriptions_per_connection=10_000,
         enable_testing_api=True,
     )
-
-
-class LoggedErrors(logging.Handler):
-    """Records logged at ERROR or with a traceback, by us or by uvicorn."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.exc_info or record.levelno >= logging.ERROR:
-            self.records.append(record)
-
-    def summary(self) -> list[str]:
-        return [f"{r.name}: {r.getMessage()} {r.exc_info!r}" for r in self.records]
-
-
-@contextlib.contextmanager
-def logged_errors() -> Iterator[LoggedErrors]:
-    """Watch the root logger and uvicorn's (which does not propagate).
-
-    Enter it after the bridge started: uvicorn's dictConfig drops handlers.
-    """
-    handler = LoggedErrors()
-    loggers = [logging.getLogger(), logging.getLogger("uvicorn.error")]
-    for logger in loggers:
-        logger.addHandler(handler)
-    try:
-        yield handler
-    finally:
-        for logger in loggers:
-            logger.removeHandler(handler)
 
 
 @pytest.fixture
@@ -363,7 +532,6 @@ async def test_hostile_json_frames_get_an_error_frame_and_the_socket_keeps_worki
     assert errors.summary() == []
 
 
-ROOM = "realtime:room"
 TOKEN_TOPIC = "realtime:token"
 JOIN_CONFIG: dict[str, Any] = {
     "config": {
@@ -429,15 +597,6 @@ PHOENIX_PUSHES: list[tuple[str, str, Any, list[Path]]] = [
     (ROOM, "presence", {"type": "presence", "event": "untrack"}, [("event",), ("extra",)]),
     (TOKEN_TOPIC, "access_token", {"access_token": "not-a-jwt"}, [(), ("access_token",)]),
 ]
-PHOENIX_EVENTS = {
-    "phx_reply",
-    "phx_close",
-    "system",
-    "presence_state",
-    "presence_diff",
-    "broadcast",
-    "postgres_changes",
-}
 
 
 async def push(client: Phx, topic: str, event: str, payload: Any) -> str:
