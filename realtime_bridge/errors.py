@@ -7,6 +7,8 @@
     ├── PostgrestError          hosted mode: PostgREST refused a read
     └── ClientError             something a client sent or did; carries `code`
         ├── BadMessage          bad_message
+        │   ├── TooDeep         too_deep    (JSON nested past the depth limit)
+        │   └── TooLong         too_long    (too many entries, or a key too long)
         ├── UnknownChannel      unknown_channel
         ├── UnknownTable        unknown_table
         ├── InvalidFilter       invalid_filter
@@ -51,10 +53,24 @@ __all__ = [
     "PublishError",
     "RealtimeBridgeError",
     "SinceAhead",
+    "TooDeep",
+    "TooLong",
     "UnknownChannel",
     "UnknownSubscription",
     "UnknownTable",
 ]
+
+
+class TooDeep(BadMessage):
+    """A client message nested deeper than the bridge reads."""
+
+    code = "too_deep"
+
+
+class TooLong(BadMessage):
+    """A client message with an array, object or key longer than the bridge reads."""
+
+    code = "too_long"
 
 
 class ConfigurationError(RealtimeBridgeError):

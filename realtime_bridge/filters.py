@@ -29,6 +29,7 @@ OPERATORS: frozenset[str] = frozenset({"eq", "neq", "lt", "lte", "gt", "gte", "i
 IS_VALUES: frozenset[str] = frozenset({"null", "true", "false"})
 MAX_IN_VALUES = 100
 MAX_CONDITIONS = 16
+MAX_FILTER_CHARS = 4000
 
 # A channel's columns: names only, or each with its Postgres type (a ColumnType or its typname).
 Columns = Collection[str] | Mapping[str, ColumnType | str]
@@ -154,6 +155,8 @@ def parse_filter(spec: Any, columns: Columns | None = None) -> Filter:
     if spec is None or spec == "" or spec == {}:
         return Filter()
     if isinstance(spec, str):
+        if len(spec) > MAX_FILTER_CHARS:
+            raise InvalidFilter(f"a filter is at most {MAX_FILTER_CHARS} characters")
         conditions = [_parse_clause(clause) for clause in _split_top_level(spec)]
     elif isinstance(spec, Mapping):
         conditions = [_from_map_entry(column, value) for column, value in spec.items()]

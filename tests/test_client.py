@@ -32,6 +32,7 @@ from realtime_bridge_client import (
 )
 from realtime_bridge_client._client import websocket_url
 from tests.conftest import BridgeFactory
+from tests.helpers import until
 
 POSITION = (
     "INSERT INTO positions (user_id, symbol, quantity, entry_price, current_price) "
@@ -239,8 +240,10 @@ async def test_two_subscriptions_share_one_socket(
             assert stats["connections"] == 1
             assert stats["subscriptions"]["position-updates"] == 2
         # Leaving `async with` unsubscribed both; the socket stays.
-        await asyncio.sleep(0.2)
-        assert bridge.bridge.stats()["subscriptions"].get("position-updates", 0) == 0
+        await until(
+            lambda: bridge.bridge.stats()["subscriptions"].get("position-updates", 0) == 0,
+            what="the server to drop both subscriptions",
+        )
         assert client.connections == 1
     assert mine.id is None
     assert a.subscription_id == ids[0]
@@ -275,9 +278,8 @@ async def test_reconnects_and_resumes_with_no_loss_and_no_duplicate(
         for i in range(5):
             await db.execute(POSITION, "u1" if i % 2 == 0 else "u2", f"DOWN{i}", i)
             await db.execute(TRADE, "u1", f"DOWN{i}", "open")
-        await asyncio.sleep(0.3)  # a few refused reconnects
+        await until(lambda: proxy.accepted >= 2, what="a few refused reconnects")
         assert client.state is ConnectionState.CONNECTING
-        assert proxy.accepted >= 2
         proxy.refusing = False
         await db.execute(POSITION, "u1", "AFTER", 1)
 

@@ -21,6 +21,7 @@ from websockets.exceptions import InvalidStatus
 
 from realtime_bridge.testing import RunningBridge
 from tests.conftest import BridgeFactory
+from tests.helpers import until
 
 INSERT = (
     "INSERT INTO positions (user_id, symbol, quantity, entry_price) "
@@ -377,7 +378,10 @@ async def test_connection_limits_hold_for_sse_long_poll_and_snapshots(
             assert (await http.get(snapshot, headers=other)).status_code == 200
             # A long-poll in flight counts too: with it, the address is at its two.
             waiting = asyncio.create_task(http.get(poll, headers=other, params={"wait": "2"}))
-            await asyncio.sleep(0.3)
+            await until(
+                lambda: bridge.bridge.limits.by_ip.get("127.0.0.1", 0) >= 2,
+                what="the long-poll to be counted",
+            )
             third = await http.get(snapshot, headers={"apikey": bridge.service_key})
             assert third.status_code == 429
             assert "per client address" in third.json()["message"]

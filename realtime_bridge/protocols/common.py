@@ -64,6 +64,8 @@ def error_response(status: int, code: str, message: str, **details: Any) -> JSON
 
 CLIENT_ERROR_STATUS = {
     "bad_message": 400,
+    "too_deep": 422,
+    "too_long": 422,
     "invalid_filter": 400,
     "unknown_channel": 404,
     "unknown_table": 404,

@@ -95,6 +95,7 @@ from realtime_bridge.protocols.phoenix_wire import (
     JSON_ENCODING,
     RAW_ENCODING,
     BadFrame,
+    BadPayload,
     Inbound,
     Vsn,
     binary_bytes,
@@ -290,6 +291,11 @@ class PhoenixSession(SocketSession):
                 continue
             try:
                 inbound = decode(data, self.vsn)
+            except BadPayload as exc:
+                # Out of bounds: refused on its topic and ref, before anything handles it.
+                code = exc.error.code
+                self._refuse_message(exc.inbound, code, f"{code}: {exc.error.message}")
+                continue
             except BadFrame as exc:
                 # Supabase drops a malformed frame and keeps the socket.
                 logger.debug("dropped a malformed frame: %s", exc)
@@ -740,8 +746,9 @@ class PhoenixSession(SocketSession):
     async def _presence(self, channel: Channel, inbound: Inbound) -> None:
         try:
             push = PresencePush.model_validate(inbound.payload)
-        except ValidationError:
-            self._reply(inbound, "error")
+        except ValidationError as exc:
+            reason = exc.errors(include_url=False)[0].get("msg", "invalid")
+            self._refuse_message(inbound, "bad_message", f"bad_message: presence {reason}")
             return
         room = channel.room
         assert room is not None
@@ -783,7 +790,9 @@ class PhoenixSession(SocketSession):
             room.untrack(channel)
             self._reply(inbound, "ok")
         else:
-            self._reply(inbound, "error")
+            self._refuse_message(
+                inbound, "bad_message", "bad_message: presence event must be track or untrack"
+            )
 
     # tokens ----------------------------------------------------------------------
 

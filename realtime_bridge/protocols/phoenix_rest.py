@@ -37,6 +37,7 @@ from starlette.responses import Response
 from realtime_bridge.auth import Forbidden, Principal
 from realtime_bridge.bridge import Bridge
 from realtime_bridge.errors import BadMessage, ClientError, PayloadInvalid, PublishError
+from realtime_bridge.protocols import bounds
 from realtime_bridge.protocols.common import (
     client_error_response,
     error_response,
@@ -82,10 +83,7 @@ async def _body(request: Request) -> bytes:
 
 
 def _json(raw: bytes) -> Any:
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadMessage(f"body is not valid JSON: {exc}") from exc
+    return bounds.loads(raw, "body")
 
 
 def _check(

@@ -24,7 +24,9 @@ from typing import Any
 
 import orjson
 
+from realtime_bridge.errors import ClientError
 from realtime_bridge.events import Frame
+from realtime_bridge.protocols import bounds
 
 BINARY = "\x00"
 PUSH_KIND = 3
@@ -52,6 +54,15 @@ class Vsn(enum.Enum):
 
 class BadFrame(ValueError):
     """An inbound frame that is not a Phoenix message (dropped; the socket stays up)."""
+
+
+class BadPayload(BadFrame):
+    """A Phoenix message whose payload is out of bounds (answered on its topic and ref)."""
+
+    def __init__(self, inbound: Inbound, error: ClientError) -> None:
+        super().__init__(error.message)
+        self.inbound = inbound
+        self.error = error
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +117,17 @@ def decode(data: str | bytes, vsn: Vsn) -> Inbound:
         ref, join_ref = message["ref"], message.get("join_ref")
     if not isinstance(topic, str) or not isinstance(event, str):
         raise BadFrame("topic and event must be strings")
-    return Inbound(_ref(join_ref), _ref(ref), topic, event, payload)
+    return _bounded(Inbound(_ref(join_ref), _ref(ref), topic, event, payload), payload)
+
+
+def _bounded(inbound: Inbound, payload: Any) -> Inbound:
+    """`inbound`, once its (user) payload is within `bounds`; else `BadPayload`."""
+    if isinstance(payload, dict | list):
+        try:
+            bounds.check(payload, "payload")
+        except ClientError as exc:
+            raise BadPayload(inbound, exc) from exc
+    return inbound
 
 
 def decode_envelope(data: str | bytes, vsn: Vsn) -> Inbound:
@@ -152,7 +173,7 @@ def _decode_push(data: bytes) -> Inbound:
             raise BadFrame(f"broadcast payload is not valid JSON: {exc}") from exc
     elif encoding != RAW_ENCODING:
         raise BadFrame(f"unknown payload encoding {encoding}")
-    return Inbound(
+    inbound = Inbound(
         join_ref or None,
         ref or None,
         topic,
@@ -161,6 +182,7 @@ def _decode_push(data: bytes) -> Inbound:
         raw=raw,
         raw_encoding=encoding,
     )
+    return _bounded(inbound, user_payload)
 
 
 def _json(value: Any) -> str:

@@ -8,7 +8,6 @@ from typing import Any
 
 import asyncpg
 import httpx
-import orjson
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
@@ -18,6 +17,7 @@ from realtime_bridge.errors import BadMessage, ClientError, PostgrestError, Publ
 from realtime_bridge.events import Event, Frame
 from realtime_bridge.hub import AHEAD_GRACE
 from realtime_bridge.metrics import CONTENT_TYPE, render_metrics
+from realtime_bridge.protocols import bounds
 from realtime_bridge.protocols.common import (
     JSONResponse,
     Target,
@@ -168,10 +168,7 @@ async def _json_body(request: Request) -> Any:
     raw = await request.body()
     if len(raw) > MAX_BODY:
         raise _TooLarge()
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadMessage(f"body is not valid JSON: {exc}") from exc
+    return bounds.loads(raw, "body")
 
 
 class _TooLarge(Exception):

@@ -24,6 +24,7 @@ from realtime_bridge.errors import BadMessage, ClientError, UnknownSubscription
 from realtime_bridge.events import Frame, subscription_prefix
 from realtime_bridge.hub import AHEAD_GRACE, Subscription, SubscriptionState
 from realtime_bridge.limits import TooManySubscriptions
+from realtime_bridge.protocols import bounds
 from realtime_bridge.protocols.common import (
     Refusal,
     admit_socket,
@@ -140,10 +141,7 @@ class WebSocketSession(SocketSession):
                 return
 
     async def _handle(self, payload: str | bytes) -> None:
-        try:
-            data = orjson.loads(payload)
-        except orjson.JSONDecodeError as exc:
-            raise BadMessage(f"frame is not valid JSON: {exc}") from exc
+        data = bounds.loads(payload, "frame")
         if not isinstance(data, dict):
             raise BadMessage("frame must be a JSON object with a 'type'")
         kind = data.get("type")
