@@ -121,6 +121,8 @@ KNOWN_CODES = {
     "rate_limited",
     "too_deep",
     "too_long",
+    "since_ahead",
+    "too_many_connections",
 }
 
 scalars = st.one_of(
