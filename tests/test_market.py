@@ -328,3 +328,25 @@ async def test_sse_streams_prices(bridge: RunningBridge) -> None:
         response = await client.get("/sse/price-updates", params={"apikey": bridge.anon_key})
         assert response.status_code == 400
         assert response.json()["code"] == "invalid_filter"
+
+
+async def test_publish_prices_in_process_and_over_http(bridge: RunningBridge) -> None:
+    from realtime_bridge import PublishError, publish_prices
+    from realtime_bridge.errors import PayloadInvalid
+
+    assert await publish_prices([{"symbol": "PP1", "price": 1.5}]) == 1
+    cached = bridge.bridge.market.cache.get("PP1")
+    assert cached is not None
+    assert cached.price == 1.5
+    kept = await publish_prices(
+        [{"symbol": "PP2", "price": 2.0}], bridge_url=bridge.url, api_key=bridge.service_key
+    )
+    assert kept == 1
+    with pytest.raises(PayloadInvalid):
+        await publish_prices([{"symbol": 7, "price": 1}])
+    with pytest.raises(PayloadInvalid):
+        await publish_prices(
+            [{"symbol": "X", "price": "1"}], bridge_url=bridge.url, api_key=bridge.service_key
+        )
+    with pytest.raises(PublishError):
+        await publish_prices([{"symbol": "X", "price": 1}], bridge_url=bridge.url, api_key="bad")
