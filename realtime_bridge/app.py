@@ -58,6 +58,7 @@ def create_app(
         Route("/api/channels/{channel}/events", rest.channel_events),
         Route("/api/channels/{channel}/snapshot", rest.channel_snapshot),
         Route("/api/prices", prices.post_prices, methods=["POST"]),
+        Route("/api/prices", prices.get_prices, methods=["GET"]),
         Route("/sse/price-updates", prices.sse_prices),  # before /sse/{channel}
         Route("/sse/{channel}", sse.sse_stream),
         WebSocketRoute("/ws/db_subscriptions", websocket.db_subscriptions),

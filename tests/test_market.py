@@ -350,3 +350,25 @@ async def test_publish_prices_in_process_and_over_http(bridge: RunningBridge) ->
         )
     with pytest.raises(PublishError):
         await publish_prices([{"symbol": "X", "price": 1}], bridge_url=bridge.url, api_key="bad")
+
+
+async def test_get_prices_reads_the_last_tick_of_each_symbol(bridge: RunningBridge) -> None:
+    bridge.bridge.market.publish([tick("AAPL", 190.0), tick("AAPL", 191.5, bid=191.4)])
+    async with httpx.AsyncClient(base_url=bridge.url) as client:
+        response = await client.get(
+            "/api/prices", params={"symbols": "AAPL,NOPE", "apikey": bridge.anon_key}
+        )
+        assert response.status_code == 200
+        body = response.json()
+        assert [(p["symbol"], p["price"], p["bid"]) for p in body["prices"]] == [
+            ("AAPL", 191.5, 191.4)
+        ]
+        assert body["missing"] == ["NOPE"]
+        response = await client.get(
+            "/api/prices", params={"filter": "symbol=in.(AAPL)", "apikey": bridge.anon_key}
+        )
+        assert response.json()["prices"][0]["price"] == 191.5
+        response = await client.get("/api/prices", params={"apikey": bridge.anon_key})
+        assert (response.status_code, response.json()["code"]) == (400, "invalid_filter")
+        response = await client.get("/api/prices", params={"symbols": "AAPL"})
+        assert response.status_code == 401

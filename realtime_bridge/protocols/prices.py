@@ -1,4 +1,4 @@
-"""`price-updates` on the wire: POST /api/prices, SSE, and the symbol filter.
+"""`price-updates` on the wire: POST /api/prices, GET /api/prices, SSE, and the symbol filter.
 
 The JSON WebSocket protocol subscribes through `websocket.py` (which asks
 `symbols_of` and `Market.watch`); the frames are `db_change` frames like
@@ -132,6 +132,34 @@ async def post_prices(request: Request) -> Response:
         bridge.counters.error(exc.code)
         return client_error_response(exc)
     return JSONResponse({"accepted": accepted, "received": len(ticks)}, status_code=202)
+
+
+async def get_prices(request: Request) -> Response:
+    """The last tick of some symbols (any valid key): `?symbols=A,B` or `?filter=...`.
+
+    For clients that poll instead of subscribing (a REST fallback): the same
+    `data` a subscription receives, for the symbols with a price; the others
+    are listed in `missing`.
+    """
+    bridge: Bridge = request.app.state.bridge
+    params = request.query_params
+    try:
+        await bridge.auth.verify(request_token(request))
+        spec: Any = params.get("filter")
+        if spec is None and params.get("symbols"):
+            spec = {"symbol": [s for s in params["symbols"].split(",") if s]}
+        symbols = symbols_of(spec, bridge.settings.price_max_symbols)
+    except ClientError as exc:
+        bridge.counters.error(exc.code)
+        return client_error_response(exc)
+    found, missing = [], []
+    for symbol in sorted(symbols):
+        tick = bridge.market.cache.get(symbol)
+        if tick is None:
+            missing.append(symbol)
+        else:
+            found.append(tick.data())
+    return JSONResponse({"prices": found, "missing": missing})
 
 
 def publish_validated(bridge: Bridge, raw: list[Any]) -> int:
