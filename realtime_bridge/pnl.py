@@ -127,7 +127,11 @@ class LivePnL:
                 "SELECT DISTINCT ON (user_id) * FROM public.portfolio_snapshots "
                 "ORDER BY user_id, created_at DESC, id DESC"
             )
-        except (asyncpg.UndefinedTableError, asyncpg.InsufficientPrivilegeError) as exc:
+        except asyncpg.UndefinedTableError:
+            # The missing table itself is reported once, by the bridge.
+            logger.info("live P&L is off: it needs public.positions and public.portfolio_snapshots")
+            return
+        except asyncpg.InsufficientPrivilegeError as exc:
             logger.info("live P&L is off: %s", exc)
             return
         for row in rows:
