@@ -3,8 +3,11 @@
     python -m bench.market [--symbols 1000 --clients 1000 --watch 20 --rate 50000 --seconds 10]
 
 The bridge runs in this process (embedded Postgres, uvicorn); the publisher
-and the clients run in one child process. Each tick carries its send time,
-so a client measures tick → client latency. A share of the clients
+runs in one child process and the clients in `--client-procs` others. Each
+tick carries its send time, so a client measures tick → client latency; the
+bridge samples how old ticks are when they arrive and when a connection's
+writer takes them, which tells a backlog in the bridge from one in the
+load generator. A share of the clients
 (`--stalled`) subscribe and never read, to show that the server's memory
 stays bounded whatever the clients' speed. Prints one line of figures.
 """
@@ -16,7 +19,6 @@ import asyncio
 import multiprocessing
 import os
 import random
-import statistics
 import time
 from datetime import datetime
 from typing import Any
@@ -26,19 +28,24 @@ import orjson
 import psutil
 import websockets
 
+from realtime_bridge.market import PriceWatch, Tick
 from realtime_bridge.settings import Settings
 from realtime_bridge.testing import TestDatabase, run_bridge
 
 
-async def _clients(args: dict[str, Any], url: str, key: str, service: str, out: Any) -> None:
-    rng = random.Random(7)
+async def _clients(
+    args: dict[str, Any], part: int, url: str, key: str, ready: Any, stop_flag: Any, out: Any
+) -> None:
+    rng = random.Random(7 + part)
     symbols = [f"S{i:04d}" for i in range(args["symbols"])]
     latencies: list[float] = []
     received = 0
     sockets = []
     ws_url = url.replace("http", "ws") + f"/ws/db_subscriptions?apikey={key}"
+    procs = args["client_procs"]
+    mine = range(part, args["clients"], procs)
     stalled = int(args["clients"] * args["stalled"])
-    for index in range(args["clients"]):
+    for index in mine:
         ws = await websockets.connect(ws_url, max_size=None)
         watch = rng.sample(symbols, args["watch"])
         await ws.send(
@@ -66,6 +73,19 @@ async def _clients(args: dict[str, Any], url: str, key: str, service: str, out: 
                 latencies.append(time.time() - datetime.fromisoformat(stamp).timestamp())
 
     readers = [asyncio.create_task(read(ws)) for ws, stuck in sockets if not stuck]
+    ready.put(part)
+    started = time.monotonic()
+    await asyncio.to_thread(stop_flag.wait)  # a multiprocessing.Event, set by the bridge
+    elapsed = time.monotonic() - started
+    stop.set()
+    await asyncio.gather(*readers)
+    out.put({"received": received, "elapsed": elapsed, "latencies": latencies})
+    await asyncio.gather(*(ws.close() for ws, _ in sockets), return_exceptions=True)
+
+
+async def _publish(args: dict[str, Any], url: str, service: str, out: Any) -> None:
+    rng = random.Random(3)
+    symbols = [f"S{i:04d}" for i in range(args["symbols"])]
     batch = args["batch"]
     interval = batch / args["rate"]
     sent = 0
@@ -89,24 +109,57 @@ async def _clients(args: dict[str, Any], url: str, key: str, service: str, out: 
             if delay > 0:
                 await asyncio.sleep(delay)
         elapsed = loop.time() - start
-    await asyncio.sleep(0.5)
-    stop.set()
-    await asyncio.gather(*readers)
-    for ws, _ in sockets:
-        await ws.close()
-    latencies.sort()
-    out.put(
-        {
-            "ticks_per_s": round(sent / elapsed),
-            "deliveries_per_s": round(received / elapsed),
-            "p50_ms": round(statistics.median(latencies) * 1000, 2) if latencies else None,
-            "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 2) if latencies else None,
-        }
-    )
+    out.put({"sent": sent, "elapsed": elapsed})
 
 
-def _child(args: dict[str, Any], url: str, key: str, service: str, out: Any) -> None:
-    asyncio.run(_clients(args, url, key, service, out))
+def _clients_child(*args: Any) -> None:
+    asyncio.run(_clients(*args))
+
+
+def _publish_child(*args: Any) -> None:
+    asyncio.run(_publish(*args))
+
+
+def _ms(values: list[float], fraction: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(len(ordered) * fraction))] * 1000, 2)
+
+
+class ServerClock:
+    """Samples, inside the bridge, how old each tick is when a writer pulls it.
+
+    publisher → bridge: `received - ts` (HTTP and request parsing); bridge →
+    writer: pulled - `received` (routing, conflation, waiting for the
+    connection's writer). What is left of the client's figure past these is
+    the socket and the load generator's own event loop.
+    """
+
+    def __init__(self) -> None:
+        self.inbound: list[float] = []
+        self.outbound: list[float] = []
+        self.count = 0
+        self._original = PriceWatch._frames
+
+    def __enter__(self) -> ServerClock:
+        original = self._original
+        clock = self
+
+        def frames(watch: PriceWatch, ticks: list[Tick]) -> list[str]:
+            now = time.time()
+            for tick in ticks:
+                clock.count += 1
+                if clock.count % 7 == 0:
+                    clock.inbound.append(tick.received - tick.ts)
+                    clock.outbound.append(now - tick.received)
+            return original(watch, ticks)
+
+        PriceWatch._frames = frames  # type: ignore[method-assign,assignment]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        PriceWatch._frames = self._original  # type: ignore[method-assign]
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -124,26 +177,55 @@ async def main(args: argparse.Namespace) -> None:
             server = psutil.Process()
             rss_before = server.memory_info().rss
             context = multiprocessing.get_context("spawn")
-            out = context.Queue()
-            child = context.Process(
-                target=_child,
-                args=(vars(args), running.url, running.anon_key, running.service_key, out),
+            ready, out, published = context.Queue(), context.Queue(), context.Queue()
+            stop_flag = context.Event()
+            options = vars(args)
+            readers = [
+                context.Process(
+                    target=_clients_child,
+                    args=(options, part, running.url, running.anon_key, ready, stop_flag, out),
+                )
+                for part in range(args.client_procs)
+            ]
+            for child in readers:
+                child.start()
+            for _ in readers:
+                await asyncio.to_thread(ready.get, True, 120)
+            publisher = context.Process(
+                target=_publish_child,
+                args=(options, running.url, running.service_key, published),
             )
-            child.start()
             peak = rss_before
-            while child.is_alive():
-                peak = max(peak, server.memory_info().rss)
-                await asyncio.sleep(0.2)
-            figures = out.get(timeout=5)
+            cpu_before = server.cpu_times()
+            with ServerClock() as clock:
+                publisher.start()
+                while publisher.is_alive():
+                    peak = max(peak, server.memory_info().rss)
+                    await asyncio.sleep(0.2)
+                await asyncio.sleep(0.5)
+            cpu = server.cpu_times()
+            stop_flag.set()
+            sent = published.get(timeout=5)
+            parts = [await asyncio.to_thread(out.get, True, 30) for _ in readers]
+            for child in readers:
+                child.join(10)
+            latencies = [v for part in parts for v in part["latencies"]]
+            received = sum(part["received"] for part in parts)
+            elapsed = sent["elapsed"]
+            busy = (cpu.user - cpu_before.user + cpu.system - cpu_before.system) / (elapsed + 0.5)
             pending = sum(
                 len(w.pending) for ws in running.bridge.market.watchers.values() for w in ws
             )
             print(
                 f"market bench: {args.symbols} symbols, {args.clients} clients x {args.watch} "
-                f"symbols ({int(args.clients * args.stalled)} never read), target "
-                f"{args.rate} ticks/s for {args.seconds}s -> {figures['ticks_per_s']} ticks/s in, "
-                f"{figures['deliveries_per_s']} deliveries/s out, tick->client p50 "
-                f"{figures['p50_ms']} ms p99 {figures['p99_ms']} ms, server RSS "
+                f"symbols ({int(args.clients * args.stalled)} never read) in "
+                f"{args.client_procs} process(es), target {args.rate} ticks/s for "
+                f"{args.seconds}s -> {round(sent['sent'] / elapsed)} ticks/s in, "
+                f"{round(received / elapsed)} deliveries/s out, tick->client p50 "
+                f"{_ms(latencies, 0.5)} ms p99 {_ms(latencies, 0.99)} ms; in the bridge: "
+                f"publisher->bridge p50 {_ms(clock.inbound, 0.5)} p99 {_ms(clock.inbound, 0.99)}"
+                f" ms, bridge->writer p50 {_ms(clock.outbound, 0.5)} p99 "
+                f"{_ms(clock.outbound, 0.99)} ms, bridge CPU {busy:.0%} of a core; server RSS "
                 f"{rss_before / 2**20:.0f} -> peak {peak / 2**20:.0f} MiB, conflation buffers "
                 f"{pending} entries at end"
             )
@@ -158,6 +240,9 @@ def cli() -> None:
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--stalled", type=float, default=0.1)
+    parser.add_argument(
+        "--client-procs", type=int, default=1, help="processes the clients are spread over"
+    )
     asyncio.run(main(parser.parse_args()))
 
 
