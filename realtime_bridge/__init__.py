@@ -20,6 +20,7 @@ from realtime_bridge.publish import (
     broadcast_portfolio_update,
     broadcast_position_update,
     broadcast_trade_update,
+    publish_prices,
 )
 from realtime_bridge.settings import Settings
 
@@ -40,4 +41,5 @@ __all__ = [
     "broadcast_trade_update",
     "connect",
     "create_app",
+    "publish_prices",
 ]

@@ -17,7 +17,7 @@ from starlette.staticfiles import StaticFiles
 
 from realtime_bridge.bridge import Bridge
 from realtime_bridge.plugins import PluginRegistry
-from realtime_bridge.protocols import phoenix, phoenix_rest, rest, sse, websocket
+from realtime_bridge.protocols import phoenix, phoenix_rest, prices, rest, sse, websocket
 from realtime_bridge.protocols.common import error_response, install_handshake_log_filter
 from realtime_bridge.protocols.session import TransportScope
 from realtime_bridge.settings import Settings
@@ -57,6 +57,9 @@ def create_app(
         Route("/api/testing/simulate-signal", rest.simulate_signal, methods=["POST"]),
         Route("/api/channels/{channel}/events", rest.channel_events),
         Route("/api/channels/{channel}/snapshot", rest.channel_snapshot),
+        Route("/api/prices", prices.post_prices, methods=["POST"]),
+        Route("/api/prices", prices.get_prices, methods=["GET"]),
+        Route("/sse/price-updates", prices.sse_prices),  # before /sse/{channel}
         Route("/sse/{channel}", sse.sse_stream),
         WebSocketRoute("/ws/db_subscriptions", websocket.db_subscriptions),
         # The Supabase Realtime protocol (supabase-js, the Python `realtime` client).

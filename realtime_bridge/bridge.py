@@ -12,7 +12,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,8 +35,10 @@ from realtime_bridge.errors import (
     UnknownTable,
 )
 from realtime_bridge.events import ENTRY_OVERHEAD, Event, LogEntry, row_size
+from realtime_bridge.feeds import FeedRunner, SimulatedFeed
 from realtime_bridge.hub import Hub
 from realtime_bridge.limits import ConnectionLimits
+from realtime_bridge.market import Market
 from realtime_bridge.metrics import Histograms, metrics_registry
 from realtime_bridge.migrate import migrate
 from realtime_bridge.pauses import CollectorTimer, LoopMonitor, tune_collector
@@ -159,6 +161,13 @@ class Bridge:
             earliest_seq=self._earliest,
         )
         self.counters = Counters()
+        # price-updates: ephemeral ticks, never through the outbox (see `market`).
+        self.market = Market()
+        self.redis_prices: Any = None  # market_redis.RedisPrices when REDIS_URL is set
+        self.feed: FeedRunner | None = None
+        self.pnl: Any = None  # pnl.LivePnL once started
+        # Called with every batch of changes after the hub routed it (live P&L follows positions).
+        self.change_listeners: list[Callable[[list[Change]], None]] = []
         self.limits = ConnectionLimits(settings)
         self.histograms = Histograms()
         self.collector_timer = CollectorTimer(self._observe_gc)
@@ -239,6 +248,7 @@ class Bridge:
                 await self._start_hosted()
             else:
                 await self._start_database()
+            await self._start_market()
         except BaseException:
             await self.stop()  # what started before the failure stops with it
             raise
@@ -482,6 +492,29 @@ class Bridge:
         if self.settings.relay_to_supabase:
             logger.warning("RELAY_TO_SUPABASE needs the outbox; nothing is relayed in hosted mode")
 
+    async def _start_market(self) -> None:
+        """The Redis price cache, the market-data feed and live P&L, as configured."""
+        settings = self.settings
+        if settings.redis_url:
+            from realtime_bridge.market_redis import RedisPrices  # only with REDIS_URL
+
+            self.redis_prices = RedisPrices(self.market, settings.redis_url)
+            loaded = await self.redis_prices.load()
+            logger.info("price cache: %d symbol(s) loaded from Redis", loaded)
+            for task in self.redis_prices.start():
+                self._own(task.get_name(), task)
+        if settings.price_feed == "simulated":
+            symbols = settings.price_feed_symbols
+            self.feed = FeedRunner(
+                SimulatedFeed(symbols, rate=settings.price_feed_rate), self.market, symbols
+            )
+            self._own("price-feed", asyncio.create_task(self.feed.run(), name="price-feed"))
+        if self.pool is not None and self.registry.by_channel.get("position-updates"):
+            from realtime_bridge.pnl import LivePnL
+
+            self.pnl = LivePnL(self)
+            await self.pnl.start()
+
     def _resolve_dsn(self) -> str:
         if self.settings.database_url:
             return self.settings.database_url
@@ -499,6 +532,10 @@ class Bridge:
             await self.source.stop()
         if self.relay is not None:
             await self.relay.stop(self.hub)
+        if self.pnl is not None:
+            await self.pnl.stop()
+        if self.redis_prices is not None:
+            await self.redis_prices.stop()
         for task in self._tasks.values():
             task.cancel()
         for task in self._tasks.values():
@@ -648,6 +685,11 @@ class Bridge:
                 waiter = self._seq_waiters.pop(change.outbox_id, None)
                 if waiter is not None and not waiter.done():
                     waiter.set_result(change.seq)
+        for listener in self.change_listeners:
+            try:
+                listener(changes)
+            except Exception:  # a listener's bug must not stop the flow
+                logger.exception("a change listener failed")
 
     def _on_gap(self, change: Change) -> None:
         """The capture lost changes before this marker: every client reloads."""
@@ -807,6 +849,12 @@ class Bridge:
             "channels": sorted(self.hub.channels),
             "relay": self.relay.to_json() if self.relay is not None else None,
             "wal": self.source.stats() if isinstance(self.source, WalSource) else None,
+            "market": {
+                **self.market.to_json(),
+                "redis": self.redis_prices.to_json() if self.redis_prices is not None else None,
+                "feed": self.feed.status.to_json() if self.feed is not None else None,
+            },
+            "pnl": self.pnl.to_json() if self.pnl is not None else None,
         }
 
     def encode(self, value: Any) -> bytes:

@@ -24,6 +24,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+from pydantic import ValidationError
 
 from realtime_bridge.bridge import current_bridge
 from realtime_bridge.errors import PayloadInvalid, PublishError, UnknownChannel
@@ -149,3 +150,42 @@ async def broadcast_portfolio_update(
     await broadcast(
         "portfolio-updates", "portfolio_update", {**portfolio_data, "user_id": user_id}, conn=conn
     )
+
+
+async def publish_prices(
+    ticks: list[dict[str, Any]], *, bridge_url: str | None = None, api_key: str | None = None
+) -> int:
+    """Publish market ticks on `price-updates` (never written to Postgres); returns how many kept.
+
+    In process straight into the running bridge's market; otherwise (or with
+    `bridge_url=`) POST /api/prices to REALTIME_BRIDGE_URL with its service key.
+    """
+    from realtime_bridge.market import parse_ticks
+
+    bridge = current_bridge()
+    if bridge is not None and bridge_url is None:
+        try:
+            parsed = parse_ticks(ticks)
+        except ValidationError as exc:
+            raise PayloadInvalid(f"invalid ticks: {exc.error_count()} error(s)") from exc
+        return bridge.market.publish(parsed)
+    settings = Settings()
+    url = bridge_url or settings.realtime_bridge_url
+    if url is None:
+        raise PublishError(
+            "nowhere to publish prices: run a bridge here or set REALTIME_BRIDGE_URL"
+        )
+    key = api_key or settings.realtime_bridge_key
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        async with httpx.AsyncClient(base_url=url.rstrip("/"), timeout=10) as http:
+            response = await http.post("/api/prices", json={"ticks": ticks}, headers=headers)
+    except httpx.HTTPError as exc:
+        raise PublishError(f"could not reach the bridge at {url}: {exc}") from exc
+    if response.status_code != 202:
+        error = response.json()
+        if error.get("code") == "invalid_payload":
+            raise PayloadInvalid(error.get("message", "invalid ticks"), errors=error.get("errors"))
+        raise PublishError(f"the bridge refused the ticks ({response.status_code}): {error}")
+    accepted: int = response.json()["accepted"]
+    return accepted

@@ -154,6 +154,36 @@ class Settings(BaseSettings):
             "refused on their channel and the socket stays up (Supabase's default: 256 KB)."
         ),
     )
+    # Market data (price-updates) and live P&L: docs-notes/trading.md.
+    price_max_batch: int = Field(
+        default=10_000, ge=1, le=1_000_000, description="Ticks accepted per POST /api/prices."
+    )
+    price_max_symbols: int = Field(
+        default=1000, ge=1, description="Symbols one price-updates subscription may watch."
+    )
+    price_max_rate: float | None = Field(
+        default=None,
+        gt=0,
+        description="Updates/s per symbol per subscription when the client asks for no cap.",
+    )
+    price_feed: Literal["simulated"] | None = Field(
+        default=None, description="Start a market-data feed (`simulated`: the demo feed)."
+    )
+    price_feed_symbols: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["AAPL", "MSFT", "GOOG", "TSLA", "NVDA"],
+        description="Instruments the feed subscribes to (comma-separated).",
+    )
+    price_feed_rate: float = Field(
+        default=5.0, gt=0, description="Simulated feed: ticks per second per symbol."
+    )
+    pnl_interval: float = Field(
+        default=0.25, gt=0, description="Seconds between live P&L events of one position."
+    )
+    pnl_write_back: float = Field(
+        default=30.0,
+        ge=0,
+        description="Seconds between writing live prices back to positions (0: never).",
+    )
     sse_heartbeat: float = Field(default=15.0, gt=0)
     shutdown_timeout: float = Field(
         default=10.0,
@@ -237,6 +267,13 @@ class Settings(BaseSettings):
         if not value.strip() or any(c in value for c in "/ ?#@"):
             raise ValueError("use an address or host name such as 127.0.0.1 or 0.0.0.0")
         return value.strip()
+
+    @field_validator("price_feed_symbols", mode="before")
+    @classmethod
+    def _split_symbols(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @field_validator("allowed_origins", mode="before")
     @classmethod

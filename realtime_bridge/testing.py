@@ -16,8 +16,12 @@ import asyncio
 import contextlib
 import itertools
 import os
+import shutil
+import socket
+import subprocess
 import tempfile
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -233,6 +237,46 @@ class JsonSocket:
         except TimeoutError:
             return True
         raise AssertionError(f"expected silence, got {frame}")
+
+
+@contextlib.contextmanager
+def real_redis(url: str | None = None) -> Iterator[str]:
+    """`url` when given, else a `redis-server` from PATH on a free port, stopped on exit.
+
+    Fails loudly (RuntimeError) when neither works: Redis tests must not pass by skipping.
+    """
+    if url is not None:
+        yield url
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("no REDIS_URL and no redis-server on PATH: install Redis or set one")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    folder = tempfile.TemporaryDirectory(prefix="rb-test-redis-")
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        cwd=folder.name,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    error = process.stderr.read().decode() if process.stderr else ""
+                    raise RuntimeError(f"redis-server did not start: {error}") from None
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        folder.cleanup()
 
 
 @contextlib.asynccontextmanager

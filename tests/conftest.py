@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ import pytest
 
 from realtime_bridge.plugins import PluginRegistry, discover
 from realtime_bridge.settings import Settings
-from realtime_bridge.testing import RunningBridge, TestDatabase, run_bridge
+from realtime_bridge.testing import RunningBridge, TestDatabase, real_redis, run_bridge
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -86,3 +86,10 @@ async def start_bridge(dsn: str, capture: str) -> AsyncIterator[BridgeFactory]:
 @pytest.fixture
 async def bridge(start_bridge: BridgeFactory) -> RunningBridge:
     return await start_bridge()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A real Redis: REDIS_URL, else a throwaway `redis-server` from PATH (never skipped)."""
+    with real_redis(os.environ.get("REDIS_URL") or None) as url:
+        yield url

@@ -168,7 +168,7 @@ async def test_prune_removes_only_numbered_rows_past_retention(db: asyncpg.Conne
     assert await db.fetchval("SELECT realtime_bridge.prune()") == 0
 
 
-DEMO_TABLES = ["auto_trade_settings", "portfolio_snapshots", "positions", "trades"]
+DEMO_TABLES = ["auto_trade_settings", "exits", "portfolio_snapshots", "positions", "trades"]
 
 
 async def empty_database(databases: TestDatabase, name: str) -> str:
@@ -206,7 +206,11 @@ async def test_migrate_leaves_the_demo_schema_out_unless_asked(databases: TestDa
 def test_the_demo_files_are_not_in_the_migrations_folder() -> None:
     migrations = {m.path.name for m in discover(default_migrations_dir())}
     demo = {m.path.name for m in discover(default_demo_dir())}
-    assert demo == {"20261123000500_trading_schema.sql", "20261123000600_auto_trade_settings.sql"}
+    assert demo == {
+        "20261123000500_trading_schema.sql",
+        "20261123000600_auto_trade_settings.sql",
+        "20261203120000_exits.sql",
+    }
     assert not migrations & demo
     for migration in discover(default_migrations_dir()):
         assert not re.search(r"\b(positions|trades|portfolio_snapshots|auto_trade)", migration.sql)

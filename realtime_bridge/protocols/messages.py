@@ -23,6 +23,8 @@ class Subscribe(_Message):
     client_id: Annotated[str, Field(max_length=200)] | None = None
     since: Annotated[int, Field(ge=0)] | None = None
     token: Annotated[str, Field(min_length=1, max_length=8192)] | None = None
+    # price-updates only: updates per second per symbol (0: uncapped).
+    max_rate: Annotated[float, Field(ge=0, le=1000)] | None = None
 
     @model_validator(mode="after")
     def _one_target(self) -> Subscribe:

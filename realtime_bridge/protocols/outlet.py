@@ -13,8 +13,19 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol
 
 from realtime_bridge.events import Frame
+
+
+class Puller(Protocol):
+    """Frames made only when the writer is ready for them (conflated prices: `market`)."""
+
+    def __bool__(self) -> bool:
+        """True when `pull` has something to give now."""
+
+    def pull(self, limit: int) -> list[str]:
+        """Up to `limit` frames, made now."""
 
 
 class QueueOutlet:
@@ -39,6 +50,7 @@ class QueueOutlet:
         self._on_overflow = on_overflow
         # Told how many frames wait each time the writer takes some (the depth histogram).
         self._on_take = on_take
+        self._pullers: list[Puller] = []
 
     @property
     def closed(self) -> bool:
@@ -87,8 +99,21 @@ class QueueOutlet:
         self._ready.set()
         self._space.set()
 
+    def attach(self, puller: Puller) -> None:
+        """Let `take` pull frames from `puller` whenever the queue leaves room."""
+        self._pullers.append(puller)
+
+    def detach(self, puller: Puller) -> None:
+        if puller in self._pullers:
+            self._pullers.remove(puller)
+
+    def wake(self) -> None:
+        """A puller has something: wake the writer if it waits."""
+        self._ready.set()
+
     def close(self) -> None:
         self._closed = True
+        self._pullers.clear()
         self._frames.clear()
         self._ready.set()
         self._space.set()
@@ -100,17 +125,28 @@ class QueueOutlet:
 
     async def take(self, max_frames: int = 256) -> list[str]:
         """Wait for frames and return up to `max_frames` of them, joined ([] once closed)."""
-        while not self._frames:
-            if self.closed:
+        while True:
+            while not self._frames and not any(self._pullers):
+                if self.closed:
+                    return []
+                self._ready.clear()
+                await self._ready.wait()
+            if self._closed:
                 return []
-            self._ready.clear()
-            await self._ready.wait()
-        waiting = len(self._frames)
-        if self._on_take is not None:
-            self._on_take(waiting)
-        count = min(waiting, max_frames)
-        frames = ["".join(self._frames.popleft()) for _ in range(count)]
-        self._space.set()
+            waiting = len(self._frames)
+            if self._on_take is not None:
+                self._on_take(waiting)
+            count = min(waiting, max_frames)
+            frames = ["".join(self._frames.popleft()) for _ in range(count)]
+            self._space.set()
+            # Pulled last and only now: what waited while the socket was busy is the latest.
+            for puller in self._pullers:
+                if len(frames) >= max_frames:
+                    break
+                if puller:
+                    frames.extend(puller.pull(max_frames - len(frames)))
+            if frames:
+                break  # else a rate-capped puller had nothing due yet: wait again
         return frames
 
 

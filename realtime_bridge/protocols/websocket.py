@@ -24,6 +24,7 @@ from realtime_bridge.errors import BadMessage, ClientError, UnknownSubscription
 from realtime_bridge.events import Frame, subscription_prefix
 from realtime_bridge.hub import AHEAD_GRACE, Subscription, SubscriptionState
 from realtime_bridge.limits import TooManySubscriptions
+from realtime_bridge.market import PRICE_CHANNEL, PriceWatch
 from realtime_bridge.protocols import bounds
 from realtime_bridge.protocols.common import (
     Refusal,
@@ -41,6 +42,7 @@ from realtime_bridge.protocols.messages import (
     Unsubscribe,
 )
 from realtime_bridge.protocols.outlet import QueueOutlet
+from realtime_bridge.protocols.prices import max_rate_of, price_subscription_id, symbols_of
 from realtime_bridge.protocols.session import SocketSession
 from realtime_bridge.shutdown import SERVICE_RESTART, retry_after_ms
 
@@ -66,6 +68,8 @@ class WebSocketSession(SocketSession):
             on_take=bridge.histograms.queue_depth.observe,
         )
         self.subscriptions: dict[str, Subscription] = {}
+        # price-updates: conflated, outside the hub (see `market`).
+        self.price_watches: dict[str, PriceWatch] = {}
         self._expiry: asyncio.TimerHandle | None = None
 
     async def _admit(self) -> Refusal | None:
@@ -83,6 +87,8 @@ class WebSocketSession(SocketSession):
             self._expiry.cancel()
         for sub in self.subscriptions.values():
             self.bridge.hub.unsubscribe(sub)
+        for watch in self.price_watches.values():
+            self.bridge.market.unwatch(watch)
 
     def _close_outlet(self) -> None:
         self.outlet.close()
@@ -177,8 +183,11 @@ class WebSocketSession(SocketSession):
         if self.principal.expired():
             raise TokenExpired("the connection's token has expired; send an access_token frame")
         limit = self.bridge.settings.max_subscriptions_per_connection
-        if len(self.subscriptions) >= limit:
+        if len(self.subscriptions) + len(self.price_watches) >= limit:
             raise TooManySubscriptions(f"at most {limit} subscriptions per connection")
+        if message.channel == PRICE_CHANNEL:
+            self._subscribe_prices(message)
+            return
         target = await resolve_target(
             self.bridge,
             self.principal,
@@ -209,6 +218,33 @@ class WebSocketSession(SocketSession):
             reply["filter"] = flt.describe()
         self._send(reply)
         self._catch_up(sub)
+
+    def _subscribe_prices(self, message: Subscribe) -> None:
+        """Watch some symbols: their current prices now, then the latest of each as it comes."""
+        settings = self.bridge.settings
+        symbols = symbols_of(message.filter_spec, settings.price_max_symbols)
+        max_rate = max_rate_of(message.max_rate, settings.price_max_rate)
+        sub_id = price_subscription_id()
+        reply: dict[str, Any] = {
+            "type": "subscribed",
+            "subscription_id": sub_id,
+            "channel": PRICE_CHANNEL,
+            "seq": message.since or 0,
+            "symbols": sorted(symbols),
+            "max_rate": max_rate,
+        }
+        if message.client_id is not None:
+            reply["client_id"] = message.client_id
+        self._send(reply)  # before the first prices, which the writer pulls later
+        watch = self.bridge.market.watch(
+            symbols,
+            prefix=subscription_prefix(sub_id),
+            wake=self.outlet.wake,
+            max_rate=max_rate,
+            seq=message.since or 0,
+        )
+        self.price_watches[sub_id] = watch
+        self.outlet.attach(watch)
 
     # tokens -----------------------------------------------------------------
 
@@ -315,6 +351,18 @@ class WebSocketSession(SocketSession):
                 self.bridge.hub.unsubscribe(sub)
 
     def _unsubscribe(self, message: Unsubscribe) -> None:
+        watch = self.price_watches.pop(message.subscription_id, None)
+        if watch is not None:
+            self.outlet.detach(watch)
+            self.bridge.market.unwatch(watch)
+            self._send(
+                {
+                    "type": "unsubscribed",
+                    "subscription_id": message.subscription_id,
+                    "channel": PRICE_CHANNEL,
+                }
+            )
+            return
         sub = self.subscriptions.pop(message.subscription_id, None)
         if sub is None:
             raise UnknownSubscription(
