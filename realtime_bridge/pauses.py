@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 # the replay window. At 10,000 a generation-0 pass still walks only the
 # young objects (well under a millisecond), transient objects mostly die
 # before anyone looks at them, and full passes become several times rarer
-# (measured in docs-notes/perf.md). The older generations keep their
+# (measured in docs/performance.md). The older generations keep their
 # ratios.
 GC_THRESHOLD = (10_000, 10, 10)
 

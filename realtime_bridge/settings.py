@@ -154,7 +154,7 @@ class Settings(BaseSettings):
             "refused on their channel and the socket stays up (Supabase's default: 256 KB)."
         ),
     )
-    # Market data (price-updates) and live P&L: docs-notes/trading.md.
+    # Market data (price-updates) and live P&L: docs/trading.md.
     price_max_batch: int = Field(
         default=10_000, ge=1, le=1_000_000, description="Ticks accepted per POST /api/prices."
     )

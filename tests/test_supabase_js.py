@@ -210,7 +210,7 @@ async def test_supabase_js_private_channels_rest_replay_and_expiry(
 async def test_supabase_auth_stays_hosted_and_only_realtime_points_at_the_bridge(
     start_bridge: BridgeFactory, db: asyncpg.Connection
 ) -> None:
-    # docs-notes/parity.md: supabase.realtime replaced by a RealtimeClient for the bridge.
+    # docs/clients.md: supabase.realtime replaced by a RealtimeClient for the bridge.
     bridge = await start_bridge()
     result = await run_node("split.mjs", bridge, db)
     assert result["states"] == ["SUBSCRIBED"]

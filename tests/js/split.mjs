@@ -25,7 +25,7 @@ const call = (op, fields) =>
 const sql = async (query, ...args) => (await call('sql', { query, args })).rows
 let sessionToken = (await call('token', { user: 'u1', ttl: 600 })).token
 
-// --- what the app writes (docs-notes/parity.md, "Keep Supabase Auth") ---------------------
+// --- what the app writes (docs/clients.md, "Keep Supabase Auth") ---------------------
 const supabase = createClient('https://project-ref.supabase.co', anonKey, {
   auth: { persistSession: false, autoRefreshToken: false },
 })
