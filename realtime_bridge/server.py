@@ -38,6 +38,8 @@ def server_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Con
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level.lower(),
+        # The implementation whose transport `protocols.wire.Link` writes to directly.
+        "ws": "websockets-sansio",
         "ws_max_size": max(settings.max_frame_bytes * 4, 1024 * 1024),
         "ws_per_message_deflate": False,
         "proxy_headers": bool(settings.trusted_proxies),

@@ -100,18 +100,26 @@ class QueueOutlet:
 
     async def take(self, max_frames: int = 256) -> list[str]:
         """Wait for frames and return up to `max_frames` of them, joined ([] once closed)."""
-        while not self._frames:
+        return ["".join(frame) for frame in await self.take_frames(max_frames)]
+
+    async def take_frames(self, max_frames: int = 256) -> list[Frame]:
+        """Wait for frames and return up to `max_frames` of them, as queued ([] once closed)."""
+        frames = self._frames
+        while not frames:
             if self.closed:
                 return []
             self._ready.clear()
             await self._ready.wait()
-        waiting = len(self._frames)
+        waiting = len(frames)
         if self._on_take is not None:
             self._on_take(waiting)
-        count = min(waiting, max_frames)
-        frames = ["".join(self._frames.popleft()) for _ in range(count)]
+        if waiting <= max_frames:
+            taken = list(frames)
+            frames.clear()
+        else:
+            taken = [frames.popleft() for _ in range(max_frames)]
         self._space.set()
-        return frames
+        return taken
 
 
 class CollectOutlet:
