@@ -91,7 +91,8 @@ async def test_queued_frames_go_out_several_per_write(
         await db.execute(INSERT_MANY, 50)
         events = await ws.changes(50)
     seqs = [e["seq"] for e in events]
-    assert seqs == sorted(seqs) and len(set(seqs)) == 50
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == 50
     assert 0 < len(writes) < 25, writes
 
 
@@ -123,7 +124,8 @@ async def test_batch_1_sends_events_queued_together_as_one_array(
     assert [e["type"] for e in events] == ["db_change"] * 50
     assert all(e["subscription_id"] == reply["subscription_id"] for e in events)
     seqs = [e["seq"] for e in events]
-    assert seqs == sorted(seqs) and len(set(seqs)) == 50
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == 50
 
 
 async def test_without_batch_every_frame_is_an_object(
@@ -149,9 +151,8 @@ async def test_another_websocket_implementation_still_gets_every_frame(
     dsn: str, db: asyncpg.Connection
 ) -> None:
     # uvicorn's legacy implementation has no Link: frames go through ASGI sends.
-    async with run_bridge(make_settings(dsn), ws="websockets") as bridge:
-        async with bridge.websocket() as ws:
-            await ws.subscribe(channel="position-updates")
-            await db.execute(INSERT_MANY, 20)
-            events = await ws.changes(20)
+    async with run_bridge(make_settings(dsn), ws="websockets") as bridge, bridge.websocket() as ws:
+        await ws.subscribe(channel="position-updates")
+        await db.execute(INSERT_MANY, 20)
+        events = await ws.changes(20)
     assert len({e["seq"] for e in events}) == 20
