@@ -154,12 +154,12 @@ async def quiet(sub: AsyncIterator[Event[Any]], seconds: float = 0.3) -> bool:
 
 
 def test_the_websocket_url_is_derived_from_the_base_url() -> None:
-    assert websocket_url("http://h:8000", "k") == "ws://h:8000/ws/db_subscriptions?apikey=k"
+    assert websocket_url("http://h:8000", "k") == "ws://h:8000/ws/db_subscriptions?apikey=k&batch=1"
     assert (
         websocket_url("https://example.com/bridge/?x=1&apikey=old", "k")
-        == "wss://example.com/bridge/ws/db_subscriptions?x=1&apikey=k"
+        == "wss://example.com/bridge/ws/db_subscriptions?x=1&apikey=k&batch=1"
     )
-    assert websocket_url("ws://h/ws/db_subscriptions", None) == "ws://h/ws/db_subscriptions"
+    assert websocket_url("ws://h/ws/db_subscriptions", None) == "ws://h/ws/db_subscriptions?batch=1"
     with pytest.raises(ValueError, match="http"):
         websocket_url("ftp://h", "k")
 

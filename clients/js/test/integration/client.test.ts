@@ -5,6 +5,7 @@
  */
 
 import { describe, expect, inject, test } from "vitest";
+import WebSocket from "ws";
 
 import type { ChangeEvent, PositionUpdate, RealtimeError, TradeUpdate } from "../../src/index.js";
 import { userToken } from "../support/bridge.js";
@@ -23,6 +24,33 @@ function ready(): { promise: Promise<void>; onReady: () => void } {
 }
 
 describe("connect and receive", () => {
+  test("batch=1: events committed together arrive in one array frame, in order", async () => {
+    const user = uniqueUser("batch");
+    const raw: unknown[] = [];
+    class Recording extends WebSocket {
+      constructor(url: string) {
+        super(url);
+        this.addEventListener("message", (message) => raw.push(JSON.parse(String(message.data))));
+      }
+    }
+    const client = track(testClient(bridge, { WebSocket: Recording as never }));
+    const events: ChangeEvent<PositionUpdate | TradeUpdate>[] = [];
+    const both = ready();
+    let confirmed = 0;
+    const onReady = () => {
+      confirmed += 1;
+      if (confirmed === 2) both.onReady();
+    };
+    client.subscribe("position-updates", { filters: { user_id: user }, onReady }, (e) => events.push(e));
+    client.subscribe("trade-updates", { filters: { user_id: user }, onReady }, (e) => events.push(e));
+    await both.promise;
+    await simulate(bridge, { user_id: user, symbol: "MSFT" }); // one commit: a position and a trade
+    await until(() => events.length === 2, "the position and the trade");
+    expect(raw.some((frame) => Array.isArray(frame) && frame.length === 2)).toBe(true);
+    const seqs = events.map((e) => e.seq);
+    expect(seqs).toEqual([...seqs].sort((x, y) => x - y));
+  });
+
   test("a typed position arrives over the socket within moments of the write", async () => {
     const user = uniqueUser("recv");
     const client = track(testClient(bridge));
