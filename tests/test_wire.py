@@ -156,3 +156,10 @@ async def test_another_websocket_implementation_still_gets_every_frame(
         await db.execute(INSERT_MANY, 20)
         events = await ws.changes(20)
     assert len({e["seq"] for e in events}) == 20
+
+
+def test_uvloop_transports_count_as_transports() -> None:
+    # uvloop's are no asyncio.Transport subclass: `serve` runs on uvloop when installed.
+    uvloop = pytest.importorskip("uvloop")
+    assert wire.is_transport(uvloop.loop.TCPTransport) is True
+    assert wire.is_transport(object()) is False

@@ -33,7 +33,7 @@ from realtime_bridge.events import Frame
 from realtime_bridge.limits import RateLimiter, TooManyConnections
 from realtime_bridge.protocols.common import Refusal, client_ip, refuse_socket
 from realtime_bridge.protocols.outlet import QueueOutlet
-from realtime_bridge.protocols.wire import Link
+from realtime_bridge.protocols.wire import Link, is_transport
 from realtime_bridge.shutdown import CLOSE_SERVICE_RESTART
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class TransportScope:
         if scope["type"] == "websocket":
             protocol = getattr(receive, "__self__", None)
             transport = getattr(protocol, "transport", None)
-            if isinstance(transport, asyncio.Transport):
+            if is_transport(transport):
                 scope[TRANSPORT_KEY] = transport
                 scope[PROTOCOL_KEY] = protocol
         await self.app(scope, receive, send)

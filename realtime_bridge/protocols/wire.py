@@ -185,12 +185,22 @@ def write_frames(encoder: Encoder, frames: Sequence[Frame], shared: bool) -> Ite
         yield b"".join(pending)
 
 
+def is_transport(transport: object) -> bool:
+    """An asyncio transport, or one that behaves as one (uvloop's are no subclass of it)."""
+    if isinstance(transport, asyncio.Transport):
+        return True
+    return all(
+        callable(getattr(transport, name, None))
+        for name in ("write", "abort", "is_closing", "get_write_buffer_size")
+    )
+
+
 class Link:
     """Writes pre-built data frames straight to the transport of one uvicorn WebSocket."""
 
     __slots__ = ("_protocol", "_transport")
 
-    def __init__(self, protocol: Any, transport: asyncio.Transport) -> None:
+    def __init__(self, protocol: Any, transport: Any) -> None:
         self._protocol = protocol
         self._transport = transport
 
@@ -205,9 +215,9 @@ class Link:
         if type(protocol).__name__ != "WebSocketsSansIOProtocol":
             return None
         conn = getattr(protocol, "conn", None)
-        transport = getattr(protocol, "transport", None)
+        transport: Any = getattr(protocol, "transport", None)
         writable = getattr(protocol, "writable", None)
-        if conn is None or not isinstance(transport, asyncio.Transport):
+        if conn is None or not is_transport(transport):
             return None
         if not isinstance(writable, asyncio.Event) or getattr(conn, "extensions", None) != []:
             return None

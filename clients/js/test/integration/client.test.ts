@@ -24,8 +24,20 @@ function ready(): { promise: Promise<void>; onReady: () => void } {
 }
 
 describe("connect and receive", () => {
-  test("batch=1: events committed together arrive in one array frame, in order", async () => {
+  test("batch=1: events queued together (a resume's replay) arrive as one array frame", async () => {
     const user = uniqueUser("batch");
+    const first = track(testClient(bridge));
+    const seen: number[] = [];
+    const subscribed = ready();
+    first.subscribe(
+      "position-updates",
+      { filters: { user_id: user }, onReady: subscribed.onReady },
+      (e) => seen.push(e.seq),
+    );
+    await subscribed.promise;
+    for (const symbol of ["A", "B", "C", "D"]) await simulate(bridge, { user_id: user, symbol });
+    await until(() => seen.length === 4, "four positions");
+
     const raw: unknown[] = [];
     class Recording extends WebSocket {
       constructor(url: string) {
@@ -33,22 +45,16 @@ describe("connect and receive", () => {
         this.addEventListener("message", (message) => raw.push(JSON.parse(String(message.data))));
       }
     }
-    const client = track(testClient(bridge, { WebSocket: Recording as never }));
-    const events: ChangeEvent<PositionUpdate | TradeUpdate>[] = [];
-    const both = ready();
-    let confirmed = 0;
-    const onReady = () => {
-      confirmed += 1;
-      if (confirmed === 2) both.onReady();
-    };
-    client.subscribe("position-updates", { filters: { user_id: user }, onReady }, (e) => events.push(e));
-    client.subscribe("trade-updates", { filters: { user_id: user }, onReady }, (e) => events.push(e));
-    await both.promise;
-    await simulate(bridge, { user_id: user, symbol: "MSFT" }); // one commit: a position and a trade
-    await until(() => events.length === 2, "the position and the trade");
-    expect(raw.some((frame) => Array.isArray(frame) && frame.length === 2)).toBe(true);
-    const seqs = events.map((e) => e.seq);
-    expect(seqs).toEqual([...seqs].sort((x, y) => x - y));
+    const second = track(testClient(bridge, { WebSocket: Recording as never }));
+    const replayed: number[] = [];
+    second.subscribe(
+      "position-updates",
+      { filters: { user_id: user }, since: (seen[0] ?? 1) - 1 },
+      (e) => replayed.push(e.seq),
+    );
+    await until(() => replayed.length === 4, "the replayed positions");
+    expect(replayed).toEqual(seen);
+    expect(raw.some((frame) => Array.isArray(frame) && frame.length > 1)).toBe(true);
   });
 
   test("a typed position arrives over the socket within moments of the write", async () => {
