@@ -181,7 +181,7 @@ class BenchDatabase(Managed):
             )
             self.created = name
             self.dsn = with_database(self.admin_dsn, name)
-        asyncio.run(migrate(self.dsn))
+        asyncio.run(migrate(self.dsn, demo=True))  # the bench writes to the demo tables
         asyncio.run(_execute(self.dsn, BENCH_SCHEMA))
 
     def stop(self) -> None:

@@ -45,6 +45,8 @@ def server_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Con
         "log_level": settings.log_level.lower(),
         # Above both protocols' limits, so an oversized message is read and refused
         # on its channel; only frames beyond this close the socket (1009).
+        # The implementation whose transport `protocols.wire.Link` writes to directly.
+        "ws": "websockets-sansio",
         "ws_max_size": ws_max_size(settings),
         "ws_per_message_deflate": False,
         "proxy_headers": bool(settings.trusted_proxies),

@@ -155,12 +155,12 @@ async def quiet(sub: AsyncIterator[Event[Any]], seconds: float = 0.3) -> bool:
 
 
 def test_the_websocket_url_is_derived_from_the_base_url() -> None:
-    assert websocket_url("http://h:8000", "k") == "ws://h:8000/ws/db_subscriptions?apikey=k"
+    assert websocket_url("http://h:8000", "k") == "ws://h:8000/ws/db_subscriptions?apikey=k&batch=1"
     assert (
         websocket_url("https://example.com/bridge/?x=1&apikey=old", "k")
-        == "wss://example.com/bridge/ws/db_subscriptions?x=1&apikey=k"
+        == "wss://example.com/bridge/ws/db_subscriptions?x=1&apikey=k&batch=1"
     )
-    assert websocket_url("ws://h/ws/db_subscriptions", None) == "ws://h/ws/db_subscriptions"
+    assert websocket_url("ws://h/ws/db_subscriptions", None) == "ws://h/ws/db_subscriptions?batch=1"
     with pytest.raises(ValueError, match="http"):
         websocket_url("ftp://h", "k")
 
@@ -600,3 +600,33 @@ async def test_a_token_expired_during_a_subscribe_is_told_apart_by_a_ping(
     else:
         assert kinds == ["subscribe", "ping", "access_token"]
     assert seen[2]["token"] == "fresh"
+
+
+async def test_events_committed_together_arrive_batched_in_order(
+    start_bridge: BridgeFactory, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from realtime_bridge.protocols import websocket, wire
+
+    arrays: list[int] = []
+    original = wire.write_batches
+
+    def recording(encoder: wire.Encoder, frames: Any) -> Any:
+        arrays.extend(len(run) for run in wire.batches(frames) if len(run) > 1)
+        return original(encoder, frames)
+
+    monkeypatch.setattr(websocket, "write_batches", recording)
+    bridge = await start_bridge()
+    async with (
+        connect(bridge.url, api_key=bridge.service_key) as client,
+        client.subscribe("position-updates", filters={"user_id": "u1"}) as positions,
+    ):
+        await db.execute(
+            "INSERT INTO positions (user_id, symbol, quantity, entry_price, current_price) "
+            "SELECT 'u1', 'S' || i, i, 100, 110 FROM generate_series(1, 40) AS i"
+        )
+        events = await take(positions, 40)
+        assert await quiet(positions)
+    assert arrays, "the bridge sent no batch frame"
+    seqs = [e.seq for e in events]
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == 40

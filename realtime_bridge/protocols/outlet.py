@@ -125,29 +125,37 @@ class QueueOutlet:
 
     async def take(self, max_frames: int = 256) -> list[str]:
         """Wait for frames and return up to `max_frames` of them, joined ([] once closed)."""
+        return ["".join(frame) for frame in await self.take_frames(max_frames)]
+
+    async def take_frames(self, max_frames: int = 256) -> list[Frame]:
+        """Wait for frames and return up to `max_frames` of them, as queued ([] once closed)."""
+        frames = self._frames
         while True:
-            while not self._frames and not any(self._pullers):
+            while not frames and not any(self._pullers):
                 if self.closed:
                     return []
                 self._ready.clear()
                 await self._ready.wait()
             if self._closed:
                 return []
-            waiting = len(self._frames)
-            if self._on_take is not None:
+            waiting = len(frames)
+            if self._on_take is not None and waiting:
                 self._on_take(waiting)
-            count = min(waiting, max_frames)
-            frames = ["".join(self._frames.popleft()) for _ in range(count)]
+            if waiting <= max_frames:
+                taken = list(frames)
+                frames.clear()
+            else:
+                taken = [frames.popleft() for _ in range(max_frames)]
             self._space.set()
             # Pulled last and only now: what waited while the socket was busy is the latest.
             for puller in self._pullers:
-                if len(frames) >= max_frames:
+                if len(taken) >= max_frames:
                     break
                 if puller:
-                    frames.extend(puller.pull(max_frames - len(frames)))
-            if frames:
-                break  # else a rate-capped puller had nothing due yet: wait again
-        return frames
+                    taken.extend((frame,) for frame in puller.pull(max_frames - len(taken)))
+            if taken:
+                return taken
+            # else a rate-capped puller had nothing due yet: wait again
 
 
 class CollectOutlet:

@@ -48,6 +48,7 @@ import functools
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,6 +107,7 @@ from realtime_bridge.protocols.phoenix_wire import (
     reply,
 )
 from realtime_bridge.protocols.session import SocketSession
+from realtime_bridge.protocols.wire import ENCODER, write_frames
 from realtime_bridge.topic_policies import Extension, PoliciesUnavailable
 
 logger = logging.getLogger(__name__)
@@ -305,16 +307,16 @@ class PhoenixSession(SocketSession):
             if self.outlet.closed:
                 return
 
-    async def _write(self) -> None:
-        while True:
-            frames = await self.outlet.take()
-            if not frames:
-                return
-            for frame in frames:
-                if is_binary(frame):
-                    await self.websocket.send_bytes(binary_bytes(frame))
-                else:
-                    await self.websocket.send_text(frame)
+    def _buffers(self, frames: list[Frame]) -> Iterator[bytes]:
+        # Broadcasts are one tuple shared by every member: built once, header included.
+        return write_frames(ENCODER, frames, shared=True)
+
+    async def _send_frame(self, frame: Frame) -> None:
+        text = "".join(frame)
+        if is_binary(text):
+            await self.websocket.send_bytes(binary_bytes(text))
+        else:
+            await self.websocket.send_text(text)
 
     def send(self, frame: Frame) -> None:
         if not self.outlet.offer(frame):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -32,21 +33,25 @@ from realtime_bridge.events import Frame
 from realtime_bridge.limits import RateLimiter, TooManyConnections
 from realtime_bridge.protocols.common import Refusal, client_ip, refuse_socket
 from realtime_bridge.protocols.outlet import QueueOutlet
+from realtime_bridge.protocols.wire import Link, is_transport
 from realtime_bridge.shutdown import CLOSE_SERVICE_RESTART
 
 logger = logging.getLogger(__name__)
 
 CLOSE_GRACE = 1.0
 TRANSPORT_KEY = "realtime_bridge.transport"
+PROTOCOL_KEY = "realtime_bridge.protocol"
 
 
 class TransportScope:
-    """ASGI middleware: puts a WebSocket's asyncio transport in its scope (see `abort`).
+    """ASGI middleware: puts a WebSocket's asyncio transport and protocol in its scope.
 
     ASGI gives an application no way to drop a connection whose peer stopped
-    reading. uvicorn's `receive` is a method of its protocol object, which
-    holds the transport; this is read once, at the edge, so nothing else
-    depends on the server's internals. Without it `abort` does nothing.
+    reading (`abort`), nor to write several frames in one `write()` (`Link`).
+    uvicorn's `receive` is a method of its protocol object, which holds the
+    transport; this is read once, at the edge, so nothing else depends on
+    the server's internals. Without it `abort` does nothing and frames go
+    out one `websocket.send` each.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -54,9 +59,11 @@ class TransportScope:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
-            transport = getattr(getattr(receive, "__self__", None), "transport", None)
-            if isinstance(transport, asyncio.Transport):
+            protocol = getattr(receive, "__self__", None)
+            transport = getattr(protocol, "transport", None)
+            if is_transport(transport):
                 scope[TRANSPORT_KEY] = transport
+                scope[PROTOCOL_KEY] = protocol
         await self.app(scope, receive, send)
 
 
@@ -86,6 +93,7 @@ class SocketSession:
         self._writer: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
         self._draining = False
+        self._link: Link | None = None
         self.client_ip = client_ip(websocket)
         self.seat = bridge.limits.seat(self.client_ip)
 
@@ -101,6 +109,7 @@ class SocketSession:
             return
         try:
             await self.websocket.accept()
+            self._link = Link.of(self.websocket.scope.get(PROTOCOL_KEY))
             await self._serve()
         finally:
             self.seat.close()
@@ -145,6 +154,7 @@ class SocketSession:
         """
         self.replays.clear()
         self._reader = self._writer = self._closing = None
+        self._link = None
 
     async def _shut(self, code: str, close_code: int, frame: str | None = None) -> None:
         """End the connection from our side: say why (`frame`) and close, within CLOSE_GRACE."""
@@ -209,6 +219,30 @@ class SocketSession:
         return size if size > self.bridge.settings.max_frame_bytes else None
 
     async def _write(self) -> None:
+        """Send what the outlet holds: several frames per `write()` when linked (see `wire`)."""
+        outlet = self.outlet
+        link = self._link
+        while True:
+            frames = await outlet.take_frames()
+            if not frames:
+                return
+            if link is None:
+                for frame in frames:
+                    await self._send_frame(frame)
+                continue
+            for data in self._buffers(frames):
+                if link.paused:
+                    await link.drained()
+                if not link.open:
+                    return  # the protocol closes; nothing more may follow its close
+                link.write(data)
+
+    def _buffers(self, frames: list[Frame]) -> Iterator[bytes]:
+        """`frames` as wire bytes, in buffers of several frames each."""
+        raise NotImplementedError
+
+    async def _send_frame(self, frame: Frame) -> None:
+        """Send one frame through the ASGI server (no `Link`: another server, or compression)."""
         raise NotImplementedError
 
     def _close_outlet(self) -> None:

@@ -1,5 +1,8 @@
 """`/ws/db_subscriptions`: the bridge's own JSON WebSocket protocol.
 
+With `?batch=1` in the URL, frames queued together are sent as one JSON
+array frame (in order); a lone frame is still a plain object.
+
 Client frames: subscribe, unsubscribe, ping. Server frames: subscribed,
 db_change, unsubscribed, pong, resync_required, error, reconnect. Errors keep
 the connection open, except `too_large` and `slow_consumer`, which close it
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -44,12 +48,14 @@ from realtime_bridge.protocols.messages import (
 from realtime_bridge.protocols.outlet import QueueOutlet
 from realtime_bridge.protocols.prices import max_rate_of, price_subscription_id, symbols_of
 from realtime_bridge.protocols.session import SocketSession
+from realtime_bridge.protocols.wire import ENCODER, write_batches, write_frames
 from realtime_bridge.shutdown import SERVICE_RESTART, retry_after_ms
 
 logger = logging.getLogger(__name__)
 
 CLOSE_TOO_LARGE = 1009
 CLOSE_POLICY = 1008
+BATCH_VALUES = {"1": True, "true": True, "0": False, "false": False}
 
 
 def dumps(frame: dict[str, Any]) -> str:
@@ -71,8 +77,14 @@ class WebSocketSession(SocketSession):
         # price-updates: conflated, outside the hub (see `market`).
         self.price_watches: dict[str, PriceWatch] = {}
         self._expiry: asyncio.TimerHandle | None = None
+        # Negotiated with `?batch=1`: frames queued together go out as one JSON array.
+        self.batch = False
 
     async def _admit(self) -> Refusal | None:
+        batch = self.websocket.query_params.get("batch", "0")
+        if batch not in BATCH_VALUES:
+            return Refusal(400, "bad_message", "batch must be 1 (array frames) or 0")
+        self.batch = BATCH_VALUES[batch]
         admitted = await admit_socket(self.bridge, self.websocket, request_token(self.websocket))
         if isinstance(admitted, Refusal):
             return admitted
@@ -379,13 +391,13 @@ class WebSocketSession(SocketSession):
         if not self.outlet.offer((dumps(frame),)):
             self.outlet.overflow("slow_consumer")
 
-    async def _write(self) -> None:
-        while True:
-            frames = await self.outlet.take()
-            if not frames:
-                return
-            for frame in frames:
-                await self.websocket.send_text(frame)
+    def _buffers(self, frames: list[Frame]) -> Iterator[bytes]:
+        if self.batch:
+            return write_batches(ENCODER, frames)
+        return write_frames(ENCODER, frames, shared=False)
+
+    async def _send_frame(self, frame: Frame) -> None:
+        await self.websocket.send_text("".join(frame))
 
     def _on_overflow(self, reason: str) -> None:
         self.bridge.hub.stats.slow_consumers += 1

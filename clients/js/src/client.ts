@@ -241,7 +241,8 @@ function socketUrl(options: ClientOptions): string {
   const base =
     options.wsUrl ?? `${trimSlash(options.url).replace(/^http/i, "ws")}/ws/db_subscriptions`;
   const separator = base.includes("?") ? "&" : "?";
-  return `${base}${separator}apikey=${encodeURIComponent(options.apiKey)}`;
+  // batch=1: frames queued together arrive as one JSON array (see `received`).
+  return `${base}${separator}apikey=${encodeURIComponent(options.apiKey)}&batch=1`;
 }
 
 function sleep(ms: number, signal: AbortSignal): Promise<void> {
@@ -705,12 +706,18 @@ export class RealtimeClient {
 
   private received(text: string): void {
     this.clearTimer("pongTimer"); // any frame proves the connection is alive
-    let frame: ServerFrame;
+    let parsed: ServerFrame | ServerFrame[];
     try {
-      frame = JSON.parse(text) as ServerFrame;
+      parsed = JSON.parse(text) as ServerFrame | ServerFrame[];
     } catch {
       return;
     }
+    // A batch frame: the frames it holds, in the order they were sent.
+    if (Array.isArray(parsed)) for (const frame of parsed) this.handle(frame);
+    else this.handle(parsed);
+  }
+
+  private handle(frame: ServerFrame): void {
     switch (frame.type) {
       case "db_change": {
         const sub = frame.subscription_id ? this.byServerId.get(frame.subscription_id) : undefined;

@@ -161,13 +161,13 @@ describe("connecting", () => {
     c.subscribe("position-updates", {}, () => {});
     c.subscribe("trade-updates", {}, () => {});
     expect(sockets).toHaveLength(1);
-    expect(last().url).toBe("wss://bridge.example/ws/db_subscriptions?apikey=anon%20key");
+    expect(last().url).toBe("wss://bridge.example/ws/db_subscriptions?apikey=anon%20key&batch=1");
   });
 
   test("wsUrl overrides the socket address and keeps its own query", () => {
     const c = client({ wsUrl: "ws://elsewhere:9/ws?x=1" });
     c.connect();
-    expect(last().url).toBe("ws://elsewhere:9/ws?x=1&apikey=anon%20key");
+    expect(last().url).toBe("ws://elsewhere:9/ws?x=1&apikey=anon%20key&batch=1");
   });
 
   test("on open: the token first, then every subscription with its filter, then realtime", () => {
@@ -201,6 +201,21 @@ describe("delivery, dedupe and resume", () => {
     expect(a).toEqual([11, 13]);
     expect(b).toEqual([12]);
     expect(c.stats.duplicatesDropped).toBe(2);
+  });
+
+  test("a batch frame (an array) is handled frame by frame, in order", () => {
+    const c = client();
+    const a: number[] = [];
+    const b: number[] = [];
+    c.subscribe("position-updates", {}, (e) => a.push(e.seq));
+    c.subscribe("position-updates", {}, (e) => b.push(e.seq));
+    last().open();
+    last().confirmAll(10);
+    last().onmessage?.({
+      data: JSON.stringify([change(11, "srv-sub-1"), change(12, "srv-sub-2"), change(13, "srv-sub-1")]),
+    });
+    expect(a).toEqual([11, 13]);
+    expect(b).toEqual([12]);
   });
 
   test("after a drop every subscription resumes from its own last seq", async () => {

@@ -5,6 +5,7 @@
  */
 
 import { describe, expect, inject, test } from "vitest";
+import WebSocket from "ws";
 
 import type { ChangeEvent, PositionUpdate, RealtimeError, TradeUpdate } from "../../src/index.js";
 import { userToken } from "../support/bridge.js";
@@ -23,6 +24,39 @@ function ready(): { promise: Promise<void>; onReady: () => void } {
 }
 
 describe("connect and receive", () => {
+  test("batch=1: events queued together (a resume's replay) arrive as one array frame", async () => {
+    const user = uniqueUser("batch");
+    const first = track(testClient(bridge));
+    const seen: number[] = [];
+    const subscribed = ready();
+    first.subscribe(
+      "position-updates",
+      { filters: { user_id: user }, onReady: subscribed.onReady },
+      (e) => seen.push(e.seq),
+    );
+    await subscribed.promise;
+    for (const symbol of ["A", "B", "C", "D"]) await simulate(bridge, { user_id: user, symbol });
+    await until(() => seen.length === 4, "four positions");
+
+    const raw: unknown[] = [];
+    class Recording extends WebSocket {
+      constructor(url: string) {
+        super(url);
+        this.addEventListener("message", (message) => raw.push(JSON.parse(String(message.data))));
+      }
+    }
+    const second = track(testClient(bridge, { WebSocket: Recording as never }));
+    const replayed: number[] = [];
+    second.subscribe(
+      "position-updates",
+      { filters: { user_id: user }, since: (seen[0] ?? 1) - 1 },
+      (e) => replayed.push(e.seq),
+    );
+    await until(() => replayed.length === 4, "the replayed positions");
+    expect(replayed).toEqual(seen);
+    expect(raw.some((frame) => Array.isArray(frame) && frame.length > 1)).toBe(true);
+  });
+
   test("a typed position arrives over the socket within moments of the write", async () => {
     const user = uniqueUser("recv");
     const client = track(testClient(bridge));

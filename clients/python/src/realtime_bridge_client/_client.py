@@ -743,6 +743,10 @@ class _Connection:
                 continue
             if isinstance(frame, dict):
                 await self._route(frame)
+            elif isinstance(frame, list):  # a batch frame (batch=1): its frames, in order
+                for item in frame:
+                    if isinstance(item, dict):
+                        await self._route(item)
 
     async def _route(self, frame: dict[str, Any]) -> None:
         kind = frame.get("type")
@@ -964,7 +968,7 @@ class ConnectionState(enum.Enum):
 
 
 def websocket_url(url: str, api_key: str | None) -> str:
-    """`http(s)://host/prefix` → `ws(s)://host/prefix/ws/db_subscriptions?apikey=...`."""
+    """`http(s)://host/prefix` → `ws(s)://host/prefix/ws/db_subscriptions?apikey=...&batch=1`."""
     parts = urlsplit(url)
     scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme)
     if scheme is None or not parts.netloc:
@@ -972,9 +976,11 @@ def websocket_url(url: str, api_key: str | None) -> str:
     path = parts.path.rstrip("/")
     if not path.endswith(ENDPOINT):
         path += ENDPOINT
-    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "apikey"]
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k not in ("apikey", "batch")]
     if api_key:
         query.append(("apikey", api_key))
+    # Frames queued together arrive as one JSON array (see `_read`).
+    query.append(("batch", "1"))
     return urlunsplit((scheme, parts.netloc, path, urlencode(query), ""))
 
 

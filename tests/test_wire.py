@@ -1,0 +1,165 @@
+"""`protocols/wire.py`: frames built once, several per write(), batch frames on request."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+import websockets
+from websockets.exceptions import InvalidStatus
+
+from realtime_bridge.protocols import wire
+from realtime_bridge.protocols.wire import Encoder, header, write_batches, write_frames
+from realtime_bridge.testing import run_bridge
+from tests.conftest import BridgeFactory, make_settings
+
+INSERT_MANY = (
+    "INSERT INTO positions (user_id, symbol, quantity, entry_price, current_price) "
+    "SELECT 'u1', 'S' || i, i, 100, 110 FROM generate_series(1, $1) AS i"
+)
+
+
+def test_headers_are_rfc6455_unmasked_lengths() -> None:
+    assert header(wire.OP_TEXT, 125) == b"\x81\x7d"
+    assert header(wire.OP_TEXT, 126) == b"\x81\x7e\x00\x7e"
+    assert header(wire.OP_BINARY, 65535) == b"\x82\x7e\xff\xff"
+    assert header(wire.OP_TEXT, 65536) == b"\x81\x7f" + (65536).to_bytes(8, "big")
+
+
+def test_a_shared_frame_is_built_once_header_included() -> None:
+    encoder = Encoder()
+    body = '"seq":1}' + "é"
+    frame = ('{"type":"x",', body)
+    first = encoder.frame(frame)
+    assert encoder.frame(frame) is first
+    assert first == header(wire.OP_TEXT, len("".join(frame).encode())) + "".join(frame).encode()
+    # Per-receiver frames around the same body reuse its bytes.
+    assert encoder.text(body) is encoder.text(body)
+
+
+def test_an_encoder_bounded_in_bytes_starts_afresh() -> None:
+    encoder = Encoder(limit=100)
+    parts = ["x" * 60 for _ in range(3)]
+    for part in parts:
+        encoder.text(part)
+    assert encoder.size <= 100
+
+
+def test_frames_are_coalesced_into_buffers_bounded_in_bytes() -> None:
+    encoder = Encoder()
+    frames = [("a" * 1000,) for _ in range(200)]
+    buffers = list(write_frames(encoder, frames, shared=False))
+    assert 1 < len(buffers) < 10
+    assert all(len(b) < wire.WRITE_BYTES + 1100 for b in buffers)
+    assert b"".join(buffers) == b"".join(header(wire.OP_TEXT, 1000) + b"a" * 1000 for _ in frames)
+
+
+def test_batches_are_json_arrays_and_a_lone_frame_stays_an_object() -> None:
+    encoder = Encoder()
+    frames = [('{"n":', str(i), "}") for i in range(3)]
+    (data,) = write_batches(encoder, frames)
+    assert (
+        data
+        == header(wire.OP_TEXT, len('[{"n":0},{"n":1},{"n":2}]')) + b'[{"n":0},{"n":1},{"n":2}]'
+    )
+    (alone,) = write_batches(encoder, frames[:1])
+    assert alone == header(wire.OP_TEXT, 7) + b'{"n":0}'
+
+
+def _count_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    sizes: list[int] = []
+    original = wire.Link.write
+
+    def counting(self: wire.Link, data: bytes) -> None:
+        sizes.append(len(data))
+        original(self, data)
+
+    monkeypatch.setattr(wire.Link, "write", counting)
+    return sizes
+
+
+async def test_queued_frames_go_out_several_per_write(
+    start_bridge: BridgeFactory, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bridge = await start_bridge()
+    async with bridge.websocket() as ws:
+        await ws.subscribe(channel="position-updates")
+        writes = _count_writes(monkeypatch)
+        await db.execute(INSERT_MANY, 50)
+        events = await ws.changes(50)
+    seqs = [e["seq"] for e in events]
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == 50
+    assert 0 < len(writes) < 25, writes
+
+
+async def _frames(ws: Any, count: int, timeout: float = 10.0) -> list[Any]:
+    """Raw decoded frames until `count` db_change events arrived (arrays flattened)."""
+    frames: list[Any] = []
+    got = 0
+    async with asyncio.timeout(timeout):
+        while got < count:
+            frame = orjson.loads(await ws.recv())
+            frames.append(frame)
+            got += len(frame) if isinstance(frame, list) else frame["type"] == "db_change"
+    return frames
+
+
+async def test_batch_1_sends_events_queued_together_as_one_array(
+    start_bridge: BridgeFactory, db: asyncpg.Connection
+) -> None:
+    bridge = await start_bridge()
+    url = f"{bridge.ws_url}?apikey={bridge.service_key}&batch=1"
+    async with websockets.connect(url) as ws:
+        await ws.send(orjson.dumps({"type": "subscribe", "channel": "position-updates"}).decode())
+        reply = orjson.loads(await ws.recv())
+        assert reply["type"] == "subscribed"  # alone in the queue: a plain object
+        await db.execute(INSERT_MANY, 50)
+        frames = await _frames(ws, 50)
+    assert any(isinstance(f, list) and len(f) > 1 for f in frames), frames
+    events = [e for f in frames for e in (f if isinstance(f, list) else [f])]
+    assert [e["type"] for e in events] == ["db_change"] * 50
+    assert all(e["subscription_id"] == reply["subscription_id"] for e in events)
+    seqs = [e["seq"] for e in events]
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == 50
+
+
+async def test_without_batch_every_frame_is_an_object(
+    start_bridge: BridgeFactory, db: asyncpg.Connection
+) -> None:
+    bridge = await start_bridge()
+    async with bridge.websocket() as ws:
+        await ws.subscribe(channel="position-updates")
+        await db.execute(INSERT_MANY, 30)
+        frames = await _frames(ws.ws, 30)
+    assert all(isinstance(f, dict) for f in frames)
+
+
+async def test_an_unknown_batch_value_is_refused(start_bridge: BridgeFactory) -> None:
+    bridge = await start_bridge()
+    with pytest.raises(InvalidStatus) as refused:
+        async with websockets.connect(f"{bridge.ws_url}?apikey={bridge.service_key}&batch=yes"):
+            pass
+    assert refused.value.response.status_code == 400
+
+
+async def test_another_websocket_implementation_still_gets_every_frame(
+    dsn: str, db: asyncpg.Connection
+) -> None:
+    # uvicorn's legacy implementation has no Link: frames go through ASGI sends.
+    async with run_bridge(make_settings(dsn), ws="websockets") as bridge, bridge.websocket() as ws:
+        await ws.subscribe(channel="position-updates")
+        await db.execute(INSERT_MANY, 20)
+        events = await ws.changes(20)
+    assert len({e["seq"] for e in events}) == 20
+
+
+def test_uvloop_transports_count_as_transports() -> None:
+    # uvloop's are no asyncio.Transport subclass: `serve` runs on uvloop when installed.
+    uvloop = pytest.importorskip("uvloop")
+    assert wire.is_transport(uvloop.loop.TCPTransport) is True
+    assert wire.is_transport(object()) is False
