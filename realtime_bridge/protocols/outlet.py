@@ -136,8 +136,7 @@ class QueueOutlet:
                     return []
                 self._ready.clear()
                 await self._ready.wait()
-            if self._closed:
-                return []
+            # Closed with frames still queued: they are handed out (a long-poll's answer).
             waiting = len(frames)
             if self._on_take is not None and waiting:
                 self._on_take(waiting)

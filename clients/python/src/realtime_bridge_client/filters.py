@@ -28,6 +28,10 @@ OPERATORS: frozenset[str] = frozenset({"eq", "neq", "lt", "lte", "gt", "gte", "i
 IS_VALUES: frozenset[str] = frozenset({"null", "true", "false"})
 MAX_IN_VALUES = 100
 MAX_CONDITIONS = 16
+MAX_FILTER_CHARS = 4000
+
+#: One parsed `column op values` test, values in text as written (None: null).
+Clause = tuple[str, Op, tuple[str | None, ...]]
 
 _NUMBER = re.compile(r"-?\d+(\.\d+)?")
 
@@ -139,26 +143,38 @@ class Filter:
 
 def parse_filter(spec: Any, columns: Collection[str] | None = None) -> Filter:
     """Parse a client's filter (map, string or None); raise `InvalidFilter` saying why."""
+    conditions = [Condition(*clause) for clause in clauses(spec, columns)]
+    return Filter(tuple(conditions))
+
+
+def clauses(spec: Any, columns: Collection[str] | None = None) -> list[Clause]:
+    """The grammar both ends share: a filter (map, string or None) as checked clauses.
+
+    With `columns`, a column not among them is refused. The bridge builds its
+    typed conditions from the same clauses.
+    """
     if spec is None or spec == "" or spec == {}:
-        return Filter()
+        return []
     if isinstance(spec, str):
-        conditions = [_parse_clause(clause) for clause in _split_top_level(spec)]
+        if len(spec) > MAX_FILTER_CHARS:
+            raise InvalidFilter(f"a filter is at most {MAX_FILTER_CHARS} characters")
+        found = [_parse_clause(clause) for clause in _split_top_level(spec)]
     elif isinstance(spec, Mapping):
-        conditions = [_from_map_entry(column, value) for column, value in spec.items()]
+        found = [_from_map_entry(column, value) for column, value in spec.items()]
     else:
         raise InvalidFilter(
             'filter must be an object like {"user_id": "u1"} or a string like "user_id=eq.u1"'
         )
-    if len(conditions) > MAX_CONDITIONS:
+    if len(found) > MAX_CONDITIONS:
         raise InvalidFilter(f"a filter may have at most {MAX_CONDITIONS} conditions")
     if columns is not None:
-        unknown = sorted({c.column for c in conditions} - set(columns))
+        unknown = sorted({column for column, _, _ in found} - set(columns))
         if unknown:
             raise InvalidFilter(
                 f"unknown column {unknown[0]!r}; filterable columns: {', '.join(sorted(columns))}",
                 column=unknown[0],
             )
-    return Filter(tuple(conditions))
+    return found
 
 
 def _split_top_level(text: str) -> list[str]:
@@ -189,7 +205,7 @@ def _split_top_level(text: str) -> list[str]:
 _CLAUSE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=([a-z]+)\.(.*)$", re.DOTALL)
 
 
-def _parse_clause(clause: str) -> Condition:
+def _parse_clause(clause: str) -> Clause:
     match = _CLAUSE.match(clause)
     if match is None:
         raise InvalidFilter(
@@ -220,7 +236,7 @@ def _unquote(value: str) -> str:
     return value
 
 
-def _from_map_entry(column: Any, value: Any) -> Condition:
+def _from_map_entry(column: Any, value: Any) -> Clause:
     if not isinstance(column, str) or not column:
         raise InvalidFilter("filter keys must be column names")
     if isinstance(value, list):
@@ -246,7 +262,7 @@ def _from_map_entry(column: Any, value: Any) -> Condition:
     return _condition(column, "eq", [value])
 
 
-def _condition(column: str, op: str, values: Iterable[Any]) -> Condition:
+def _condition(column: str, op: str, values: Iterable[Any]) -> Clause:
     items = list(values)
     if op == "in":
         if not items:
@@ -257,10 +273,10 @@ def _condition(column: str, op: str, values: Iterable[Any]) -> Condition:
         word = str(items[0]).lower()
         if word not in IS_VALUES:
             raise InvalidFilter(f"'is' for {column!r} takes null, true or false; got {items[0]!r}")
-        return Condition(column, "is", (None if word == "null" else word,))
+        return (column, "is", (None if word == "null" else word,))
     for item in items:
         if isinstance(item, dict | list):
             raise InvalidFilter(f"filter value for {column!r} must be a scalar")
         if item is None and op != "in":
             raise InvalidFilter(f"use is.null to match nulls in {column!r}")
-    return Condition(column, op, tuple(canonical(item) for item in items))  # type: ignore[arg-type]
+    return (column, op, tuple(canonical(item) for item in items))  # type: ignore[return-value]
