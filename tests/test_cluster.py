@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +26,7 @@ import pytest
 import websockets
 
 from realtime_bridge.auth import Authenticator, Role
-from realtime_bridge.testing import RunningBridge
+from realtime_bridge.testing import JsonSocket, RunningBridge
 from tests.conftest import ROOT, BridgeFactory
 from tests.helpers import until
 from tests.redis_support import RedisProcess, free_port, redis_server
@@ -367,17 +368,89 @@ async def test_leader_failover_loses_and_duplicates_nothing(
             await until(lambda: len(inserted) > 150, timeout=20)
             leader.kill()
             killed = time.monotonic()
+            at_kill = follower.bridge.hub.head
             await until(lambda: follower.bridge.role == "leader", timeout=30)
             took = time.monotonic() - killed
+            # Changes flow again: something written after the kill was numbered and routed.
+            await until(lambda: follower.bridge.hub.head > at_kill + 10, timeout=30)
+            flowing = time.monotonic() - killed
             await until(lambda: len(inserted) > 450, timeout=20)
             stop.set()
             await asyncio.gather(*writers)
             changes = await ws.changes(len(inserted), timeout=30)
             assert await ws.silent(0.5)
-    print(f"\n{capture}: the follower took over {took * 1000:.0f} ms after the leader's SIGKILL")
+    print(
+        f"\n{capture}: the follower took the lead {took * 1000:.0f} ms after the leader's "
+        f"SIGKILL; changes flowed again after {flowing * 1000:.0f} ms"
+    )
     seqs = [c["seq"] for c in changes]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
     ids = [c["data"]["id"] for c in changes]
     assert sorted(ids) == sorted(inserted)
     assert len(set(ids)) == len(ids)
     assert took < 5
+
+
+async def test_three_instances_behind_haproxy(
+    cluster: Any, db: asyncpg.Connection, tmp_path: Any
+) -> None:
+    binary = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sbin")
+    if binary is None:
+        pytest.skip("haproxy is not installed (Debian: apt-get install haproxy)")
+    instances = [await cluster() for _ in range(3)]
+    port = free_port()
+    servers = "\n".join(
+        f"    server b{n} 127.0.0.1:{i.port} check inter 500ms" for n, i in enumerate(instances)
+    )
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(
+        "defaults\n    mode http\n    timeout connect 5s\n    timeout client 60s\n"
+        "    timeout server 60s\n    timeout tunnel 1h\n"
+        f"frontend public\n    bind 127.0.0.1:{port}\n    default_backend bridges\n"
+        "backend bridges\n    balance roundrobin\n    option httpchk GET /health\n"
+        f"{servers}\n"
+    )
+    proxy = subprocess.Popen([binary, "-db", "-f", str(config)])
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            assert proxy.poll() is None, "haproxy exited"
+            with contextlib.suppress(httpx.TransportError):
+                if (await health(port)).get("status") == "ok":
+                    break
+            assert time.monotonic() < deadline, "haproxy never answered"
+            await asyncio.sleep(0.1)
+        topic = "realtime:lb"
+        async with contextlib.AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(phx(port)) for _ in range(3)]
+            # Round robin: one socket on each instance.
+            await until(
+                lambda: [i.bridge.counters.connections_open for i in instances] == [1, 1, 1],
+                timeout=5,
+                what="one connection per instance",
+            )
+            for client in clients:
+                await client.join(topic, {"presence": {"enabled": True, "key": "k"}})
+            await clients[0].push(
+                topic, "broadcast", {"type": "broadcast", "event": "e", "payload": {"via": "lb"}}
+            )
+            for client in clients[1:]:
+                assert await broadcasts(client) == [{"via": "lb"}]
+            await clients[1].push(topic, "presence", {"event": "track", "payload": {"n": 1}})
+            for n in (0, 2):
+                await diff_naming(clients[n], "k", "joins")
+            url = f"ws://127.0.0.1:{port}/ws/db_subscriptions?apikey={token()}"
+            sockets = [
+                JsonSocket(await stack.enter_async_context(websockets.connect(url)))
+                for _ in range(3)
+            ]
+            for ws in sockets:
+                assert (await ws.subscribe(table="positions"))["type"] == "subscribed"
+            ids = [await db.fetchval(INSERT, "u1", f"L{n}", n + 1) for n in range(5)]
+            seen = [[(c["seq"], c["data"]["id"]) for c in await ws.changes(5)] for ws in sockets]
+            assert seen[0] == seen[1] == seen[2]
+            assert [row_id for _, row_id in seen[0]] == ids
+            assert [i.bridge.counters.connections_open for i in instances] == [2, 2, 2]
+    finally:
+        proxy.terminate()
+        proxy.wait(10)
