@@ -8,7 +8,7 @@ JS_STAMP := tests/js/node_modules/.installed
 
 .PHONY: run test lint typecheck pytest bench bench-quick migrate clean
 .PHONY: inspector inspector-typecheck example web
-.PHONY: js-test types client-build client-pack chromium docs
+.PHONY: js-test types client-build client-pack chromium cluster-tools docs
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "realtime-bridge needs Python 3.11+; set PYTHON=python3.11")'
@@ -71,7 +71,21 @@ chromium:
 
 web: inspector-typecheck example tests/browser/node_modules/.installed chromium  # for the browser tests
 
-pytest: $(STAMP) $(JS_STAMP) web
+# The multi-instance tests put HAProxy (Debian's) in front of three bridges, and run a
+# redis-server of their own: found on PATH (or /usr/sbin), else installed with apt-get as root.
+cluster-tools:
+	@for tool in haproxy:haproxy redis-server:redis-server; do \
+	  bin=$${tool%%:*}; pkg=$${tool##*:}; \
+	  if command -v $$bin >/dev/null 2>&1 || [ -x /usr/sbin/$$bin ]; then continue; fi; \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's $$pkg for the multi-instance tests (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pkg >/dev/null; \
+	  else \
+	    echo "make test needs $$bin for tests/test_cluster.py: install it (apt-get install $$pkg)" >&2; exit 1; \
+	  fi; \
+	done
+
+pytest: $(STAMP) $(JS_STAMP) web cluster-tools
 	$(BIN)/pytest -q
 
 test: lint typecheck docs js-test pytest  ## the whole suite, exactly what CI runs

@@ -25,6 +25,7 @@ from realtime_bridge.auth import (
     load_or_create_secret,
     project_keys,
 )
+from realtime_bridge.backplane import Backplane
 from realtime_bridge.change import Change
 from realtime_bridge.embedded import EmbeddedPostgres
 from realtime_bridge.errors import (
@@ -206,6 +207,14 @@ class Bridge:
         )
         # Private channels: realtime.messages policies, asked of this database.
         self.topic_policies = TopicPolicies(lambda: self.pool)
+        # Client broadcasts and presence across instances (REDIS_URL); None: this process only.
+        self.backplane: Backplane | None = (
+            Backplane(settings.redis_url, ttl=settings.backplane_ttl, prefix=settings.redis_prefix)
+            if settings.redis_url
+            else None
+        )
+        # The log's head as last read by `log_head()` (followers' lag).
+        self.log_head_seen: int | None = None
 
     def _jwt_secret(self) -> str:
         if self.settings.supabase_jwt_secret:
@@ -243,6 +252,9 @@ class Bridge:
 
     async def start(self) -> None:
         global _current
+        if self.backplane is not None:
+            # Not awaited: a Redis that is down makes the backplane degraded, not the start.
+            self._own("backplane", self.backplane.start())
         try:
             if self.hosted:
                 await self._start_hosted()
@@ -528,6 +540,8 @@ class Bridge:
         if _current is self:
             _current = None
         self.collector_timer.uninstall()
+        if self.backplane is not None:
+            await self.backplane.stop()
         if self.source is not None:
             await self.source.stop()
         if self.relay is not None:
@@ -816,10 +830,42 @@ class Bridge:
             else None,
             "source_status": status.to_json() if status is not None else None,
             "wal": source.stats() if isinstance(source, WalSource) else None,
+            **self.cluster(),
             "failed_tasks": dict(self._task_errors),
             "uptime_s": round(time.time() - self.started_at, 1),
         }
         return healthy, body
+
+    @property
+    def role(self) -> str:
+        """leader (numbers the log), follower (tails it), or standalone (no shared log)."""
+        if self.source is None or not self.source.durable:
+            return "standalone"
+        return "leader" if self.source.status.role == "sequencer" else "follower"
+
+    async def log_head(self, timeout: float = 1.0) -> int | None:
+        """The log's head seq (what the leader has numbered); None without the log or a reply."""
+        if not self._durable or self.pool is None:
+            return None
+        try:
+            async with asyncio.timeout(timeout):
+                head = await self.pool.fetchval("SELECT last_seq FROM realtime_bridge.sequencer")
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return None
+        self.log_head_seen = int(head)
+        return self.log_head_seen
+
+    def cluster(self) -> dict[str, Any]:
+        """This instance among the others: role, lag behind the log, backplane."""
+        head = self.log_head_seen
+        return {
+            "role": self.role,
+            "log_head": head,
+            "lag_seqs": max(head - self.hub.head, 0) if head is not None else None,
+            "backplane": self.backplane.to_json()
+            if self.backplane is not None
+            else {"state": "off"},
+        }
 
     def _database_kind(self) -> str:
         return "embedded" if self.embedded else "external"
@@ -855,6 +901,7 @@ class Bridge:
                 "feed": self.feed.status.to_json() if self.feed is not None else None,
             },
             "pnl": self.pnl.to_json() if self.pnl is not None else None,
+            **self.cluster(),
         }
 
     def encode(self, value: Any) -> bytes:

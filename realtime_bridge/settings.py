@@ -59,7 +59,24 @@ class Settings(BaseSettings):
     supabase_anon_key: str | None = None
     supabase_service_key: str | None = None
     supabase_jwt_secret: str | None = None
-    redis_url: str | None = None
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis carrying client broadcasts and presence across instances.",
+    )
+    redis_prefix: str = Field(
+        default="realtime-bridge",
+        min_length=1,
+        description="Prefix of the backplane's Redis keys and channel (one per deployment).",
+    )
+    backplane_ttl: float = Field(
+        default=6.0,
+        ge=0.3,
+        le=300,
+        description=(
+            "Seconds an instance's presences outlive its last heartbeat in Redis (refreshed "
+            "every third of it): a dead instance's members leave within about 4/3 of this."
+        ),
+    )
     realtime_bridge_url: str | None = Field(
         default=None, description="A bridge to publish to over HTTP (broadcast() from services)."
     )

@@ -131,7 +131,8 @@ def phoenix_state(app: Starlette) -> PhoenixState:
     """This app's shared state, made on first use."""
     state: PhoenixState | None = getattr(app.state, "phoenix", None)
     if state is None:
-        state = PhoenixState()
+        bridge: Bridge | None = getattr(app.state, "bridge", None)
+        state = PhoenixState(Rooms(bridge.backplane if bridge is not None else None))
         app.state.phoenix = state
     return state
 
@@ -692,7 +693,9 @@ class PhoenixSession(SocketSession):
         assert channel.room is not None
         if ack:
             self._reply(inbound, "ok")
-        channel.room.broadcast(
+        self.state.rooms.broadcast(
+            channel.private,
+            channel.sub_topic,
             push.event,
             raw,
             encoding,

@@ -147,9 +147,9 @@ async def _deliver(
         # Supabase skips a private message its sender may not write, and still says 202.
         bridge.counters.error("forbidden")
         return
-    room = phoenix_state(request.app).rooms.get(private, topic)
-    if room is not None:
-        room.broadcast(event, raw, encoding, meta={"id": message_id or str(uuid.uuid4())})
+    phoenix_state(request.app).rooms.broadcast(
+        private, topic, event, raw, encoding, meta={"id": message_id or str(uuid.uuid4())}
+    )
 
 
 async def _answer(request: Request, work: Callable[[Writers], Awaitable[None]]) -> Response:

@@ -7,6 +7,11 @@ the sender with `self`) and presence (`presence_state` once, then
 `presence_diff`). Each frame is encoded once per wire format and shared by
 every member. A member whose connection queue is full is cut off by its
 own connection (`slow_consumer`); nobody else waits for it.
+
+With a backplane (REDIS_URL, `realtime_bridge.backplane`) rooms span
+instances: local broadcasts and presence changes are published to the
+other instances, theirs are delivered here, and `presence_state` holds the
+members of every instance.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from realtime_bridge.backplane import Backplane, Presence
 from realtime_bridge.events import Frame
 from realtime_bridge.protocols.phoenix_wire import (
     JSON_ENCODING,
@@ -100,8 +106,13 @@ def broadcast_frames(
 class Room:
     """The members and presences of one topic."""
 
-    def __init__(self, topic: str) -> None:
+    def __init__(
+        self, topic: str, private: bool = False, backplane: Backplane | None = None
+    ) -> None:
         self.topic = topic
+        self.private = private
+        self.sub_topic = topic.removeprefix("realtime:")
+        self.backplane = backplane
         self.members: dict[Member, None] = {}
         self.presences: dict[Member, Tracked] = {}
 
@@ -128,7 +139,7 @@ class Room:
         include_sender: bool = False,
         meta: dict[str, Any] | None = None,
     ) -> int:
-        """Deliver one broadcast to the members; returns how many got it."""
+        """Deliver one broadcast to the members (not to other instances: `Rooms.broadcast`)."""
         frames = broadcast_frames(self.topic, event, raw, encoding, meta)
         delivered = 0
         for member in list(self.members):
@@ -146,6 +157,9 @@ class Room:
         grouped: dict[str, dict[str, list[dict[str, Any]]]] = {}
         for tracked in self.presences.values():
             grouped.setdefault(tracked.key, {"metas": []})["metas"].append(tracked.meta)
+        if self.backplane is not None:
+            for remote in self.backplane.presences(self.private, self.sub_topic):
+                grouped.setdefault(remote.key, {"metas": []})["metas"].append(remote.meta)
         return grouped
 
     def send_state(self, member: Member) -> None:
@@ -165,11 +179,25 @@ class Room:
             leaves = {old.key: {"metas": [old.meta]}}
         self.presences[member] = Tracked(key, payload, meta)
         self._diff({key: {"metas": [meta]}}, leaves)
+        self._publish_presence(key, meta, old)
 
     def untrack(self, member: Member) -> None:
         old = self.presences.pop(member, None)
         if old is not None:
             self._diff({}, {old.key: {"metas": [old.meta]}})
+            self._publish_presence(None, None, old)
+
+    def _publish_presence(
+        self, key: str | None, meta: dict[str, Any] | None, old: Tracked | None
+    ) -> None:
+        if self.backplane is None:
+            return
+        joins = (
+            [(meta["phx_ref"], Presence(self.private, self.sub_topic, key, meta))]
+            if key is not None and meta is not None
+            else []
+        )
+        self.backplane.publish_presence(joins, [old.meta["phx_ref"]] if old is not None else [])
 
     def _diff(self, joins: dict[str, Any], leaves: dict[str, Any]) -> None:
         body = orjson.dumps({"joins": joins, "leaves": leaves}).decode()
@@ -181,10 +209,13 @@ class Room:
 
 
 class Rooms:
-    """Every room of this process, by (private, sub-topic)."""
+    """Every room of this process, by (private, sub-topic); the backplane's sink."""
 
-    def __init__(self) -> None:
+    def __init__(self, backplane: Backplane | None = None) -> None:
         self._rooms: dict[tuple[bool, str], Room] = {}
+        self.backplane = backplane
+        if backplane is not None:
+            backplane.sink = self
 
     def get(self, private: bool, sub_topic: str) -> Room | None:
         return self._rooms.get((private, sub_topic))
@@ -192,7 +223,9 @@ class Rooms:
     def join(self, private: bool, sub_topic: str, member: Member) -> Room:
         room = self._rooms.get((private, sub_topic))
         if room is None:
-            room = self._rooms[(private, sub_topic)] = Room(f"realtime:{sub_topic}")
+            room = self._rooms[(private, sub_topic)] = Room(
+                f"realtime:{sub_topic}", private, self.backplane
+            )
         room.join(member)
         return room
 
@@ -206,6 +239,51 @@ class Rooms:
 
     def __len__(self) -> int:
         return len(self._rooms)
+
+    def broadcast(
+        self,
+        private: bool,
+        sub_topic: str,
+        event: str,
+        raw: bytes,
+        encoding: int,
+        *,
+        sender: Member | None = None,
+        include_sender: bool = False,
+        meta: dict[str, Any] | None = None,
+    ) -> int:
+        """A client broadcast: this instance's members, then every other instance's."""
+        room = self._rooms.get((private, sub_topic))
+        delivered = 0
+        if room is not None:
+            delivered = room.broadcast(
+                event, raw, encoding, sender=sender, include_sender=include_sender, meta=meta
+            )
+        if self.backplane is not None:
+            self.backplane.publish_broadcast(private, sub_topic, event, raw, encoding, meta)
+        return delivered
+
+    # the backplane's sink ----------------------------------------------------
+
+    def remote_broadcast(
+        self,
+        private: bool,
+        sub_topic: str,
+        event: str,
+        raw: bytes,
+        encoding: int,
+        meta: dict[str, Any] | None,
+    ) -> None:
+        room = self._rooms.get((private, sub_topic))
+        if room is not None:
+            room.broadcast(event, raw, encoding, meta=meta)
+
+    def remote_diff(
+        self, private: bool, sub_topic: str, joins: dict[str, Any], leaves: dict[str, Any]
+    ) -> None:
+        room = self._rooms.get((private, sub_topic))
+        if room is not None:
+            room._diff(joins, leaves)
 
 
 def generated_presence_key() -> str:

@@ -272,6 +272,7 @@ def _typed(bridge: Bridge, channel: str, row: dict[str, Any]) -> dict[str, Any]:
 async def health(request: Request) -> Response:
     """Open to everyone; error details only for the service key."""
     bridge = _bridge(request)
+    await bridge.log_head()
     healthy, body = bridge.health()
     try:
         await require_service(bridge, request)
@@ -279,6 +280,7 @@ async def health(request: Request) -> Response:
         if body.get("source_status"):
             body["source_status"].pop("last_error", None)
         body.pop("mode_detail", None)
+        body["backplane"].pop("last_error", None)
         body["failed_tasks"] = sorted(body["failed_tasks"])
     body["time"] = datetime.now(UTC).isoformat()
     return JSONResponse(body, status_code=200 if healthy else 503)
@@ -290,6 +292,7 @@ async def stats(request: Request) -> Response:
         await require_service(bridge, request)
     except ClientError as exc:
         return client_error_response(exc)
+    await bridge.log_head()
     return JSONResponse(bridge.stats())
 
 
