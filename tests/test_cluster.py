@@ -396,7 +396,7 @@ async def test_three_instances_behind_haproxy(
 ) -> None:
     binary = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sbin")
     if binary is None:
-        pytest.fail("haproxy is not installed: `make cluster-tools` (Debian: apt-get install haproxy)")
+        pytest.fail("haproxy is not installed: run `make cluster-tools` (apt-get install haproxy)")
     instances = [await cluster() for _ in range(3)]
     port = free_port()
     servers = "\n".join(
