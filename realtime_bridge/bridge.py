@@ -807,6 +807,10 @@ class Bridge:
             "channels": sorted(self.hub.channels),
             "relay": self.relay.to_json() if self.relay is not None else None,
             "wal": self.source.stats() if isinstance(self.source, WalSource) else None,
+            # The trigger path's sequencer: statements sent and NOTIFY wake-ups.
+            "sequencer": self.source.stats()
+            if isinstance(self.source, OutboxSource) and not isinstance(self.source, WalSource)
+            else None,
         }
 
     def encode(self, value: Any) -> bytes:
