@@ -193,9 +193,11 @@ class OutboxSource:
         self._lost = asyncio.Event()
         self._connections: set[asyncpg.Connection] = set()
         self._backoff = Backoff(first=0.1, cap=5.0)
-        # The sequencer's statements and the NOTIFY wake-ups it slept until (for the bench).
+        # The sequencer's statements, the NOTIFY wake-ups it slept until and its
+        # passes that found writers mid-transaction (for the bench).
         self.statements = 0
         self.wake_ups = 0
+        self.busy_polls = 0
 
     async def _default_connect(self, dsn: str) -> asyncpg.Connection:
         conn = await asyncpg.connect(dsn, timeout=10)
@@ -351,6 +353,7 @@ class OutboxSource:
                 # point); only a writer that stays open for long (a batch
                 # job on a tracked table) makes us slow down, to 5 ms.
                 idle_polls += 1
+                self.busy_polls += 1
                 await asyncio.sleep(0.001 if idle_polls < 50 else 0.005)
             else:
                 idle_polls = 0
@@ -384,7 +387,11 @@ class OutboxSource:
 
     def stats(self) -> dict[str, Any]:
         """The sequencer's statements and wake-ups so far (this instance, while it led)."""
-        return {"statements": self.statements, "wake_ups": self.wake_ups}
+        return {
+            "statements": self.statements,
+            "wake_ups": self.wake_ups,
+            "busy_polls": self.busy_polls,
+        }
 
     def _on_notify(self, *_args: Any) -> None:
         self._wake.set()
