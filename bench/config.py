@@ -11,6 +11,7 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 
 SCENARIOS = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8")
+CAPTURES = ("wal", "triggers")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,9 @@ class BenchConfig:
     wait_quiet: float  # wait up to this long for the machine to be quiet before starting
     count_queries: bool  # diagnostic: the main session's bridge talks to Postgres via the proxy
     scenarios: tuple[str, ...]
+    # The real bridge's main session (P1-P3, P6) runs once per capture, each on a
+    # fresh database, labelled real-wal / real-triggers.
+    captures: tuple[str, ...]
     output: Path
 
     @property
@@ -60,6 +64,16 @@ def _scenarios(text: str) -> tuple[str, ...]:
     return chosen
 
 
+def _captures(text: str) -> tuple[str, ...]:
+    chosen = tuple(dict.fromkeys(part.strip().lower() for part in text.split(",") if part.strip()))
+    unknown = [c for c in chosen if c not in CAPTURES]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(
+            f"unknown capture(s) {', '.join(unknown) or '(none)'}; choose from wal, triggers"
+        )
+    return chosen
+
+
 def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
@@ -77,6 +91,13 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
         type=_scenarios,
         default=SCENARIOS,
         help="comma-separated subset of P1..P8 (default all)",
+    )
+    parser.add_argument(
+        "--capture",
+        type=_captures,
+        default=CAPTURES,
+        help="comma-separated captures the real bridge's P1-P3/P6 session runs with, each on "
+        "a fresh database, side by side in the report (default wal,triggers)",
     )
     parser.add_argument("--reps", type=int, help="repetitions of P1/P3/P6 (default 3; quick 1)")
     parser.add_argument("--clients", type=int, help="P1-P3 sockets (default 5000; quick 1000)")
@@ -172,5 +193,6 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
         wait_quiet=args.wait_quiet,
         count_queries=args.count_queries,
         scenarios=args.scenario,
+        captures=args.capture,
         output=args.output,
     )

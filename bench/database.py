@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -153,9 +154,18 @@ async def _seed(dsn: str, users: int) -> None:
 class BenchDatabase(Managed):
     """Start (or create) the database, migrate it, seed it; undo all of it on exit."""
 
-    def __init__(self, workdir: Path, database_url: str | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        database_url: str | None = None,
+        *,
+        name: str | None = None,
+        server: BenchDatabase | None = None,
+    ) -> None:
         self.workdir = workdir
         self.database_url = database_url or None
+        self.name = name or f"rb_bench_{os.getpid()}"
+        self.server = server  # the database whose server this one shares (`sibling`)
         self.embedded: EmbeddedPostgres | None = None
         self.created: str | None = None
         self.admin_dsn: str | None = None
@@ -163,7 +173,14 @@ class BenchDatabase(Managed):
 
     @property
     def kind(self) -> str:
+        if self.server is not None:
+            return self.server.kind
         return "embedded" if self.embedded is not None else "DATABASE_URL"
+
+    def sibling(self, label: str) -> BenchDatabase:
+        """Another fresh database on the same server (migrated, bench schema; dropped on exit)."""
+        name = f"rb_bench_{label.replace('-', '_')}_{os.getpid()}"
+        return BenchDatabase(self.workdir, self.dsn, name=name, server=self)
 
     def start(self) -> None:
         if self.database_url is None:
@@ -171,7 +188,7 @@ class BenchDatabase(Managed):
             self.dsn = self.embedded.start()
         else:
             self.admin_dsn = self.database_url
-            name = f"rb_bench_{os.getpid()}"
+            name = self.name
             asyncio.run(
                 _execute(
                     self.admin_dsn,
@@ -216,6 +233,23 @@ class BenchDatabase(Managed):
         """
         return asyncio.run(_sequencing(self.dsn, after_id))
 
+    def wait_settled(self, limit: float) -> None:
+        """Wait (up to `limit` s) until every outbox row is numbered and the head stands still."""
+        deadline = time.monotonic() + limit
+        last: object = None
+        while time.monotonic() < deadline:
+            now = asyncio.run(
+                _fetchval(
+                    self.dsn,
+                    "SELECT (SELECT last_seq FROM realtime_bridge.sequencer)::text || '/' || "
+                    "(SELECT count(*) FROM realtime_bridge.outbox WHERE seq IS NULL)::text",
+                )
+            )
+            if now == last and str(now).endswith("/0"):
+                return
+            last = now
+            time.sleep(0.25)
+
     def version(self) -> str:
         return str(asyncio.run(_fetchval(self.dsn, "SHOW server_version")))
 
@@ -224,6 +258,8 @@ class BenchDatabase(Managed):
 
     def postmaster(self) -> psutil.Process | None:
         """The embedded server's postmaster (its CPU is reported); None for DATABASE_URL."""
+        if self.server is not None:
+            return self.server.postmaster()
         if self.embedded is None:
             return None
         pid_file = self.embedded.pgdata / "postmaster.pid"

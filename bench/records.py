@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from bench.config import BenchConfig
 from bench.report import Record, detail, median, ratio
-from bench.scenarios import Idle, Results, Run, Step
+from bench.scenarios import Idle, Leader, Results, Run, Step, is_real
 
 KIB = 1024
 
@@ -32,9 +32,56 @@ def _cpu_detail(scenario: str, kind: str, runs: list[Run]) -> Record:
     )
 
 
+def _labels(found: dict[str, object]) -> list[str]:
+    """The real bridge's labels in `found` (real-wal, real-triggers …), in run order."""
+    return [k for k in found if is_real(k)]
+
+
+def _leader_records(scenario: str, label: str, runs: list[Run]) -> list[Record]:
+    """The capturing leader's statements per change (and per wake-up on the trigger path)."""
+    counted = [r for r in runs if r.leader is not None]
+    if not counted:
+        return []
+    statements = sum(r.leader.statements for r in counted if r.leader is not None)
+    changes = max(sum(r.written.committed for r in counted), 1)
+    per_change = statements / changes
+    wal = all(r.leader is not None and r.leader.wake_ups is None for r in counted)
+    out = [
+        Record(
+            scenario,
+            f"{label}: leader statements per change",
+            per_change,
+            "statements",
+            "≤ 0.05" if wal else None,
+            _le(per_change, 0.05) if wal else None,
+        )
+    ]
+    if not wal:
+        wake_ups = sum(r.leader.wake_ups or 0 for r in counted if r.leader is not None)
+        busy = sum(r.leader.busy_polls for r in counted if r.leader is not None)
+        # Every pass is one statement: a NOTIFY wake-up, a busy poll (writers were
+        # mid-transaction) or a pass straight after one that numbered rows.
+        out.append(
+            detail(
+                scenario,
+                f"{label}: sequencer statements / NOTIFY wake-ups / busy polls",
+                f"{statements:,} / {wake_ups:,} / {busy:,}",
+                "statements / wake-ups / polls",
+            )
+        )
+    return out
+
+
 def p1_records(results: Results) -> list[Record]:
     out: list[Record] = []
-    real = results.p1.get("real", [])
+    for label in _labels(dict(results.p1)):
+        out += _p1_records(results, label)
+    return out
+
+
+def _p1_records(results: Results, label: str) -> list[Record]:
+    out: list[Record] = []
+    real = results.p1.get(label, [])
     floor = results.p1.get("floor", [])
     if not real:
         return out
@@ -47,7 +94,7 @@ def p1_records(results: Results) -> list[Record]:
     out += [
         Record(
             "P1",
-            "commit → client p50",
+            f"{label}: commit → client p50",
             p50,
             "ms",
             "≤ 5",
@@ -58,7 +105,7 @@ def p1_records(results: Results) -> list[Record]:
         ),
         Record(
             "P1",
-            "commit → client p99",
+            f"{label}: commit → client p99",
             p99,
             "ms",
             "≤ 25",
@@ -67,13 +114,13 @@ def p1_records(results: Results) -> list[Record]:
             ratio(p99, f99),
             p99_runs,
         ),
-        Record("P1", "events lost", lost, "frames", "0", lost == 0, floor_lost),
+        Record("P1", f"{label}: events lost", lost, "frames", "0", lost == 0, floor_lost),
     ]
     rel = ratio(p50, f50)
     out.append(
         Record(
             "P1",
-            "p50 ÷ floor p50",
+            f"{label}: p50 ÷ floor p50",
             rel,
             "×",
             "≤ 2",
@@ -83,8 +130,9 @@ def p1_records(results: Results) -> list[Record]:
             [round(r.p50 / f, 3) for r, f in _paired(real, floor) if r.p50 is not None and f],
         )
     )
-    out += _query_details("P1", "real", real)
-    for kind, runs in (("real", real), ("floor", floor)):
+    out += _leader_records("P1", label, real)
+    out += _query_details("P1", label, real)
+    for kind, runs in ((label, real), ("floor", floor)):
         if runs:
             out.append(_cpu_detail("P1", kind, runs))
             out.append(
@@ -98,12 +146,12 @@ def p1_records(results: Results) -> list[Record]:
                     "changes/s / frames",
                 )
             )
-            if kind == "real":
+            if is_real(kind):
                 seq = [r for r in runs if r.sequencing]
                 out.append(
                     detail(
                         "P1",
-                        "real: trigger → sequenced p50 / p99 (outbox timestamps)",
+                        f"{kind}: trigger → sequenced p50 / p99 (outbox timestamps)",
                         f"{_ms(median([_p(r.sequencing, 0.5) for r in seq]))} / "
                         f"{_ms(median([_p(r.sequencing, 0.99) for r in seq]))}",
                         "ms",
@@ -188,15 +236,40 @@ def _capacity(steps: list[Step]) -> tuple[float | None, bool]:
 
 def p2_records(results: Results, config: BenchConfig) -> list[Record]:
     out: list[Record] = []
-    real = results.p2.get("real", [])
+    labels = _labels(dict(results.p2))
+    for label in labels:
+        out += _p2_records(results, config, label)
+    fsteps = results.p2.get("floor", [])
+    for step in fsteps:
+        out.append(_p2_step_detail("floor", step))
+    _, ftopped = _capacity(fsteps)
+    if labels and ftopped:
+        out.append(detail("P2", "floor: ramp ended without failing", config.p2_rates[-1], "/s"))
+    return out
+
+
+def _p2_step_detail(kind: str, step: Step) -> Record:
+    run = step.run
+    return detail(
+        "P2",
+        f"{kind} @{step.rate:,.0f}/s: achieved / p50 / p99 / lost / server CPU",
+        f"{run.written.rate:,.0f} / {_ms(run.p50)} / {_ms(run.p99)} / {run.lost} / "
+        f"{run.cpu['server'] or 0:.0f}% → {'pass' if step.passed else 'FAIL'}",
+        "changes/s / ms / ms / frames",
+    )
+
+
+def _p2_records(results: Results, config: BenchConfig, label: str) -> list[Record]:
+    out: list[Record] = []
+    real = results.p2.get(label, [])
     if not real:
         return out
     cap, topped = _capacity(real)
-    fcap, ftopped = _capacity(results.p2.get("floor", []))
+    fcap, _ = _capacity(results.p2.get("floor", []))
     out.append(
         Record(
             "P2",
-            "capacity with p99 ≤ 100 ms" + (" (ramp top)" if topped else ""),
+            f"{label}: capacity with p99 ≤ 100 ms" + (" (ramp top)" if topped else ""),
             cap,
             "changes/s",
             "≥ 5,000",
@@ -205,22 +278,14 @@ def p2_records(results: Results, config: BenchConfig) -> list[Record]:
             ratio(cap, fcap),
         )
     )
-    for kind in ("real", "floor"):
-        for step in results.p2.get(kind, []):
-            run = step.run
-            out.append(
-                detail(
-                    "P2",
-                    f"{kind} @{step.rate:,.0f}/s: achieved / p50 / p99 / lost / server CPU",
-                    f"{run.written.rate:,.0f} / {_ms(run.p50)} / {_ms(run.p99)} / {run.lost} / "
-                    f"{run.cpu['server'] or 0:.0f}% → {'pass' if step.passed else 'FAIL'}",
-                    "changes/s / ms / ms / frames",
-                )
-            )
     for step in real:
-        out += _query_details("P2", f"real @{step.rate:,.0f}/s", [step.run])
-    if ftopped:
-        out.append(detail("P2", "floor: ramp ended without failing", config.p2_rates[-1], "/s"))
+        out.append(_p2_step_detail(label, step))
+    for step in real:
+        out += [
+            detail(r.scenario, f"@{step.rate:,.0f}/s {r.metric}", r.value, r.unit)
+            for r in _leader_records("P2", label, [step.run])
+        ]
+        out += _query_details("P2", f"{label} @{step.rate:,.0f}/s", [step.run])
     return out
 
 
@@ -230,7 +295,14 @@ def _ms(value: float | None) -> str:
 
 def p3_records(results: Results) -> list[Record]:
     out: list[Record] = []
-    real = results.p3.get("real", [])
+    for label in _labels(dict(results.p3)):
+        out += _p3_records(results, label)
+    return out
+
+
+def _p3_records(results: Results, label: str) -> list[Record]:
+    out: list[Record] = []
+    real = results.p3.get(label, [])
     floor = results.p3.get("floor", [])
     if not real:
         return out
@@ -240,7 +312,7 @@ def p3_records(results: Results) -> list[Record]:
     out.append(
         Record(
             "P3",
-            "delivered events/s",
+            f"{label}: delivered events/s",
             rate,
             "frames/s",
             "≥ 0.8 × floor",
@@ -254,7 +326,7 @@ def p3_records(results: Results) -> list[Record]:
     out.append(
         Record(
             "P3",
-            "events lost",
+            f"{label}: events lost",
             lost,
             "frames",
             "0",
@@ -262,7 +334,7 @@ def p3_records(results: Results) -> list[Record]:
             sum(r.lost for r in floor) if floor else None,
         )
     )
-    for kind, kruns in (("real", real), ("floor", floor)):
+    for kind, kruns in ((label, real), ("floor", floor)):
         if kruns:
             out.append(_cpu_detail("P3", kind, kruns))
             out.append(
@@ -391,9 +463,22 @@ def p5_records(results: Results, config: BenchConfig, fd_limits: str) -> list[Re
 
 def p6_records(results: Results) -> list[Record]:
     out: list[Record] = []
-    for rows, label, goal in ((1, "single-row INSERT txns", 0.6), (100, "100-row INSERTs", 0.8)):
-        plain = results.p6.get(f"plain-{rows}", [])
-        tracked = results.p6.get(f"tracked-{rows}", [])
+    labels = list(dict.fromkeys(key.split(":", 1)[0] for key in results.p6))
+    for kind in labels:
+        out += _p6_records(results, kind)
+    return out
+
+
+# P6 targets: the capture's INSERT rows/s ÷ plain, single-row and 100-row.
+P6_GOALS = {"real-wal": (0.9, 0.6), "real-triggers": (0.6, 0.8)}
+
+
+def _p6_records(results: Results, kind: str) -> list[Record]:
+    out: list[Record] = []
+    one, many = P6_GOALS.get(kind, (0.6, 0.8))
+    for rows, label, goal in ((1, "single-row INSERT txns", one), (100, "100-row INSERTs", many)):
+        plain = results.p6.get(f"{kind}:plain-{rows}", [])
+        tracked = results.p6.get(f"{kind}:tracked-{rows}", [])
         if not plain or not tracked:
             continue
         value = median(tracked)
@@ -402,7 +487,7 @@ def p6_records(results: Results) -> list[Record]:
         out.append(
             Record(
                 "P6",
-                f"{label}: captured (floor = not captured)",
+                f"{kind}: {label}: captured (floor = not captured)",
                 value,
                 "rows/s",
                 f"≥ {goal} × floor",
@@ -412,7 +497,17 @@ def p6_records(results: Results) -> list[Record]:
                 [round(v, 1) for v in tracked],
             )
         )
+        spent = results.p6_leader.get(f"{kind}:tracked-{rows}")
+        if spent is not None:
+            out.append(_p6_leader_detail(kind, label, *spent))
     return out
+
+
+def _p6_leader_detail(kind: str, label: str, spent: Leader, rows: int) -> Record:
+    text = f"{spent.statements / max(rows, 1):.4f}"
+    if spent.wake_ups is not None:
+        text += f" ({spent.wake_ups:,} NOTIFY wake-ups, {spent.busy_polls:,} busy polls)"
+    return detail("P6", f"{kind}: {label}: leader statements per captured row", text, "")
 
 
 def p7_records(results: Results) -> list[Record]:

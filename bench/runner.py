@@ -25,6 +25,7 @@ from bench.report import Record, detail, machine_records, render_details, render
 from bench.scenarios import (
     Environment,
     Results,
+    capture_session,
     fd_note,
     idle_session,
     main_session,
@@ -49,6 +50,7 @@ def _describe(config: BenchConfig) -> str:
         f"× {config.p2_step:g} s, P3 bursts of {config.p3_events} changes; P4/P5 "
         f"{config.idle_clients:,} idle clients held {config.hold:g} s"
         + (f", stretch to {config.stretch:,}" if config.stretch else "")
+        + f"; captures {', '.join(config.captures)}"
         + f"; {config.reps} repetition(s); {config.client_processes} client processes"
     )
 
@@ -119,7 +121,13 @@ def run(config: BenchConfig, results: Results) -> list[Record]:
                 pin_postgres(env)
                 steps: list[tuple[str, Callable[[], None]]] = []
                 if config.wants("P1", "P2", "P3", "P6"):
-                    steps.append(("real", lambda: main_session(env, "real")))
+                    for capture in config.captures:
+                        steps.append(
+                            (
+                                f"real-{capture}",
+                                lambda capture=capture: capture_session(env, capture),  # type: ignore[misc]
+                            )
+                        )
                 if config.wants("P1", "P2", "P3", "P8"):
                     steps.append(("floor", lambda: main_session(env, "floor")))
                 if config.wants("P8"):
@@ -148,6 +156,10 @@ def run(config: BenchConfig, results: Results) -> list[Record]:
 NOTES = """\
 "not ours": CPU the machine spent outside the benchmark's processes during the window
   (other work on the box); when it is large, every figure is disturbed.
+real-wal / real-triggers: the real bridge with CAPTURE=wal / triggers, each on a fresh
+  database (same server, same clients); "leader statements/change": statements the
+  capturing leader sent (/api/stats "wal" or "sequencer"; the WAL replication stream is
+  not a statement), divided by the changes committed; per wake-up on the trigger path.
 latency: client receive time − the writer's time.time() right after its COMMIT returned
   (same machine, same clock). floor: trigger + pg_notify (a small ready-made frame) →
   asyncpg LISTEN → bare `websockets` broadcast, same clients, same writer, same run.

@@ -6,7 +6,9 @@ against the real bridge (``real``), the raw floor (``floor``) and the naive
 approach (``naive``); figures are compared in `bench.records`.
 
 * main session (real, floor): P1 per-user latency, P2 capacity ramp, P3
-  fan-out burst, and (real only, no clients) P6 capture cost;
+  fan-out burst, and (real only, no clients) P6 capture cost; the real
+  bridge's runs once per capture (``real-wal``, ``real-triggers``: CAPTURE
+  set in its environment), each on a fresh database with a writer of its own;
 * naive session: P1 and P3 again, then the 5-second polling clients (P8);
 * idle session (real, through the counting proxy): P4 memory, P5 hold
   with heartbeats (P7 idle queries counted meanwhile), the same write load
@@ -75,6 +77,9 @@ class Run:
     closed_early: int = 0  # sockets the server closed (cumulative for the open sockets)
     closed_example: str | None = None
     queries: Snapshot | None = None  # what the bridge sent to Postgres (through the proxy)
+    # real: the leader's own statements during the run and (triggers) its NOTIFY wake-ups,
+    # from /api/stats ("wal" or "sequencer")
+    leader: Leader | None = None
     # real: full GC passes and their seconds during the run, longest loop stall so far
     pauses: dict[str, float] | None = None
 
@@ -105,6 +110,58 @@ class Run:
         if last is None or last <= self.written.started:
             return None
         return self.distinct / (last - self.written.started)
+
+
+@dataclass(frozen=True)
+class Leader:
+    """The capturing leader's statements (and trigger-path wake-ups), from /api/stats."""
+
+    statements: int
+    wake_ups: int | None  # NOTIFY wake-ups; None: the WAL leader (no wake-ups)
+    busy_polls: int = 0  # trigger path: passes that found writers mid-transaction
+
+    def minus(self, earlier: Leader) -> Leader:
+        return self.plus(earlier, -1)
+
+    def plus(self, other: Leader, sign: int = 1) -> Leader:
+        wake_ups = (
+            None
+            if self.wake_ups is None or other.wake_ups is None
+            else self.wake_ups + sign * other.wake_ups
+        )
+        return Leader(
+            self.statements + sign * other.statements,
+            wake_ups,
+            self.busy_polls + sign * other.busy_polls,
+        )
+
+
+def leader_counts(server: ServerProcess) -> Leader | None:
+    """The leader's counters now (None: not a bridge, or it has no outbox leader)."""
+    if not isinstance(server, BridgeServer):
+        return None
+    stats = server.stats()
+    wal = stats.get("wal")
+    if isinstance(wal, dict) and "statements" in wal:
+        return Leader(int(wal["statements"]), None)
+    sequencer = stats.get("sequencer")
+    if isinstance(sequencer, dict) and "statements" in sequencer:
+        return Leader(
+            int(sequencer["statements"]),
+            int(sequencer.get("wake_ups", 0)),
+            int(sequencer.get("busy_polls", 0)),
+        )
+    return None
+
+
+def is_real(kind: str) -> bool:
+    """The real bridge, whatever its capture ("real", "real-wal", "real-triggers")."""
+    return kind == "real" or kind.startswith("real-")
+
+
+def capture_of(kind: str) -> str | None:
+    """The CAPTURE of a real kind ("real-wal" → "wal"; "real" → None, the default)."""
+    return kind.split("-", 1)[1] if kind.startswith("real-") else None
 
 
 @dataclass
@@ -156,7 +213,10 @@ class Results:
     p1: dict[str, list[Run]] = field(default_factory=dict)
     p2: dict[str, list[Step]] = field(default_factory=dict)
     p3: dict[str, list[Run]] = field(default_factory=dict)
-    p6: dict[str, list[float]] = field(default_factory=dict)  # "plain-1" → rows/s per run
+    # "real-wal:plain-1" → rows/s per run
+    p6: dict[str, list[float]] = field(default_factory=dict)
+    # "real-wal:tracked-100" → the leader's counters over the captured runs, rows captured
+    p6_leader: dict[str, tuple[Leader, int]] = field(default_factory=dict)
     idle: dict[str, Idle] = field(default_factory=dict)
     ours_under_poll_load: tuple[Run, Snapshot, float] | None = None  # run, statements, window
     polling: Polling | None = None
@@ -254,9 +314,10 @@ def run_load(
     if profile is not None:
         profiler = Profiler(server.pid, PROFILES / f"profile-{profile}.txt")
         profiler.start()
-    outbox_before = env.db.outbox_head() if kind == "real" else None
-    proxy = env.proxy if kind == "real" else None
+    outbox_before = env.db.outbox_head() if is_real(kind) else None
+    proxy = env.proxy if is_real(kind) else None
     queries_before = proxy.snapshot() if proxy is not None else None
+    leader_before = leader_counts(server)
     pauses_before = server.pauses() if isinstance(server, BridgeServer) else None
     before = _cpu(env, server)
     env.writer.start_update(plan)
@@ -267,6 +328,7 @@ def run_load(
     backlog_limit = max(plan.duration * 3, expected / 5000) + 30
     _drain(env.fleet, expected, idle=env.config.drain_idle, limit=backlog_limit)
     after = _cpu(env, server)
+    leader_after = leader_counts(server)
     pauses = _pauses(pauses_before, server.pauses()) if isinstance(server, BridgeServer) else None
     queries = (
         proxy.snapshot().minus(queries_before)
@@ -296,6 +358,9 @@ def run_load(
         closed_example=health.closed_examples[0] if health.closed_examples else None,
         queries=queries,
         pauses=pauses,
+        leader=leader_after.minus(leader_before)
+        if leader_after is not None and leader_before is not None
+        else None,
     )
 
 
@@ -337,6 +402,17 @@ def _describe(run: Run) -> str:
         + (
             f"; {run.queries.statements / max(run.written.committed, 1):.1f} statements/change"
             if run.queries is not None
+            else ""
+        )
+        + (
+            f"; leader {run.leader.statements / max(run.written.committed, 1):.3f} "
+            "statements/change"
+            + (
+                f" ({run.leader.wake_ups:,} NOTIFY wake-ups, {run.leader.busy_polls:,} busy polls)"
+                if run.leader.wake_ups is not None
+                else ""
+            )
+            if run.leader is not None
             else ""
         )
         + (
@@ -399,16 +475,34 @@ def _open(env: Environment, server: ServerProcess, specs: list[SocketSpec], labe
 def _server(env: Environment, kind: str, dsn: str | None = None) -> ServerProcess:
     log = env.workdir / f"{kind}-{time.monotonic_ns()}.log"
     cpus = env.place.server
-    if kind == "real":
-        return BridgeServer(dsn or env.db.dsn, log, cpus)
+    if is_real(kind):
+        return BridgeServer(dsn or env.db.dsn, log, cpus, capture_of(kind))
     if kind == "floor":
         return FloorServer(dsn or env.db.dsn, log, cpus)
     raise ValueError(kind)
 
 
+def capture_session(env: Environment, capture: str) -> None:
+    """The real bridge's main session with CAPTURE=`capture`, on a fresh database.
+
+    A database of its own (same server): neither capture inherits the other's
+    outbox, slot or triggers; the writer's connections go to it as well.
+    """
+    label = f"real-{capture}"
+    with env.db.sibling(label) as db:
+        db.seed(max(env.config.clients, 1))
+        with Writer(env.ctx, db.dsn, env.config.writer_connections, env.place.load) as writer:
+            main_db, main_writer = env.db, env.writer
+            env.db, env.writer = db, writer
+            try:
+                main_session(env, label)
+            finally:
+                env.db, env.writer = main_db, main_writer
+
+
 def main_session(env: Environment, kind: str) -> None:
     """P1, P2, P3 (and P6 for the real bridge) against one server."""
-    if kind == "real" and env.config.count_queries:
+    if is_real(kind) and env.config.count_queries:
         # Diagnostic: the bridge's database traffic through the counting proxy
         # (one more hop on every round trip, so latencies grow a little).
         with CountingProxy(env.ctx, host_port(env.db.dsn), env.place.load) as proxy:
@@ -429,8 +523,8 @@ def _main_session(env: Environment, kind: str, dsn: str | None) -> None:
             per_user(env, server, kind, ramp=config.wants("P2"), p1=config.wants("P1"))
         if config.wants("P3"):
             fan_out(env, server, kind)
-        if kind == "real" and config.wants("P6"):
-            capture_cost(env)
+        if is_real(kind) and config.wants("P6"):
+            capture_cost(env, server, kind)
         if isinstance(server, BridgeServer):
             stats = server.stats()
             slow = (stats.get("dropped") or {}).get("slow_consumers")
@@ -450,7 +544,7 @@ def per_user(
     if p1:
         for rep in range(config.reps):
             plan = UpdatePlan(
-                target="floor" if kind != "real" else "real",
+                target="real" if is_real(kind) else "floor",
                 base=env.base(int(config.p1_rate * config.p1_duration)),
                 users=n,
                 rate=config.p1_rate,
@@ -458,7 +552,7 @@ def per_user(
                 max_events=int(config.p1_rate * config.p1_duration),
                 connections=config.writer_connections,
             )
-            profile = "P1" if config.profile and kind == "real" and rep == 0 else None
+            profile = f"P1-{kind}" if config.profile and is_real(kind) and rep == 0 else None
             run = run_load(env, server, plan, 1, kind=kind, profile=profile)
             env.results.p1.setdefault(kind, []).append(run)
             say(f"{kind} P1 #{rep + 1}", _describe(run))
@@ -467,7 +561,7 @@ def per_user(
         for rate in config.p2_rates:
             count = int(rate * config.p2_step)
             plan = UpdatePlan(
-                target="floor" if kind != "real" else "real",
+                target="real" if is_real(kind) else "floor",
                 base=env.base(count),
                 users=n,
                 rate=rate,
@@ -499,7 +593,7 @@ def fan_out(env: Environment, server: ServerProcess, kind: str) -> None:
     time.sleep(0.5)
     for rep in range(config.reps):
         plan = UpdatePlan(
-            target="floor" if kind != "real" else "real",
+            target="real" if is_real(kind) else "floor",
             base=env.base(config.p3_events),
             users=n,
             rate=0,
@@ -507,7 +601,7 @@ def fan_out(env: Environment, server: ServerProcess, kind: str) -> None:
             max_events=config.p3_events,
             connections=config.writer_connections,
         )
-        profile = "P3" if config.profile and kind == "real" and rep == 0 else None
+        profile = f"P3-{kind}" if config.profile and is_real(kind) and rep == 0 else None
         run = run_load(env, server, plan, n, kind=kind, profile=profile)
         env.results.p3.setdefault(kind, []).append(run)
         say(f"{kind} P3 #{rep + 1}", _describe(run))
@@ -515,7 +609,7 @@ def fan_out(env: Environment, server: ServerProcess, kind: str) -> None:
     env.fleet.close_sockets()
 
 
-def capture_cost(env: Environment) -> None:
+def capture_cost(env: Environment, server: ServerProcess, kind: str) -> None:
     """P6: INSERT throughput into a plain and a captured table (the bridge is running)."""
     config = env.config
     connections = min(8, config.writer_connections)
@@ -524,18 +618,40 @@ def capture_cost(env: Environment) -> None:
             # Alternate the order so neither table always goes first.
             order = ("plain", "tracked") if rep % 2 == 0 else ("tracked", "plain")
             for table in order:
+                before = leader_counts(server) if table == "tracked" else None
                 result = env.writer.insert(
                     InsertPlan(f"bench.capture_{table}", rows, config.p6_duration, connections)
                 )
+                if before is not None:
+                    _p6_leader(env, server, f"{kind}:{table}-{rows}", before, result.rows)
                 if result.errors:
-                    env.results.problems.append(f"P6 {table}: {'; '.join(result.errors[:2])}")
-                env.results.p6.setdefault(f"{table}-{rows}", []).append(result.rows_per_second)
+                    env.results.problems.append(
+                        f"P6 {kind} {table}: {'; '.join(result.errors[:2])}"
+                    )
+                env.results.p6.setdefault(f"{kind}:{table}-{rows}", []).append(
+                    result.rows_per_second
+                )
                 say(
-                    f"P6 {table} ×{rows}",
+                    f"{kind} P6 {table} ×{rows}",
                     f"{result.rows:,} rows in {result.seconds:.1f} s = "
                     f"{result.rows_per_second:,.0f} rows/s",
                 )
                 time.sleep(0.3)
+
+
+def _p6_leader(
+    env: Environment, server: ServerProcess, key: str, before: Leader, rows: int
+) -> None:
+    """Add the leader's statements for `rows` captured rows, once it has caught up."""
+    env.db.wait_settled(limit=30)
+    after = leader_counts(server)
+    if after is None:
+        return
+    spent = after.minus(before)
+    known = env.results.p6_leader.get(key)
+    env.results.p6_leader[key] = (
+        (spent, rows) if known is None else (known[0].plus(spent), known[1] + rows)
+    )
 
 
 def naive_session(env: Environment) -> None:

@@ -169,9 +169,12 @@ class BridgeServer(ServerProcess):
 
     name = "bridge"
 
-    def __init__(self, dsn: str, log_path: Path, cpus: list[int] | None) -> None:
+    def __init__(
+        self, dsn: str, log_path: Path, cpus: list[int] | None, capture: str | None = None
+    ) -> None:
         super().__init__(log_path, cpus)
         self.dsn = dsn
+        self.capture = capture  # CAPTURE (None: the bridge's default, auto)
         # The bridge refuses clients without a key: give it a secret of our
         # own and sign keys with it (what `realtime-bridge keys` does).
         self.jwt_secret = secrets.token_urlsafe(32)
@@ -200,6 +203,7 @@ class BridgeServer(ServerProcess):
             "MIGRATE_ON_START": "false",
             # Every bench client connects from loopback.
             "MAX_CONNECTIONS_PER_IP": "1000000",
+            **({"CAPTURE": self.capture} if self.capture else {}),
         }
 
     def ready(self, http: httpx.Client) -> str | None:

@@ -902,6 +902,10 @@ class Bridge:
             },
             "pnl": self.pnl.to_json() if self.pnl is not None else None,
             **self.cluster(),
+            # The trigger path's sequencer: statements sent and NOTIFY wake-ups.
+            "sequencer": self.source.stats()
+            if isinstance(self.source, OutboxSource) and not isinstance(self.source, WalSource)
+            else None,
         }
 
     def encode(self, value: Any) -> bytes:

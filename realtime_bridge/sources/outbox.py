@@ -14,7 +14,12 @@ lock (``realtime_bridge.wake_key()``). A writer's trigger sends NOTIFY only
 when it cannot take that lock shared, i.e. only while the sequencer sleeps.
 Before sleeping the sequencer takes the lock (if it cannot, writers are
 active: it drains again after a short pause) and then drains once more;
-dropping that final drain strands rows.
+dropping that final drain strands rows. One pass (release the lock after a
+wake-up, number, try the lock, the final drain) is one round trip:
+``realtime_bridge.sequence_pass()``, whose final drain is a statement of its
+own and so sees everything committed before the lock was taken. A database
+migrated before that function existed gets the same protocol in separate
+statements.
 
 A dropped connection or a Postgres restart is survived by reconnecting with
 backoff and resuming from the last seq handed on; nothing committed in the
@@ -59,7 +64,8 @@ HAND_ON_SLICE = 200
 # The most changes one outbox row holds (a statement-level chunk).
 MAX_CHANGES_PER_ROW = 1000
 
-# One pass of the sequencer. Visible unnumbered rows are taken in id order,
+# One pass of the sequencer (the same as realtime_bridge.sequence_rows(), for a
+# database migrated before sequence_pass() existed). Visible unnumbered rows are taken in id order,
 # up to about $1 changes (at least one row); a row of n changes gets n
 # consecutive seqs. `batch` is bounded and materialised; the counter row is
 # touched only when there is something to number, so an idle pass writes
@@ -89,6 +95,13 @@ FROM batch, counter, wake
 WHERE o.id = batch.id
 RETURNING {_COLUMNS}
 """
+
+# One pass of the sequencer in one round trip (see the migration defining
+# it): the rows it numbered, then a state row (seq NULL) whose `event` says
+# whether we now hold the wake lock ('asleep'), hold nothing and should call
+# again ('awake') or hold nothing because writers are mid-transaction ('busy').
+PASS_SQL = "SELECT * FROM realtime_bridge.sequence_pass($1, $2)"
+PASS_FUNCTION = "realtime_bridge.sequence_pass(integer,boolean)"
 
 # Rows holding any seq in ($1, $2]; a batch row may start up to
 # MAX_CHANGES_PER_ROW - 1 before $1, which keeps the seq index usable.
@@ -180,6 +193,11 @@ class OutboxSource:
         self._lost = asyncio.Event()
         self._connections: set[asyncpg.Connection] = set()
         self._backoff = Backoff(first=0.1, cap=5.0)
+        # The sequencer's statements, the NOTIFY wake-ups it slept until and its
+        # passes that found writers mid-transaction (for the bench).
+        self.statements = 0
+        self.wake_ups = 0
+        self.busy_polls = 0
 
     async def _default_connect(self, dsn: str) -> asyncpg.Connection:
         conn = await asyncpg.connect(dsn, timeout=10)
@@ -291,23 +309,64 @@ class OutboxSource:
         self.status.role = "sequencer"
         # Pin the plan: the batch is small, so a nested loop over the
         # primary key is always right; a large analysed outbox can otherwise
-        # tempt the planner into a full merge join.
-        await conn.execute("SET enable_mergejoin = off; SET enable_hashjoin = off")
+        # tempt the planner into a full merge join. READ COMMITTED: the final
+        # drain inside sequence_pass() needs a snapshot of its own.
+        await conn.execute(
+            "SET enable_mergejoin = off; SET enable_hashjoin = off; "
+            "SET default_transaction_isolation = 'read committed'"
+        )
         await conn.add_listener(WAKE_CHANNEL, self._on_notify)
         await self._catch_up(conn)
         self._connected()
         logger.info("outbox source connected as sequencer at seq %s", self.status.last_seq)
-        wake_key = await conn.fetchval("SELECT realtime_bridge.wake_key()")
+        wake_key, one_trip = await conn.fetchrow(
+            "SELECT realtime_bridge.wake_key(), to_regprocedure($1) IS NOT NULL", PASS_FUNCTION
+        )
+        if one_trip:
+            await self._lead_in_one_trip(conn)
+        else:
+            await self._lead_in_statements(conn, wake_key)
+
+    async def _lead_in_one_trip(self, conn: asyncpg.Connection) -> None:
+        """Sequence with one statement per pass: per wake-up, or per poll while writers are busy."""
+        holding = False  # the wake lock (we sleep holding it)
+        idle_polls = 0
+        while True:
+            # A NOTIFY from now on may be a writer this pass does not see.
+            self._wake.clear()
+            self.statements += 1
+            rows = await conn.fetch(PASS_SQL, self.batch_size, holding)
+            if not rows or rows[-1]["seq"] is not None:
+                raise RuntimeError("realtime_bridge.sequence_pass() returned no state row")
+            state = rows[-1]["event"]
+            holding = state == "asleep"
+            await self._hand_on(rows[:-1])
+            if state == "asleep":
+                # Nothing left that did not notify: wait for a NOTIFY (at once
+                # if one came during the pass); the next pass lets go of the lock.
+                await self._sleep()
+                self.wake_ups += 1
+                idle_polls = 0
+            elif state == "busy":
+                # Writers hold the shared lock: they are mid-transaction and
+                # did not notify. Look again in a millisecond (latency is the
+                # point); only a writer that stays open for long (a batch
+                # job on a tracked table) makes us slow down, to 5 ms.
+                idle_polls += 1
+                self.busy_polls += 1
+                await asyncio.sleep(0.001 if idle_polls < 50 else 0.005)
+            else:
+                idle_polls = 0
+
+    async def _lead_in_statements(self, conn: asyncpg.Connection, wake_key: int) -> None:
+        """The same protocol without sequence_pass() (a database not migrated since)."""
         idle_polls = 0
         while True:
             if await self._sequence(conn):
                 idle_polls = 0
                 continue
+            self.statements += 1
             if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", wake_key):
-                # Writers hold the shared lock: they are mid-transaction and
-                # did not notify. Look again in a millisecond (latency is the
-                # point); only a writer that stays open for long (a batch
-                # job on a tracked table) makes us slow down, to 5 ms.
                 idle_polls += 1
                 await asyncio.sleep(0.001 if idle_polls < 50 else 0.005)
                 continue
@@ -315,13 +374,24 @@ class OutboxSource:
             # The final drain: rows committed before we took the lock.
             if not await self._sequence(conn):
                 await self._sleep()
+                self.wake_ups += 1
+            self.statements += 1
             await conn.fetchval("SELECT pg_advisory_unlock($1)", wake_key)
             idle_polls = 0
 
     async def _sequence(self, conn: asyncpg.Connection) -> bool:
+        self.statements += 1
         rows = await conn.fetch(SEQUENCE_SQL, self.batch_size)
         await self._hand_on(rows)
         return bool(rows)
+
+    def stats(self) -> dict[str, Any]:
+        """The sequencer's statements and wake-ups so far (this instance, while it led)."""
+        return {
+            "statements": self.statements,
+            "wake_ups": self.wake_ups,
+            "busy_polls": self.busy_polls,
+        }
 
     def _on_notify(self, *_args: Any) -> None:
         self._wake.set()
