@@ -41,7 +41,7 @@ export function freePort(): Promise<number> {
 }
 
 /**
- * The environment of a bridge on `dataDir`: our plugins, the testing API, and
+ * The environment of a bridge on `dataDir`: our plugins with their demo tables, the testing API, and
  * `databaseUrl` or else the embedded Postgres (nothing from the caller's shell).
  */
 export function bridgeEnv(dataDir: string, databaseUrl?: string): NodeJS.ProcessEnv {
@@ -57,6 +57,8 @@ export function bridgeEnv(dataDir: string, databaseUrl?: string): NodeJS.Process
     DATA_DIR: dataDir,
     PLUGIN_PATHS: join(REPO, "plugins"),
     ENABLE_TESTING_API: "true",
+    // The tests drive the bundled trading plugins: their tables, in any database.
+    DEMO_SCHEMA: "true",
     LOG_LEVEL: "WARNING",
     ...(databaseUrl !== undefined && { DATABASE_URL: databaseUrl }),
   };
