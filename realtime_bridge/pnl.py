@@ -131,7 +131,9 @@ class LivePnL:
             # The missing table itself is reported once, by the bridge.
             logger.info("live P&L is off: it needs public.positions and public.portfolio_snapshots")
             return
-        except asyncpg.InsufficientPrivilegeError as exc:
+        except (asyncpg.UndefinedColumnError, asyncpg.InsufficientPrivilegeError) as exc:
+            # Tables of another shape than the demo's (or not readable): P&L stays off,
+            # the service starts.
             logger.info("live P&L is off: %s", exc)
             return
         for row in rows:
