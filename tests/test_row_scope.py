@@ -143,9 +143,15 @@ async def check_every_path(
                 lambda: sum(f["type"] != "db_change" for f in ws_seen) >= len(CHANNELS),
                 what="the subscriptions",
             )
+            head_before = bridge.bridge.hub.head
             await insert_owned(db, owners)
-            last = await db.fetchval("SELECT max(seq) FROM realtime_bridge.outbox")
-            assert await bridge.bridge.hub.wait_for_head(int(last or 0), timeout=10)
+            # Every inserted row numbered and routed: the log's max(seq) right after the
+            # commits may not include them yet (the WAL leader, or the sequencer, is async).
+            inserted = 0
+            for t in COLUMN_TYPE:
+                count = f"SELECT count(*) FROM {t} WHERE id > $1"
+                inserted += int(await db.fetchval(count, before[t]))
+            assert await bridge.bridge.hub.wait_for_head(head_before + inserted, timeout=10)
 
             truth = {t: await owned(db, t, sub) for t in COLUMN_TYPE}
             want = {c: truth[t] for c, t in CHANNELS.items()}
