@@ -398,6 +398,7 @@ class Bridge:
                 slot=self.settings.replication_slot,
                 max_lag_bytes=self.settings.wal_max_slot_lag,
                 batch_size=self.settings.sequencer_batch,
+                log_interval=self.settings.wal_log_interval,
             )
         else:
             await self._leave_wal()
