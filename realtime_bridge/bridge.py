@@ -65,6 +65,14 @@ logger = logging.getLogger(__name__)
 _current: Bridge | None = None
 
 # One channel's rows of the log holding seqs in ($1, $2] (see READ_SQL).
+# How long a replay from the log waits for the WAL leader to log what it handed on.
+LOG_WAIT = 10.0
+
+
+class LogBehind(RuntimeError):
+    """The log does not hold a change the hub has let go of (the protocols say replay_failed)."""
+
+
 HISTORY_SQL = READ_SQL.replace(
     "ORDER BY o.seq",
     "AND ((o.schema_name || '.' || o.table_name) = ANY($3::text[]) OR o.channel = $4)\n"
@@ -722,6 +730,8 @@ class Bridge:
         if not self._durable:
             return  # no outbox: only the hub's window can be replayed
         assert self.pool is not None
+        if not await self._logged(upto):
+            raise LogBehind(f"the log has not reached seq {upto} yet; resume again shortly")
         plugin = self.registry.by_channel.get(channel)
         tables = list(plugin.tables) if plugin else [channel]
         cursor = after
@@ -746,10 +756,22 @@ class Bridge:
         """Seqs live in the outbox (replay beyond the window and publishing work)."""
         return self.source is not None and self.source.durable
 
+    async def _logged(self, seq: int) -> bool:
+        """Wait (a little) until the log holds every change up to `seq`.
+
+        The WAL leader hands changes on before it logs them, so what the hub's
+        window let go of may be a moment from the log yet.
+        """
+        source = self.source
+        if isinstance(source, OutboxSource):
+            return await source.wait_logged(seq, timeout=LOG_WAIT)
+        return True
+
     async def _earliest(self) -> int | None:
         if not self._durable:
             return self.hub.head + 1  # no outbox: beyond the window means resync
         assert self.pool is not None
+        await self._logged(self.hub.head)
         row = await self.pool.fetchrow(EARLIEST_SQL, RESYNC_CHANNEL)
         assert row is not None
         if row["gap"] is not None:

@@ -11,6 +11,7 @@ import asyncpg
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from realtime_bridge.sources.outbox import OutboxSource
 from realtime_bridge.testing import RunningBridge
 
 INSERT = (
@@ -159,3 +160,10 @@ async def last_seq(db: asyncpg.Connection) -> int:
         "SELECT max(seq + changes - 1) FROM realtime_bridge.outbox WHERE seq < $1", marker
     )
     return seq
+
+
+async def until_logged(bridge: RunningBridge, seq: int) -> None:
+    """Wait until the outbox log holds `seq` (the WAL leader logs a moment after handing on)."""
+    source = bridge.bridge.source
+    if isinstance(source, OutboxSource):
+        assert await source.wait_logged(seq, timeout=10), f"seq {seq} was never logged"

@@ -210,6 +210,7 @@ class WalSource(OutboxSource):
         self._writing_size = 0
         self._conn_lock = asyncio.Lock()  # the log writes and the type lookups share `conn`
         self._ready = asyncio.Event()
+        self._log_grew = asyncio.Event()
         self._stream_error: BaseException | None = None
         self._paused = False
         self._acked = 0
@@ -406,6 +407,21 @@ class WalSource(OutboxSource):
                 self._writing.cancel()
                 self._writing = None
                 self._writing_size = 0
+
+    async def wait_logged(self, seq: int, timeout: float) -> bool:
+        """Is everything handed on up to `seq` in the log (within `timeout` s)?
+
+        The leader hands changes on before it logs them; a replay from the log
+        (a resume older than the hub's window) waits for the log to reach it.
+        """
+        deadline = time.monotonic() + timeout
+        while self.status.role == "sequencer" and self.logged_seq < seq:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._log_grew.wait(), min(remaining, 0.5))
+        return True
 
     def _held(self) -> int:
         """Changes read and not yet logged (the batch being written included)."""
@@ -644,6 +660,8 @@ class WalSource(OutboxSource):
         self._skip_before = (batch.commit_lsn, batch.logged)
         self._logged_switch_pending = batch.switch_pending
         self.logged_seq = batch.changes[-1].seq
+        self._log_grew.set()
+        self._log_grew = asyncio.Event()
         if batch.ack_lsn > self._acked and self._cursor is not None:
             self._acknowledge(batch.ack_lsn)
 
