@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import tempfile
 import time
 from pathlib import Path
@@ -88,7 +89,7 @@ async def _one(dsn: str, capture: str, rows: int, updates: int, log_dir: Path) -
                     took = time.perf_counter() - committed
                     stop.set()
                     await sampler
-                    in_order = all(b == a + 1 for a, b in zip(seqs, seqs[1:], strict=False))
+                    in_order = all(b == a + 1 for a, b in itertools.pairwise(seqs))
                     print(
                         f"[{capture}] {label}: {len(seqs):,}/{count:,} changes, "
                         f"{'in seq order, none twice' if in_order else 'OUT OF ORDER or gaps'}; "
