@@ -20,7 +20,7 @@ from realtime_bridge.publish import broadcast
 from realtime_bridge.sources.wal import WalSource
 from realtime_bridge.testing import run_bridge, with_database
 from tests.conftest import BridgeFactory, make_settings
-from tests.helpers import until
+from tests.helpers import http, sample, until
 
 INSERT = "INSERT INTO positions (user_id, symbol, quantity, entry_price) VALUES ($1, $2, $3, 1)"
 
@@ -254,6 +254,32 @@ async def test_changes_handed_on_before_the_log_failed_are_logged_again_with_the
     ]
     assert logged == [(e["seq"], e["data"]["symbol"]) for e in events]
     assert wal_source(bridge).status.reconnects >= 1
+
+
+async def test_metrics_show_the_slot_lag_and_what_waits_for_the_log(
+    start_bridge: BridgeFactory, db: asyncpg.Connection
+) -> None:
+    bridge = await start_bridge(wal_log_interval=1.5)
+    async with bridge.websocket() as ws, http(bridge) as client:
+        await ws.subscribe(table="public.positions")
+        await db.execute(INSERT, "u1", "LAG", 1)
+        await ws.changes(1)
+        waiting = (await client.get("/metrics")).text
+        await until(lambda: wal_source(bridge).stats()["unlogged"] == 0, timeout=10)
+        await until(lambda: wal_source(bridge).stats()["slot_lag_seconds"] == 0, timeout=10)
+        settled = (await client.get("/metrics")).text
+        health = (await client.get("/health")).json()
+    # Handed on at once; held for the log (and the slot unacknowledged) until the batch goes.
+    assert sample(waiting, "realtime_bridge_wal_unlogged_changes") == 1
+    lag = sample(waiting, "realtime_bridge_wal_slot_lag_seconds")
+    assert lag is not None
+    assert 0 < lag < 10
+    assert sample(settled, "realtime_bridge_wal_unlogged_changes") == 0
+    assert sample(settled, "realtime_bridge_wal_slot_lag_seconds") == 0
+    assert (sample(settled, "realtime_bridge_wal_statements_total") or 0) >= 1
+    assert sample(settled, "realtime_bridge_wal_slot_lag_bytes") is not None
+    assert health["wal"]["slot_lag_seconds"] == 0
+    assert health["wal"]["logged_seq"] == health["last_seq"]
 
 
 async def test_a_dropped_slot_is_recreated_and_every_client_told_to_resync(

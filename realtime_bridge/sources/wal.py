@@ -208,6 +208,7 @@ class WalSource(OutboxSource):
         self._unlogged = _Unlogged()
         self._writing: asyncio.Task[None] | None = None
         self._writing_size = 0
+        self._writing_since: datetime | None = None  # commit time of its first change
         self._conn_lock = asyncio.Lock()  # the log writes and the type lookups share `conn`
         self._ready = asyncio.Event()
         self._log_grew = asyncio.Event()
@@ -630,6 +631,7 @@ class WalSource(OutboxSource):
     def _start_write(self, conn: asyncpg.Connection) -> None:
         batch = self._detach_unlogged()
         self._writing_size = len(batch.changes)
+        self._writing_since = batch.changes[0].committed_at
         self._writing = asyncio.ensure_future(self._write_log(conn, batch))
         self._writing.add_done_callback(lambda _task: self._ready.set())
 
@@ -696,6 +698,20 @@ class WalSource(OutboxSource):
         self._txn = None
         self.decoder = Decoder()
 
+    def _slot_lag_seconds(self) -> float:
+        """How long ago the oldest change read but not yet acknowledged committed."""
+        oldest: datetime | None = None
+        if self._writing is not None:
+            oldest = self._writing_since
+        elif self._unlogged.changes:
+            oldest = self._unlogged.changes[0].committed_at
+        elif self._pending.changes:
+            _, item, txn = self._pending.changes[0]
+            oldest = txn.committed_at if txn is not None else getattr(item, "committed_at", None)
+        if oldest is None:
+            return 0.0
+        return round(max((datetime.now(UTC) - oldest).total_seconds(), 0.0), 3)
+
     def stats(self) -> dict[str, Any]:
         return {
             "slot": self.slot,
@@ -703,6 +719,7 @@ class WalSource(OutboxSource):
             "slot_lag_bytes": self.slot_lag_bytes,
             "acknowledged_lsn": format_lsn(self._acked) if self._acked else None,
             "slot_recreated": self.slot_recreated,
+            "slot_lag_seconds": self._slot_lag_seconds(),
             "statements": self.statements,
             "logged_seq": self.logged_seq,
             "unlogged": len(self._unlogged.changes),
