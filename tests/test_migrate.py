@@ -168,7 +168,19 @@ async def test_prune_removes_only_numbered_rows_past_retention(db: asyncpg.Conne
     assert await db.fetchval("SELECT realtime_bridge.prune()") == 0
 
 
-DEMO_TABLES = ["auto_trade_settings", "exits", "portfolio_snapshots", "positions", "trades"]
+DEMO_TABLES = [
+    "activity_logs",
+    "auto_trade_settings",
+    "bots",
+    "exits",
+    "orders",
+    "portfolio_snapshots",
+    "positions",
+    "trades",
+]
+
+
+DEMO_NAMES = r"\b(positions|trades|portfolio_snapshots|auto_trade|bots|orders|activity_logs)"
 
 
 async def empty_database(databases: TestDatabase, name: str) -> str:
@@ -210,10 +222,11 @@ def test_the_demo_files_are_not_in_the_migrations_folder() -> None:
         "20261123000500_trading_schema.sql",
         "20261123000600_auto_trade_settings.sql",
         "20261203120000_exits.sql",
+        "20261203140500_bots_orders_activity_logs.sql",
     }
     assert not migrations & demo
     for migration in discover(default_migrations_dir()):
-        assert not re.search(r"\b(positions|trades|portfolio_snapshots|auto_trade)", migration.sql)
+        assert not re.search(DEMO_NAMES, migration.sql)
 
 
 async def test_a_database_that_applied_the_demo_before_it_moved_is_left_as_it_is(
