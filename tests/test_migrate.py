@@ -285,7 +285,8 @@ async def test_serve_on_a_plain_database_creates_no_demo_tables_and_says_what_is
         process.wait(timeout=20)
     assert await public_tables(plain) == []
     missing = [line for line in log.read_text().splitlines() if "does not exist" in line]
-    for table in ("positions", "trades", "portfolio_snapshots"):
+    tables = ("positions", "trades", "portfolio_snapshots", "bots", "orders", "activity_logs")
+    for table in tables:
         (line,) = [m for m in missing if f"table public.{table}," in m]
         assert "--demo" in line
-    assert len(missing) == 3
+    assert len(missing) == len(tables)
