@@ -19,6 +19,7 @@ Helpers that `realtime_bridge.publish` writes by hand (the older
 from __future__ import annotations
 
 import json
+import re
 import types
 import typing
 from collections.abc import Iterable
@@ -43,8 +44,8 @@ LINE_LENGTH = 100
 
 
 def helper_name(event: str) -> str:
-    """The helper publishing `event`: `broadcast_<event>`."""
-    return f"broadcast_{event}"
+    """The helper publishing `event`: `broadcast_<event>` (`order-filled` → `order_filled`)."""
+    return "broadcast_" + re.sub(r"\W", "_", event)
 
 
 def python_broadcasts(plugins: Iterable[Plugin], *, skip: Iterable[str] = ()) -> str:

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import inspect
 import typing
+from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
 import asyncpg
 import pytest
+from pydantic import BaseModel
 
 import realtime_bridge
 from realtime_bridge import (
+    Plugin,
     broadcast,
     broadcast_bot_created,
     broadcast_bot_deleted,
@@ -27,7 +31,8 @@ from realtime_bridge import (
     broadcast_pnl_update,
 )
 from realtime_bridge.broadcasts import BotUpdatePayload, OrderUpdatePayload
-from realtime_bridge.errors import PayloadInvalid
+from realtime_bridge.cli import main
+from realtime_bridge.errors import ConfigurationError, PayloadInvalid
 from realtime_bridge.plugins import discover
 from realtime_bridge.typegen_python import python_broadcasts
 from tests.conftest import ROOT, BridgeFactory
@@ -153,3 +158,41 @@ def test_every_plugin_event_has_a_helper_typed_by_its_model() -> None:
     assert payload.__required_keys__ >= {"id", "user_id", "bot_id", "side", "quantity"}
     assert "status" in payload.__optional_keys__  # the model has a default
     assert "order_id" not in payload.__annotations__  # computed: the server's, not the caller's
+
+
+def test_the_types_command_writes_the_committed_module(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no stray .env from the caller's directory
+    monkeypatch.setenv("PLUGIN_PATHS", str(ROOT / "plugins"))
+    out = tmp_path / "broadcasts.py"
+    main(["types", "--python", "--out", str(out)])
+    committed = Path(realtime_bridge.broadcasts.__file__).read_text(encoding="utf-8")
+    assert out.read_text(encoding="utf-8") == committed
+
+
+class Signal(BaseModel):
+    """A signal."""
+
+    id: int
+    side: Literal["BUY", "SELL"]
+    at: datetime | None = None
+
+
+def test_generation_names_helpers_by_event_and_refuses_one_name_for_two_channels() -> None:
+    first = Plugin(channel="signals", event="signal-fired", model=Signal)
+    text = python_broadcasts([first])
+    assert "async def broadcast_signal_fired(\n    payload: SignalPayload," in text
+    assert '    side: Literal["BUY", "SELL"]\n' in text
+    assert "    at: NotRequired[datetime | str | None]\n" in text
+    assert "broadcast_signal_fired" not in python_broadcasts(
+        [first], skip=["broadcast_signal_fired"]
+    )
+    namespace: dict[str, object] = {}
+    # The module it writes imports and runs (on its own: no inherited __future__).
+    exec(compile(text, "generated", "exec", dont_inherit=True), namespace)
+    payload_type = namespace["SignalPayload"]
+    assert payload_type.__required_keys__ == {"id", "side"}  # type: ignore[attr-defined]
+    twin = Plugin(channel="other-signals", event="signal-fired", model=Signal)
+    with pytest.raises(ConfigurationError, match="both have event 'signal-fired'"):
+        python_broadcasts([first, twin])
