@@ -13,8 +13,8 @@ always the same event, so each plugin says which event a change is
   order book complete and a fill is announced exactly once;
 * `activity-logs`: `log_created` for each new line (the log is append-only:
   edits and deletes are not events);
-* `pnl-updates`: `pnl_update` when a bot is created or its `pnl` changes,
-  nothing for updates that leave it alone.
+* `pnl-updates`: `pnl_update` when a bot is created, its `pnl` changes or
+  it changes hands, nothing for updates that leave it alone.
 """
 
 from __future__ import annotations
@@ -153,12 +153,14 @@ def pnl_event(change: Change) -> str | None:
         return "pnl_update"
     if change.operation != "UPDATE" or change.record is None:
         return None
-    old = change.old_record or {}
-    if "pnl" not in old:
-        # The old row came without its pnl: say it again (a P&L is a state,
+    old, new = change.old_record or {}, change.record
+    if "pnl" not in old or "user_id" not in old:
+        # The old row came without them: say it again (a P&L is a state,
         # repeating it is harmless; missing a change is not).
         return "pnl_update"
-    return "pnl_update" if _number(old["pnl"]) != _number(change.record.get("pnl")) else None
+    if old["user_id"] != new.get("user_id"):
+        return "pnl_update"  # the bot changed hands: its new owner learns its P&L
+    return "pnl_update" if _number(old["pnl"]) != _number(new.get("pnl")) else None
 
 
 def _number(value: Any) -> Decimal | None:
@@ -216,6 +218,6 @@ PLUGINS = [
         tables=("public.bots",),
         owner_column="user_id",
         transform=pnl_of,
-        description="A bot's P&L when it is created and whenever its pnl changes.",
+        description="A bot's P&L when it is created, its pnl changes or it changes hands.",
     ),
 ]

@@ -252,3 +252,42 @@ async def test_snapshots_of_the_bot_channels_are_the_owners_rows(
         pnl = (await http.get("/api/channels/pnl-updates/snapshot")).json()
     assert [row["id"] for row in bots["records"]] == [mine], bots
     assert [(row["bot_id"], row["pnl"]) for row in pnl["records"]] == [(mine, 7)], pnl
+
+
+@BOTH_CAPTURES
+async def test_a_bot_that_changes_hands_leaves_one_owner_and_reaches_the_other(
+    bridge: RunningBridge, db: asyncpg.Connection
+) -> None:
+    async with (
+        bridge.websocket(key=bridge.user_token(ONE)) as one,
+        bridge.websocket(key=bridge.user_token(ZERO_ONE)) as zero_one,
+    ):
+        for ws in (one, zero_one):
+            await subscribed(ws, "bot-updates")
+            await subscribed(ws, "pnl-updates")
+        bot = await new_bot(db, ONE, pnl=4)
+        await db.execute("UPDATE bots SET user_id = $2 WHERE id = $1", bot, ZERO_ONE)
+        await db.execute("UPDATE bots SET user_id = $2 WHERE id = $1", bot, ONE)
+
+        def seen(frames: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+            return [(f["channel"], f["event"], f["operation"]) for f in frames]
+
+        # The old owner sees the bot leave (a DELETE), the new one arrive (an INSERT).
+        assert seen(await one.changes(6)) == [
+            ("bot-updates", "bot_created", "INSERT"),
+            ("pnl-updates", "pnl_update", "INSERT"),
+            ("bot-updates", "bot_updated", "DELETE"),
+            ("pnl-updates", "pnl_update", "DELETE"),
+            ("bot-updates", "bot_updated", "INSERT"),
+            ("pnl-updates", "pnl_update", "INSERT"),
+        ]
+        arrived = await zero_one.changes(4)
+        assert seen(arrived) == [
+            ("bot-updates", "bot_updated", "INSERT"),
+            ("pnl-updates", "pnl_update", "INSERT"),
+            ("bot-updates", "bot_updated", "DELETE"),
+            ("pnl-updates", "pnl_update", "DELETE"),
+        ]
+        assert arrived[1]["data"] == {**arrived[1]["data"], "bot_id": bot, "pnl": 4}
+        assert await one.silent()
+        assert await zero_one.silent()

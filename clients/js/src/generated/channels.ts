@@ -141,7 +141,7 @@ export interface ChannelPayloads {
   "bot-updates": BotUpdate;
   /** Orders of bots; order_filled once when an order becomes FILLED. */
   "order-updates": OrderUpdate;
-  /** A bot's P&L when it is created and whenever its pnl changes. */
+  /** A bot's P&L when it is created, its pnl changes or it changes hands. */
   "pnl-updates": PnLUpdate;
   /** Portfolio value snapshots. */
   "portfolio-updates": PortfolioUpdate;
