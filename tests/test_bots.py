@@ -213,14 +213,18 @@ async def test_log_created_for_new_lines_only_and_only_for_the_owner(
         account = await db.fetchval(insert, ONE, None, "WARNING", "Low balance", None)
         await db.execute("DELETE FROM activity_logs WHERE id = $1", account)
         theirs = await db.fetchval(insert, ZERO_ONE, None, "ERROR", "Not yours", None)
+        huge = "stack frame\n" * 30_000  # 360 KB in one line
+        big = await db.fetchval(insert, ONE, bot, "ERROR", huge, None)
         marker = await db.fetchval(insert, ONE, None, "INFO", "marker", None)
 
-        frames = await one.changes(3)
+        frames = await one.changes(4)
         assert summary(frames) == [
             ("log_created", "INSERT", first),
             ("log_created", "INSERT", account),
+            ("log_created", "INSERT", big),
             ("log_created", "INSERT", marker),
         ]
+        assert frames[2]["data"]["message"] == huge
         in_order(frames)
         line = frames[0]["data"]
         assert (line["level"], line["message"], line["bot_id"], line["botId"]) == (
