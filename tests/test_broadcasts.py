@@ -34,7 +34,7 @@ from realtime_bridge.broadcasts import BotUpdatePayload, OrderUpdatePayload
 from realtime_bridge.cli import main
 from realtime_bridge.errors import ConfigurationError, PayloadInvalid
 from realtime_bridge.plugins import discover
-from realtime_bridge.typegen_python import python_broadcasts
+from realtime_bridge.typegen_python import helper_name, python_broadcasts
 from tests.conftest import ROOT, BridgeFactory
 
 BOT: BotUpdatePayload = {
@@ -147,11 +147,17 @@ def test_the_committed_helpers_match_a_fresh_generation() -> None:
 
 
 def test_every_plugin_event_has_a_helper_typed_by_its_model() -> None:
+    from realtime_bridge import broadcasts, publish
+
     registry = discover([ROOT / "plugins"], use_entry_points=False)
     for plugin in registry:
         for event in plugin.events:
-            helper = getattr(realtime_bridge, f"broadcast_{event}")
+            name = helper_name(event)
+            # Generated, or written by hand before generation existed.
+            helper = getattr(broadcasts, name, None) or getattr(publish, name)
             assert inspect.iscoroutinefunction(helper), event
+    for name in ("broadcast_bot_created", "broadcast_order_filled", "broadcast_pnl_update"):
+        assert getattr(realtime_bridge, name) is getattr(broadcasts, name)
     hints = typing.get_type_hints(broadcast_order_filled)
     payload = hints["payload"]
     assert payload is OrderUpdatePayload
