@@ -25,7 +25,10 @@ __all__ = [
 
 
 class ActivityLogPayload(TypedDict):
-    """One line of a bot's (or the account's) activity log (`activity-logs`)."""
+    """One line of a bot's (or the account's) activity log.
+
+    The payload of `activity-logs`.
+    """
 
     id: int
     user_id: str
@@ -37,7 +40,10 @@ class ActivityLogPayload(TypedDict):
 
 
 class BotUpdatePayload(TypedDict):
-    """A trading bot: what it trades, how, its state and its running P&L (`bot-updates`)."""
+    """A trading bot: what it trades, how, its state and its running P&L.
+
+    The payload of `bot-updates`.
+    """
 
     id: int
     user_id: str
@@ -62,7 +68,10 @@ class BotUpdatePayload(TypedDict):
 
 
 class OrderUpdatePayload(TypedDict):
-    """An order of a bot, from placement to fill or cancellation (`order-updates`)."""
+    """An order of a bot, from placement to fill or cancellation.
+
+    The payload of `order-updates`.
+    """
 
     id: int
     user_id: str
@@ -85,7 +94,10 @@ class OrderUpdatePayload(TypedDict):
 
 
 class PnLUpdatePayload(TypedDict):
-    """A bot's P&L, whenever it changes (`pnl-updates`)."""
+    """A bot's P&L, whenever it changes.
+
+    The payload of `pnl-updates`.
+    """
 
     bot_id: int
     user_id: str

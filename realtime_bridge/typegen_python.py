@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+import textwrap
 import types
 import typing
 from collections.abc import Iterable
@@ -97,12 +98,11 @@ class _Imports:
 
 
 def _typed_dict(model: type[BaseModel], plugin: Plugin, imports: _Imports) -> str:
-    doc = " ".join((model.__doc__ or model.__name__).split()).rstrip(".")
-    lines = [
-        f"class {model.__name__}Payload(TypedDict):",
-        f'{INDENT}"""{doc} (`{plugin.channel}`)."""',
-        "",
-    ]
+    doc = " ".join((model.__doc__ or model.__name__).split()).rstrip(".") + "."
+    wrapped = textwrap.wrap(doc, width=LINE_LENGTH - len(INDENT) - 3)
+    lines = [f"class {model.__name__}Payload(TypedDict):", f'{INDENT}"""{wrapped[0]}']
+    lines.extend(f"{INDENT}{line}" for line in wrapped[1:])
+    lines.extend(["", f"{INDENT}The payload of `{plugin.channel}`.", f'{INDENT}"""', ""])
     for name, info in model.model_fields.items():
         annotation = _annotation(info.annotation, imports)
         line = f"{INDENT}{name}: {annotation}"
