@@ -684,21 +684,21 @@ class Bridge:
                 self._on_gap(change)
                 continue
             names = self.registry.channels_for(change)
-            self.hub.publish(
+            entry = LogEntry(
                 change.seq,
-                LogEntry(
-                    change.seq,
-                    names,
-                    functools.partial(self.registry.event_for, change),
-                    size=ENTRY_OVERHEAD + row_size(change.record) + row_size(change.old_record),
-                ),
+                names,
+                functools.partial(self.registry.event_for, change),
+                size=ENTRY_OVERHEAD + row_size(change.record) + row_size(change.old_record),
             )
-            # Once per event and channel with subscribers, not per receiver.
+            self.hub.publish(change.seq, entry)
+            # Once per event and channel with subscribers, not per receiver; a
+            # change that is no event there (a plugin's event_of said so) is not
+            # a delivery. The hub built those events already: this reads them.
             routed = time.time()
             committed = change.committed_at.timestamp()
             for name in names:
                 channel = channels.get(name)
-                if channel is not None and channel.count:
+                if channel is not None and channel.count and entry.event(name) is not None:
                     delivery.of(name).observe(routed - committed)
             if change.operation == "BROADCAST" and change.outbox_id is not None:
                 self._published[change.outbox_id] = change.seq

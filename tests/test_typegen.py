@@ -53,9 +53,13 @@ def test_generated_typescript_declares_every_channel(registry: PluginRegistry) -
     assert '  "position-updates": PositionUpdate;' in text
     assert '  "trade-updates": "trade_update";' in text
     assert (
-        'export type ChannelName = "portfolio-updates" | "position-updates" | "trade-updates";'
-        in text
-    )
+        'export type ChannelName = "activity-logs" | "bot-updates" | "order-updates" | '
+        '"pnl-updates" | "portfolio-updates" | "position-updates" | "trade-updates";'
+    ) in text
+    # A channel with several events: each is named, in the plugin's order.
+    assert '  "bot-updates": "bot_created" | "bot_updated" | "bot_deleted";' in text
+    assert '  "order-updates": "order_update" | "order_filled";' in text
+    assert 'events: ["order_update", "order_filled"] },' in text
     # Computed fields are part of what clients receive, and cannot be set by them.
     assert "  readonly market_value: number | null;" in text
     assert "  readonly unrealized_pnl_pct: number | null;" in text
@@ -69,7 +73,17 @@ def test_json_schema_command_writes_the_serialization_schema(
 ) -> None:
     document = json.loads(run_types(tmp_path, monkeypatch, "--json-schema"))
     channels = document["properties"]
-    assert set(channels) == {"portfolio-updates", "position-updates", "trade-updates"}
+    assert set(channels) == {
+        "activity-logs",
+        "bot-updates",
+        "order-updates",
+        "pnl-updates",
+        "portfolio-updates",
+        "position-updates",
+        "trade-updates",
+    }
+    assert channels["bot-updates"]["x-events"] == ["bot_created", "bot_updated", "bot_deleted"]
+    assert channels["position-updates"]["x-events"] == ["position_update"]
     position = channels["position-updates"]
     assert position["$ref"] == "#/$defs/PositionUpdate"
     assert position["x-event"] == "position_update"
@@ -80,6 +94,9 @@ def test_json_schema_command_writes_the_serialization_schema(
         "format": "date-time",
         "type": "string",
     }
+
+
+BOT_ROW = {"id": 1, "user_id": "u1", "ticker": "X", "exchange": "e", "quantity": 1, "pnl": 0}
 
 
 def test_schema_marks_required_exactly_the_keys_a_client_receives(
@@ -107,6 +124,23 @@ def test_schema_marks_required_exactly_the_keys_a_client_receives(
             "total_value": 5,
             "cash": 3,
             "positions_value": 2,
+        },
+        "bot-updates": BOT_ROW,
+        "pnl-updates": BOT_ROW,
+        "order-updates": {
+            "id": 1,
+            "user_id": "u1",
+            "bot_id": 1,
+            "ticker": "X",
+            "exchange": "e",
+            "side": "BUY",
+            "quantity": 1,
+        },
+        "activity-logs": {
+            "id": 1,
+            "user_id": "u1",
+            "message": "m",
+            "timestamp": "2026-12-03T00:00:00Z",
         },
     }
     document = channel_json_schema(registry)
