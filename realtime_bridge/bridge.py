@@ -46,6 +46,7 @@ from realtime_bridge.pauses import CollectorTimer, LoopMonitor, tune_collector
 from realtime_bridge.pgtypes import UNKNOWN, ColumnType
 from realtime_bridge.plugins import PluginRegistry, discover, qualify
 from realtime_bridge.relay import Relay
+from realtime_bridge.row_security import RowSecurity
 from realtime_bridge.settings import Settings
 from realtime_bridge.shutdown import Shutdown
 from realtime_bridge.sources.base import ModeStatus, Source
@@ -155,11 +156,14 @@ class Bridge:
     def __init__(self, settings: Settings, registry: PluginRegistry | None = None) -> None:
         self.settings = settings
         self.registry = registry if registry is not None else discover(settings.plugin_paths)
+        # Tables scoped by their RLS policies (ROW_SECURITY / a plugin's row_security).
+        self.row_security = RowSecurity(lambda: self.pool)
         self.hub = Hub(
             window=settings.replay_window,
             window_bytes=settings.replay_window_bytes,
             history=self._history,
             earliest_seq=self._earliest,
+            visibility=self.row_security.check,  # type: ignore[arg-type]
         )
         self.counters = Counters()
         # price-updates: ephemeral ticks, never through the outbox (see `market`).
@@ -221,9 +225,24 @@ class Bridge:
             return self.settings.supabase_jwt_secret
         return load_or_create_secret(self.settings.data_dir)
 
+    def secured_tables(self) -> set[str]:
+        """The tables whose rows reach readers by their RLS policies (`row_security`)."""
+        tables = {t for t, mode in self.settings.row_security.items() if mode == "rls"}
+        for plugin in self.registry:
+            if plugin.row_security == "rls":
+                tables.update(plugin.tables)
+        return tables
+
     def policy(self, channel: str) -> ChannelPolicy:
         """How `channel` may be read (for `auth.authorize`)."""
+        secured = self.secured_tables()
         plugin = self.registry.by_channel.get(channel)
+        if plugin is not None and (
+            plugin.row_security == "rls" or any(t in secured for t in plugin.tables)
+        ):
+            return ChannelPolicy(channel, row_security=True)
+        if channel in secured:
+            return ChannelPolicy(channel, row_security=True)
         if plugin is None and channel in self.registry.by_table:
             # A table's raw channel is as private as the plugins that type it:
             # readable only where every one of them would allow it.
@@ -384,6 +403,38 @@ class Bridge:
                 row["name"],
             )
 
+    async def _check_row_security(self) -> None:
+        """Say what makes a row-secured table less than exact (never silently)."""
+        assert self.pool is not None
+        secured = sorted(self.secured_tables())
+        if not secured:
+            return
+        rows = await self.pool.fetch(
+            """
+            SELECT n.name, c.relrowsecurity, c.relreplident
+            FROM unnest($1::text[]) AS n (name)
+            LEFT JOIN pg_catalog.pg_class c ON c.oid = to_regclass(n.name)
+            """,
+            secured,
+        )
+        for row in rows:
+            if row["relrowsecurity"] is None:
+                continue  # not created yet: _report_missing_tables or track() says so
+            if not row["relrowsecurity"]:
+                logger.warning(
+                    "ROW_SECURITY: %s is rls, but row level security is not enabled on it: "
+                    "every role with SELECT on it sees every change (ALTER TABLE ... ENABLE "
+                    "ROW LEVEL SECURITY)",
+                    row["name"],
+                )
+            if row["relreplident"] != "f" and self.settings.capture != "triggers":
+                logger.warning(
+                    "ROW_SECURITY: %s has no REPLICA IDENTITY FULL yet (track() sets it): "
+                    "from the WAL its UPDATE and DELETE events carry only the old key, so "
+                    "their old rows are judged on the key alone",
+                    row["name"],
+                )
+
     async def _start_outbox(self, head: int, why_not_wal: str | None) -> None:
         assert self.dsn is not None
         assert self.pool is not None
@@ -410,6 +461,7 @@ class Bridge:
             source.mode.reason = f"capture triggers and the outbox ({why_not_wal})"
         self.source = source
         await self.refresh_tables()
+        await self._check_row_security()
         self._own("source", source.start())
         # Serve once changes flow (health would say 503 until then anyway);
         # a database that is down at start makes us serve degraded, not hang.
@@ -544,6 +596,7 @@ class Bridge:
             await self.backplane.stop()
         if self.source is not None:
             await self.source.stop()
+        await self.hub.close()
         if self.relay is not None:
             await self.relay.stop(self.hub)
         if self.pnl is not None:

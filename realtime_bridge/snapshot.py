@@ -117,6 +117,11 @@ async def take_snapshot(
     # before the reads below start, so it is in what they find.
     seq = bridge.hub.head
     if isinstance(bridge.source, SupabaseSource):
+        if target.viewer is not None:
+            # PostgREST is read with the service key here: it would show every row.
+            raise SnapshotUnavailable(
+                "a snapshot of a row-secured table needs the database (DATABASE_URL)"
+            )
         rest = bridge.source.rest
 
         async def read_rest(table: str, target: Target, after: Any, limit: int) -> list[Any]:
@@ -136,6 +141,19 @@ async def take_snapshot(
             # The first statement fixes the transaction's snapshot: every seq
             # up to this one was given to a row committed before it.
             seq = int(await conn.fetchval("SELECT last_seq FROM realtime_bridge.sequencer"))
+        if target.viewer is not None:
+            # Row security: the rows are read as the subscriber, so the table's
+            # own policies decide, exactly as for its changes.
+            await conn.execute(
+                """
+                SELECT set_config('role', $1, true),
+                       set_config('request.jwt.claims', $2, true),
+                       set_config('request.jwt.claim.sub', coalesce($2::jsonb ->> 'sub', ''), true),
+                       set_config('request.jwt.claim.role', $1, true)
+                """,
+                target.viewer.role,
+                target.viewer.claims,
+            )
 
         async def read_sql(table: str, target: Target, after: Any, limit: int) -> list[Any]:
             rows = await conn.fetch(*_page_query(table, target, after, limit, owner_type))
