@@ -404,14 +404,18 @@ class Bridge:
             )
 
     async def _check_row_security(self) -> None:
-        """Say what makes a row-secured table less than exact (never silently)."""
+        """Say when a row-secured table has no RLS to apply (never silently).
+
+        Its old rows need REPLICA IDENTITY FULL from the WAL: track() and
+        switch_to_wal() set it, and warn where this role may not.
+        """
         assert self.pool is not None
         secured = sorted(self.secured_tables())
         if not secured:
             return
         rows = await self.pool.fetch(
             """
-            SELECT n.name, c.relrowsecurity, c.relreplident
+            SELECT n.name, c.relrowsecurity
             FROM unnest($1::text[]) AS n (name)
             LEFT JOIN pg_catalog.pg_class c ON c.oid = to_regclass(n.name)
             """,
@@ -425,13 +429,6 @@ class Bridge:
                     "ROW_SECURITY: %s is rls, but row level security is not enabled on it: "
                     "every role with SELECT on it sees every change (ALTER TABLE ... ENABLE "
                     "ROW LEVEL SECURITY)",
-                    row["name"],
-                )
-            if row["relreplident"] != "f" and self.settings.capture != "triggers":
-                logger.warning(
-                    "ROW_SECURITY: %s has no REPLICA IDENTITY FULL yet (track() sets it): "
-                    "from the WAL its UPDATE and DELETE events carry only the old key, so "
-                    "their old rows are judged on the key alone",
                     row["name"],
                 )
 
@@ -461,12 +458,12 @@ class Bridge:
             source.mode.reason = f"capture triggers and the outbox ({why_not_wal})"
         self.source = source
         await self.refresh_tables()
-        await self._check_row_security()
         self._own("source", source.start())
         # Serve once changes flow (health would say 503 until then anyway);
         # a database that is down at start makes us serve degraded, not hang.
         if not await source.wait_connected(timeout=15):
             logger.warning("the outbox source is not connected yet; serving degraded")
+        await self._check_row_security()
         self._own("maintenance", asyncio.create_task(self._maintain(), name="maintenance"))
         if self.settings.relay_to_supabase:
             # Only the sequencer relays, so Supabase gets each event once, not once per instance.

@@ -33,9 +33,10 @@ from realtime_bridge.auth import Principal
 
 logger = logging.getLogger(__name__)
 
+# JSON passed as text: the bridge's pool encodes jsonb parameters itself (`init_connection`).
 VISIBLE_ROWS_SQL = """
 SELECT viewer, visible
-FROM realtime_bridge.visible_rows($1::regclass, $2::jsonb[], $3::jsonb[])
+FROM realtime_bridge.visible_rows($1::regclass, $2::text[]::jsonb[], $3::text[]::jsonb[])
 """
 
 
