@@ -93,7 +93,7 @@ async def test_visible_rows_agrees_with_a_select_under_the_users_role(
 ) -> None:
     await db.execute(SCHEMA)
     await db.execute("INSERT INTO orgs_members VALUES ('acme', $1)", CAROL)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"id": "1", "owner": ALICE, "org": None, "body": "a"},
         {"id": "0001", "owner": BOB, "org": None, "body": "b"},
         {"id": "2", "owner": BOB, "org": "acme", "body": "c"},
