@@ -9,13 +9,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import orjson
+from realtime import AsyncRealtimeClient
 
 from realtime_bridge.testing import JsonSocket, RunningBridge
 from tests.conftest import BOTH_CAPTURES, BridgeFactory
+from tests.helpers import until
 
 ALICE = str(uuid.UUID(int=1))
 BOB = str(uuid.UUID(int=2))
@@ -237,3 +240,67 @@ async def test_json_websocket_delivers_what_the_policies_show_each_user(
             assert frames[3]["old"]["org"] is None
             assert frames[3]["data"]["org"] == "acme"
             assert await again.silent(0.3)
+
+
+@contextlib.asynccontextmanager
+async def realtime_client(bridge: RunningBridge, token: str) -> AsyncIterator[AsyncRealtimeClient]:
+    realtime = AsyncRealtimeClient(
+        f"{bridge.url}/realtime/v1", bridge.anon_key, auto_reconnect=False
+    )
+    await realtime.connect()
+    try:
+        # supabase-py hands the signed-in user's token to realtime with set_auth.
+        await realtime.set_auth(token)
+        yield realtime
+    finally:
+        await realtime.close()
+
+
+def supabase_changes(payloads: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    out = []
+    for payload in payloads:
+        data = payload["data"]
+        row = data["old_record"] if data["type"] == "DELETE" else data["record"]
+        out.append((data["type"], row["id"]))
+    return out
+
+
+async def test_postgres_changes_with_the_python_client_follow_the_policies(
+    start_bridge: BridgeFactory, db: asyncpg.Connection
+) -> None:
+    bridge = await secured_bridge(start_bridge, db)
+    tokens = {name: bridge.user_token(sub) for name, sub in USERS.items()}
+    tokens["service"] = bridge.service_key
+    received: dict[str, list[dict[str, Any]]] = {name: [] for name in tokens}
+    async with contextlib.AsyncExitStack() as stack:
+        for name, token in tokens.items():
+            client = await stack.enter_async_context(realtime_client(bridge, token))
+            channel = client.channel(f"notes-{name}")
+            channel.on_postgres_changes(
+                "*",
+                schema="public",
+                table="notes",
+                callback=lambda payload, seen=received[name]: seen.append(dict(payload)),
+            )
+            system: list[Any] = []
+            channel.on_system(system.append)
+            await channel.subscribe()
+            await until(lambda seen=system: bool(seen), 10, what=f"{name} subscribed")
+            assert system[0].message == "Subscribed to PostgreSQL", system
+        expected = await expected_changes(db)
+        await until(
+            lambda: all(len(received[n]) >= len(expected[n]) for n in tokens),
+            20,
+            what="every client to receive what Postgres shows it",
+        )
+        await asyncio.sleep(0.3)  # anything extra (a leak) arrives meanwhile
+    for name in tokens:
+        assert supabase_changes(received[name]) == expected[name], name
+    # Bob's view of row 1 arriving (Alice gave it to him) is an INSERT without Alice's row.
+    arrival = next(
+        p["data"]
+        for p in received["bob"]
+        if p["data"]["type"] == "INSERT" and p["data"]["record"]["id"] == "1"
+    )
+    assert "old_record" not in arrival
+    assert arrival["record"]["owner"] == BOB
