@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -43,6 +43,9 @@ CREATE POLICY org ON public.notes FOR SELECT TO authenticated USING (
             WHERE m.org = notes.org AND m.member = auth.uid())
 );
 -- Restrictive: nobody sees a note whose body says so, whatever else allows it.
+-- A claim beyond the sub: gold-tier tokens see gold notes.
+CREATE POLICY gold ON public.notes FOR SELECT TO authenticated
+    USING (body = 'gold' AND auth.jwt() ->> 'tier' = 'gold');
 CREATE POLICY unhidden ON public.notes AS RESTRICTIVE FOR SELECT
     USING (body IS DISTINCT FROM 'hidden');
 """
@@ -178,6 +181,21 @@ async def secured_bridge(start_bridge: BridgeFactory, db: asyncpg.Connection) ->
     return await start_bridge(row_security={"public.notes": "rls"})
 
 
+INSERT_POSITION = (
+    "INSERT INTO positions (user_id, symbol, quantity, entry_price, current_price) "
+    "VALUES ($1, $2, 1, 100, 110)"
+)
+
+
+async def until_async(condition: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
 def ws_changes(frames: list[dict[str, Any]]) -> list[tuple[str, str]]:
     out = []
     for frame in frames:
@@ -304,3 +322,82 @@ async def test_postgres_changes_with_the_python_client_follow_the_policies(
     )
     assert "old_record" not in arrival
     assert arrival["record"]["owner"] == BOB
+
+
+async def test_a_new_token_is_a_new_question_to_the_policies(
+    start_bridge: BridgeFactory, db: asyncpg.Connection
+) -> None:
+    bridge = await secured_bridge(start_bridge, db)
+    async with bridge.websocket(key=bridge.user_token(ALICE)) as ws:
+        assert (await ws.subscribe(table="public.notes"))["type"] == "subscribed"
+        await db.execute("INSERT INTO notes VALUES ('g1', $1, NULL, 'gold')", BOB)
+        assert await ws.silent(0.5)  # not hers, and her token has no tier
+        gold = bridge.user_token(ALICE, tier="gold")
+        await ws.send({"type": "access_token", "token": gold})
+        assert (await ws.recv())["status"] == "ok"
+        await db.execute("INSERT INTO notes VALUES ('g2', $1, NULL, 'gold')", BOB)
+        await db.execute("INSERT INTO notes VALUES ('g3', $1, NULL, 'plain')", BOB)
+        frames = await received(ws, 1)
+        assert ws_changes(frames) == [("INSERT", "g2")]
+        assert await ws.silent(0.3)
+        shows = await postgres_shows(db, "notes", claims_of(ALICE, tier="gold"))
+        assert shows == {"g1", "g2"}  # g1 was decided with the token it was sent under
+        # Another user's token does not inherit the subscription.
+        await ws.send({"type": "access_token", "token": bridge.user_token(BOB)})
+        ended = await ws.recv()
+        assert ended["type"] == "error"
+        assert ended["code"] == "unauthorized"
+
+
+async def test_a_check_that_cannot_run_holds_back_only_its_own_subscribers(
+    start_bridge: BridgeFactory, db: asyncpg.Connection, dsn: str
+) -> None:
+    bridge = await secured_bridge(start_bridge, db)
+    locker = await asyncpg.connect(dsn)
+    try:
+        async with (
+            bridge.websocket(key=bridge.user_token(ALICE)) as alice,
+            bridge.websocket() as ops,
+        ):
+            assert (await alice.subscribe(table="public.notes"))["type"] == "subscribed"
+            assert (await ops.subscribe(table="public.notes"))["type"] == "subscribed"
+            assert (await ops.subscribe(channel="position-updates"))["type"] == "subscribed"
+            # The org policy reads orgs_members: while it is locked the check waits.
+            tx = locker.transaction()
+            await tx.start()
+            await locker.execute("LOCK TABLE orgs_members IN ACCESS EXCLUSIVE MODE")
+            await db.execute("INSERT INTO notes VALUES ('1', $1, NULL, 'a')", ALICE)
+            await db.execute(INSERT_POSITION, "u1", "AAPL")
+            # Other channels, and unsecured readers of the same one, do not wait.
+            frames = await received(ops, 2)
+            assert sorted(f["channel"] for f in frames) == ["position-updates", "public.notes"]
+            assert await alice.silent(0.5)
+            # The database drops the check's connection: it fails, is retried, and
+            # still nothing reaches Alice (fail closed).
+            waiting = (
+                "SELECT pid FROM pg_stat_activity WHERE query LIKE '%visible_rows(%' "
+                "AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'"
+            )
+            pids: list[int] = []
+
+            async def check_waits() -> bool:
+                pids[:] = [r["pid"] for r in await db.fetch(waiting)]
+                return bool(pids)
+
+            await until_async(check_waits, 10, what="the check waiting on the lock")
+            await db.execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid", pids)
+            failures = bridge.bridge.hub.stats.secured_failures
+            await until(
+                lambda: bridge.bridge.hub.stats.secured_failures > failures,
+                10,
+                what="the failed check to be counted",
+            )
+            await until_async(check_waits, 10, what="the check to be asked again")
+            assert await alice.silent(0.3)
+            await tx.rollback()
+            # Once it can run, the change arrives, once.
+            frames = await received(alice, 1)
+            assert ws_changes(frames) == [("INSERT", "1")]
+            assert await alice.silent(0.3)
+    finally:
+        await locker.close()
