@@ -90,6 +90,8 @@ class RowSecurity:
         """
         if not rows or not viewers:
             return [set() for _ in viewers]
+        # Grouped by role: what holds for a role is worked out once per group.
+        order = sorted(range(len(viewers)), key=lambda i: viewers[i].role)
         pool = self._pool()
         if pool is None:
             raise RowSecurityUnavailable("no database to evaluate row-level security against")
@@ -99,7 +101,7 @@ class RowSecurity:
                 VISIBLE_ROWS_SQL,
                 table,
                 [orjson.dumps(row, default=str).decode() for row in rows],
-                [viewer.as_json() for viewer in viewers],
+                [viewers[i].as_json() for i in order],
             )
         except PERMANENT as exc:
             # The table (or the function) is gone: nobody may see these rows. Said
@@ -119,5 +121,5 @@ class RowSecurity:
         self.last_error = None
         visible: list[set[int]] = [set() for _ in viewers]
         for record in found:
-            visible[record["viewer"] - 1] = {i - 1 for i in record["visible"]}
+            visible[order[record["viewer"] - 1]] = {i - 1 for i in record["visible"]}
         return visible

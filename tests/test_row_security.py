@@ -16,6 +16,8 @@ import asyncpg
 import orjson
 from realtime import AsyncRealtimeClient
 
+from realtime_bridge.row_security import RowSecurity, Viewer
+from realtime_bridge.sources.outbox import init_connection
 from realtime_bridge.testing import JsonSocket, RunningBridge
 from tests.conftest import BOTH_CAPTURES, BridgeFactory
 from tests.helpers import until
@@ -95,7 +97,7 @@ async def visible_rows(
 
 
 async def test_visible_rows_agrees_with_a_select_under_the_users_role(
-    db: asyncpg.Connection,
+    db: asyncpg.Connection, dsn: str
 ) -> None:
     await db.execute(SCHEMA)
     await db.execute("INSERT INTO orgs_members VALUES ('acme', $1)", CAROL)
@@ -128,6 +130,13 @@ async def test_visible_rows_agrees_with_a_select_under_the_users_role(
     assert got[3] == set()  # anon: no policy for it
     assert got[4] == set()  # its policy raises (no uuid): nothing, as the SELECT fails
     assert got[5] == set()  # service_role has no SELECT grant here: nothing either
+    # Through the bridge's client (viewers regrouped by role, answers put back in order).
+    async with asyncpg.create_pool(dsn, min_size=1, max_size=1, init=init_connection) as pool:
+        checker = RowSecurity(lambda: pool)
+        asked = [Viewer(str(v["role"]), orjson.dumps(v["claims"]).decode()) for v in viewers]
+        answers = await checker.check("public.notes", rows, asked)
+    assert [{i + 1 for i in a} for a in answers] == got
+    assert checker.statements == 1
     # The session is back to its own role and claims afterwards.
     assert await db.fetchval("SELECT current_user = session_user") is True
     assert await db.fetchval("SELECT current_setting('request.jwt.claims', true)") in (None, "")

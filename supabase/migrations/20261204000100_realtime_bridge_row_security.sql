@@ -46,52 +46,63 @@ DECLARE
     seen integer[];
     ri integer;
     ok boolean;
+    sees_all boolean;
+    sees_none boolean;
 BEGIN
     SELECT c.relname, c.relowner, c.relrowsecurity, c.relforcerowsecurity
     INTO rel
     FROM pg_catalog.pg_class c WHERE c.oid = tbl;
     FOREACH v IN ARRAY coalesce(viewers, '{}') LOOP
         vi := vi + 1;
-        viewer_role := v ->> 'role';
         viewer := vi;
-        IF viewer_role IS NULL
-           OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = viewer_role)
-           OR NOT pg_catalog.has_table_privilege(viewer_role, tbl, 'SELECT') THEN
+        viewer_role := v ->> 'role';
+        -- What holds for the whole role is worked out once per run of viewers
+        -- of that role (the bridge sends them grouped by role).
+        IF last_role IS DISTINCT FROM viewer_role THEN
+            last_role := viewer_role;
+            predicate := NULL;
+            IF viewer_role IS NULL
+               OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = viewer_role)
+               OR NOT pg_catalog.has_table_privilege(viewer_role, tbl, 'SELECT') THEN
+                sees_all := false;
+                sees_none := true;
+            ELSIF NOT rel.relrowsecurity
+               OR EXISTS (SELECT 1 FROM pg_catalog.pg_roles
+                          WHERE rolname = viewer_role AND (rolsuper OR rolbypassrls))
+               OR (NOT rel.relforcerowsecurity
+                   AND pg_catalog.pg_has_role(viewer_role, rel.relowner, 'USAGE')) THEN
+                sees_all := true;
+                sees_none := false;
+            ELSE
+                sees_all := false;
+                SELECT
+                    CASE WHEN bool_or(p.polpermissive) THEN
+                        '((' || string_agg(CASE WHEN p.polpermissive
+                                  THEN '(' || coalesce(pg_catalog.pg_get_expr(p.polqual, p.polrelid), 'true') || ')'
+                                  END, ' OR ') || ')'
+                        || coalesce(' AND ' || string_agg(CASE WHEN NOT p.polpermissive
+                                  THEN '(' || coalesce(pg_catalog.pg_get_expr(p.polqual, p.polrelid), 'true') || ')'
+                                  END, ' AND '), '')
+                        || ')'
+                    END
+                INTO predicate
+                FROM pg_catalog.pg_policy p
+                WHERE p.polrelid = tbl
+                  AND p.polcmd IN ('r', '*')
+                  AND (0::oid = ANY (p.polroles)
+                       OR EXISTS (SELECT 1 FROM unnest(p.polroles) AS r (oid)
+                                  WHERE pg_catalog.pg_has_role(viewer_role, r.oid, 'USAGE')));
+                -- RLS on and no permissive policy for this role: default deny.
+                sees_none := predicate IS NULL;
+            END IF;
+        END IF;
+        IF sees_none THEN
             visible := '{}';
             RETURN NEXT;
             CONTINUE;
         END IF;
-        IF NOT rel.relrowsecurity
-           OR EXISTS (SELECT 1 FROM pg_catalog.pg_roles
-                      WHERE rolname = viewer_role AND (rolsuper OR rolbypassrls))
-           OR (NOT rel.relforcerowsecurity
-               AND pg_catalog.pg_has_role(viewer_role, rel.relowner, 'USAGE')) THEN
+        IF sees_all THEN
             visible := all_rows;
-            RETURN NEXT;
-            CONTINUE;
-        END IF;
-        IF last_role IS DISTINCT FROM viewer_role THEN
-            last_role := viewer_role;
-            SELECT
-                CASE WHEN bool_or(p.polpermissive) THEN
-                    '((' || string_agg(CASE WHEN p.polpermissive
-                              THEN '(' || coalesce(pg_catalog.pg_get_expr(p.polqual, p.polrelid), 'true') || ')'
-                              END, ' OR ') || ')'
-                    || coalesce(' AND ' || string_agg(CASE WHEN NOT p.polpermissive
-                              THEN '(' || coalesce(pg_catalog.pg_get_expr(p.polqual, p.polrelid), 'true') || ')'
-                              END, ' AND '), '')
-                    || ')'
-                END
-            INTO predicate
-            FROM pg_catalog.pg_policy p
-            WHERE p.polrelid = tbl
-              AND p.polcmd IN ('r', '*')
-              AND (0::oid = ANY (p.polroles)
-                   OR EXISTS (SELECT 1 FROM unnest(p.polroles) AS r (oid)
-                              WHERE pg_catalog.pg_has_role(viewer_role, r.oid, 'USAGE')));
-        END IF;
-        IF predicate IS NULL THEN
-            visible := '{}';  -- RLS on, no permissive policy for this role: default deny
             RETURN NEXT;
             CONTINUE;
         END IF;
