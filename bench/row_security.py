@@ -116,16 +116,15 @@ async def run_mode(
         conn = await asyncpg.connect(dsn)
         await conn.execute(SCHEMA)
         await conn.close()
-        access = {"table_access": {"public.bench_notes": "owner"}}
-        if mode == "rls":
-            access = {"row_security": {"public.bench_notes": "rls"}}
+        table = "public.bench_notes"
         settings = Settings(
             _env_file=None,  # type: ignore[call-arg]
             database_url=dsn,
             gc_tuning=False,
             prune_interval=3600,
             max_connections_per_user=1000,
-            **access,
+            table_access={} if mode == "rls" else {table: "owner"},
+            row_security={table: "rls"} if mode == "rls" else {},
         )
         async with run_bridge(settings) as bridge:
             return await _measure(bridge, dsn, mode, users, rate, seconds, burst)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
 import orjson
-from realtime import AsyncRealtimeClient
+from realtime import AsyncRealtimeClient, RealtimePostgresChangesListenEvent
 
 from realtime_bridge.row_security import RowSecurity, Viewer
 from realtime_bridge.sources.outbox import init_connection
@@ -283,6 +284,10 @@ async def realtime_client(bridge: RunningBridge, token: str) -> AsyncIterator[As
         await realtime.close()
 
 
+def keep(seen: list[dict[str, Any]], payload: Any) -> None:
+    seen.append(dict(payload))
+
+
 def supabase_changes(payloads: list[dict[str, Any]]) -> list[tuple[str, str]]:
     out = []
     for payload in payloads:
@@ -304,15 +309,15 @@ async def test_postgres_changes_with_the_python_client_follow_the_policies(
             client = await stack.enter_async_context(realtime_client(bridge, token))
             channel = client.channel(f"notes-{name}")
             channel.on_postgres_changes(
-                "*",
+                RealtimePostgresChangesListenEvent.All,
                 schema="public",
                 table="notes",
-                callback=lambda payload, seen=received[name]: seen.append(dict(payload)),
+                callback=functools.partial(keep, received[name]),
             )
             system: list[Any] = []
             channel.on_system(system.append)
             await channel.subscribe()
-            await until(lambda seen=system: bool(seen), 10, what=f"{name} subscribed")
+            await until(functools.partial(bool, system), 10, what=f"{name} subscribed")
             assert system[0].message == "Subscribed to PostgreSQL", system
         expected = await expected_changes(db)
         await until(
