@@ -882,9 +882,20 @@ class Bridge:
             "wal": source.stats() if isinstance(source, WalSource) else None,
             **self.cluster(),
             "failed_tasks": dict(self._task_errors),
+            "row_security": self._row_security_state() if self.hub.gates else None,
             "uptime_s": round(time.time() - self.started_at, 1),
         }
         return healthy, body
+
+    def _row_security_state(self) -> dict[str, Any]:
+        """How far behind the head each row-secured channel is, and the last check error."""
+        return {
+            "behind": {name: self.hub.head - gate.cursor for name, gate in self.hub.gates.items()},
+            "last_error": self.row_security.last_error,
+            "gate_errors": {
+                name: gate.error for name, gate in self.hub.gates.items() if gate.error
+            },
+        }
 
     @property
     def role(self) -> str:
@@ -938,6 +949,13 @@ class Bridge:
             "events_replayed": hub.replayed,
             "dropped": {"slow_consumers": hub.slow_consumers},
             "resyncs": hub.resyncs,
+            "row_security": {
+                "tables": sorted(self.secured_tables()),
+                "statements": self.row_security.statements,
+                "checks": hub.secured_checks,
+                "secured_failures": hub.secured_failures,
+                **self._row_security_state(),
+            },
             "errors_sent": dict(self.counters.errors_sent),
             "plugin_errors": dict(self.registry.errors),
             "broadcasts": self.counters.broadcasts,

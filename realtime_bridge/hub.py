@@ -786,6 +786,7 @@ class _Gate:
         self.hub = hub
         self.channel = channel
         self.cursor = hub.head
+        self.error: str | None = None
         self.wake = asyncio.Event()
         self.task = asyncio.create_task(self._run(), name=f"row-security-{channel.name}")
         self.task.add_done_callback(self._done)
@@ -797,34 +798,47 @@ class _Gate:
             )
 
     async def _run(self) -> None:
-        hub, name = self.hub, self.channel.name
         while True:
-            if self.cursor >= hub.head:
-                self.wake.clear()
-                await self.wake.wait()
-                continue
-            if not self.channel.gated:
-                self.cursor = hub.head
-                continue
-            first = hub.window[0].seq if hub.window else hub.head + 1
-            if self.cursor + 1 < first:
-                # The window moved past the gate (a long outage): each subscription
-                # catches up by itself, from the log, with the same checks.
-                for sub in list(hub.subscriptions.values()):
-                    if (
-                        sub.channel == name
-                        and sub.viewer is not None
-                        and sub.state is SubscriptionState.LIVE
-                    ):
-                        sub.state = SubscriptionState.CATCHING_UP
-                        if sub.on_lag is not None:
-                            sub.on_lag(sub)
-                self.cursor = hub.head
-                continue
-            offset = self.cursor + 1 - first
-            entries = list(itertools.islice(hub.window, offset, offset + self.BATCH))
-            await self._serve(entries)
-            self.cursor = entries[-1].seq
+            try:
+                await self._step()
+                self.error = None
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # A bug here must not silently stop the channel: said, kept in
+                # /health, and tried again (the cursor has not moved).
+                self.error = f"{type(exc).__name__}: {exc}"
+                logger.exception("the row-security gate of %s failed; retrying", self.channel.name)
+                await asyncio.sleep(1.0)
+
+    async def _step(self) -> None:
+        hub, name = self.hub, self.channel.name
+        if self.cursor >= hub.head:
+            self.wake.clear()
+            await self.wake.wait()
+            return
+        if not self.channel.gated:
+            self.cursor = hub.head
+            return
+        first = hub.window[0].seq if hub.window else hub.head + 1
+        if self.cursor + 1 < first:
+            # The window moved past the gate (a long outage): each subscription
+            # catches up by itself, from the log, with the same checks.
+            for sub in list(hub.subscriptions.values()):
+                if (
+                    sub.channel == name
+                    and sub.viewer is not None
+                    and sub.state is SubscriptionState.LIVE
+                ):
+                    sub.state = SubscriptionState.CATCHING_UP
+                    if sub.on_lag is not None:
+                        sub.on_lag(sub)
+            self.cursor = hub.head
+            return
+        offset = self.cursor + 1 - first
+        entries = list(itertools.islice(hub.window, offset, offset + self.BATCH))
+        await self._serve(entries)
+        self.cursor = entries[-1].seq
 
     async def _serve(self, entries: list[LogEntry]) -> None:
         name = self.channel.name
