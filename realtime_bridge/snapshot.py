@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
 import orjson
 
 from realtime_bridge.change import Change, Row
@@ -131,6 +132,20 @@ async def take_snapshot(
         return await _pages(bridge, target, tables, start, limit, seq, read_rest)
     if bridge.pool is None:
         raise SnapshotUnavailable("the bridge has no database to read a snapshot from yet")
+    try:
+        return await _sql_snapshot(bridge, target, tables, start, limit, seq)
+    except (asyncpg.DataError, asyncpg.InsufficientPrivilegeError):
+        if target.viewer is None:
+            raise
+        # A policy that raises for this user (a sub that is no uuid reaching
+        # auth.uid()), or a role without SELECT: they see no row, as for changes.
+        return Snapshot(target.channel, seq, [], None)
+
+
+async def _sql_snapshot(
+    bridge: Bridge, target: Target, tables: list[str], start: _Cursor, limit: int, seq: int
+) -> Snapshot:
+    assert bridge.pool is not None
     durable = bridge.source is not None and bridge.source.durable
     owner_type = _owner_type(bridge, target)
     async with (
@@ -148,7 +163,8 @@ async def take_snapshot(
                 """
                 SELECT set_config('role', $1, true),
                        set_config('request.jwt.claims', $2, true),
-                       set_config('request.jwt.claim.sub', coalesce($2::jsonb ->> 'sub', ''), true),
+                       set_config('request.jwt.claim.sub',
+                                  coalesce($2::text::jsonb ->> 'sub', ''), true),
                        set_config('request.jwt.claim.role', $1, true)
                 """,
                 target.viewer.role,

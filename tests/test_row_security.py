@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
+import httpx
 import orjson
 from realtime import AsyncRealtimeClient, RealtimePostgresChangesListenEvent
 
@@ -204,6 +205,15 @@ async def until_async(condition: Callable[[], Awaitable[bool]], timeout: float, 
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+async def count_routed(bridge: RunningBridge, total: int) -> bool:
+    async with httpx.AsyncClient(base_url=bridge.url, timeout=10) as http:
+        poll = await http.get(
+            "/api/channels/public.notes/events",
+            params={"apikey": bridge.service_key, "since": "0", "wait": "0", "limit": "1000"},
+        )
+    return len(poll.json()["events"]) >= total
 
 
 def ws_changes(frames: list[dict[str, Any]]) -> list[tuple[str, str]]:
@@ -415,3 +425,73 @@ async def test_a_check_that_cannot_run_holds_back_only_its_own_subscribers(
             assert await alice.silent(0.3)
     finally:
         await locker.close()
+
+
+async def test_long_poll_and_snapshot_show_each_user_what_the_policies_do(
+    start_bridge: BridgeFactory, db: asyncpg.Connection
+) -> None:
+    bridge = await secured_bridge(start_bridge, db)
+    expected = await expected_changes(db)
+    await db.execute(
+        "INSERT INTO notes VALUES ('5', $1, 'acme', 'e'), ('6', $2, NULL, 'f')", ALICE, BOB
+    )
+    total = len(STEPS) + 2
+    # Every change routed: the WAL leader numbers them a moment after the commits.
+    await until_async(lambda: count_routed(bridge, total), 10, what="every change to be routed")
+    expected = {
+        name: [*changes, *(("INSERT", i) for i in ("5", "6") if i in shows)]
+        for name, changes in expected.items()
+        for shows in [
+            {"5", "6"}
+            if name == "service"
+            else await postgres_shows(db, "notes", claims_of(USERS[name]))
+        ]
+    }
+    async with httpx.AsyncClient(base_url=bridge.url, timeout=20) as http:
+        for name, sub in [*USERS.items(), ("service", None)]:
+            token = bridge.service_key if sub is None else bridge.user_token(sub)
+            poll = await http.get(
+                "/api/channels/public.notes/events",
+                params={"apikey": token, "since": "0", "wait": "0", "limit": "1000"},
+            )
+            assert poll.status_code == 200, poll.text
+            got = [
+                (e["operation"], (e["data"] if e["operation"] != "DELETE" else e["old"])["id"])
+                for e in poll.json()["events"]
+            ]
+            assert got == expected[name], name
+            snap = await http.get("/api/channels/public.notes/snapshot", params={"apikey": token})
+            assert snap.status_code == 200, snap.text
+            rows = {r["id"] for r in snap.json()["records"]}
+            if sub is None:
+                assert rows == {"1", "5", "6"}
+            else:
+                assert rows == await postgres_shows(db, "notes", claims_of(sub)), name
+
+
+async def test_the_python_client_re_asks_with_a_refreshed_token(
+    start_bridge: BridgeFactory, db: asyncpg.Connection
+) -> None:
+    bridge = await secured_bridge(start_bridge, db)
+    seen: list[dict[str, Any]] = []
+    async with realtime_client(bridge, bridge.user_token(ALICE)) as alice:
+        channel = alice.channel("notes")
+        channel.on_postgres_changes(
+            RealtimePostgresChangesListenEvent.All,
+            schema="public",
+            table="notes",
+            callback=functools.partial(keep, seen),
+        )
+        system: list[Any] = []
+        channel.on_system(system.append)
+        await channel.subscribe()
+        await until(functools.partial(bool, system), 10, what="subscribed")
+        await db.execute("INSERT INTO notes VALUES ('g1', $1, NULL, 'gold')", BOB)
+        await db.execute("INSERT INTO notes VALUES ('a1', $1, NULL, 'mine')", ALICE)
+        await until(lambda: len(seen) >= 1, 10, what="her own note")
+        await alice.set_auth(bridge.user_token(ALICE, tier="gold"))
+        await asyncio.sleep(0.3)  # the access_token push has no reply
+        await db.execute("INSERT INTO notes VALUES ('g2', $1, NULL, 'gold')", BOB)
+        await until(lambda: len(seen) >= 2, 10, what="the gold note")
+        await asyncio.sleep(0.3)
+    assert supabase_changes(seen) == [("INSERT", "a1"), ("INSERT", "g2")]
