@@ -185,11 +185,13 @@ async def expected_changes(db: asyncpg.Connection) -> dict[str, list[tuple[str, 
     return expected
 
 
-async def secured_bridge(start_bridge: BridgeFactory, db: asyncpg.Connection) -> RunningBridge:
+async def secured_bridge(
+    start_bridge: BridgeFactory, db: asyncpg.Connection, **overrides: Any
+) -> RunningBridge:
     await db.execute(SCHEMA)
     await db.execute("INSERT INTO orgs_members VALUES ('acme', $1)", CAROL)
     await db.execute("SELECT realtime_bridge.track('public.notes')")
-    return await start_bridge(row_security={"public.notes": "rls"})
+    return await start_bridge(row_security={"public.notes": "rls"}, **overrides)
 
 
 INSERT_POSITION = (
@@ -376,7 +378,9 @@ async def test_a_new_token_is_a_new_question_to_the_policies(
 async def test_a_check_that_cannot_run_holds_back_only_its_own_subscribers(
     start_bridge: BridgeFactory, db: asyncpg.Connection, dsn: str
 ) -> None:
-    bridge = await secured_bridge(start_bridge, db)
+    # A window of 4 changes: the outage outlasts it, so the held-back subscriber
+    # is handed to catch-up and served from the durable log, with the same check.
+    bridge = await secured_bridge(start_bridge, db, replay_window=4)
     locker = await asyncpg.connect(dsn)
     try:
         async with (
@@ -392,9 +396,14 @@ async def test_a_check_that_cannot_run_holds_back_only_its_own_subscribers(
             await locker.execute("LOCK TABLE orgs_members IN ACCESS EXCLUSIVE MODE")
             await db.execute("INSERT INTO notes VALUES ('1', $1, NULL, 'a')", ALICE)
             await db.execute(INSERT_POSITION, "u1", "AAPL")
+            for row_id, owner in [("2", BOB), ("3", ALICE), ("4", BOB), ("5", ALICE)]:
+                await db.execute("INSERT INTO notes VALUES ($1, $2, NULL, 'b')", row_id, owner)
             # Other channels, and unsecured readers of the same one, do not wait.
-            frames = await received(ops, 2)
-            assert sorted(f["channel"] for f in frames) == ["position-updates", "public.notes"]
+            frames = await received(ops, 6)
+            assert sorted(f["channel"] for f in frames) == [
+                "position-updates",
+                *["public.notes"] * 5,
+            ]
             assert await alice.silent(0.5)
             # The database drops the check's connection: it fails, is retried, and
             # still nothing reaches Alice (fail closed).
@@ -419,9 +428,11 @@ async def test_a_check_that_cannot_run_holds_back_only_its_own_subscribers(
             await until_async(check_waits, 10, what="the check to be asked again")
             assert await alice.silent(0.3)
             await tx.rollback()
-            # Once it can run, the change arrives, once.
-            frames = await received(alice, 1)
-            assert ws_changes(frames) == [("INSERT", "1")]
+            # Once it can run, her changes arrive, in order, once.
+            frames = await received(alice, 3)
+            assert ws_changes(frames) == [("INSERT", "1"), ("INSERT", "3"), ("INSERT", "5")]
+            assert [f["seq"] for f in frames] == sorted(f["seq"] for f in frames)
+            assert bridge.bridge.hub.stats.replayed >= 1  # some came through catch-up
             assert await alice.silent(0.3)
     finally:
         await locker.close()
@@ -430,7 +441,8 @@ async def test_a_check_that_cannot_run_holds_back_only_its_own_subscribers(
 async def test_long_poll_and_snapshot_show_each_user_what_the_policies_do(
     start_bridge: BridgeFactory, db: asyncpg.Connection
 ) -> None:
-    bridge = await secured_bridge(start_bridge, db)
+    # A replay window of 2: the long-polls below read the durable log, checked per batch.
+    bridge = await secured_bridge(start_bridge, db, replay_window=2)
     expected = await expected_changes(db)
     await db.execute(
         "INSERT INTO notes VALUES ('5', $1, 'acme', 'e'), ('6', $2, NULL, 'f')", ALICE, BOB
