@@ -16,8 +16,12 @@ from typing import Any
 import asyncpg
 import httpx
 import orjson
+import pytest
+from pydantic import BaseModel
 from realtime import AsyncRealtimeClient, RealtimePostgresChangesListenEvent
 
+from realtime_bridge.errors import ConfigurationError
+from realtime_bridge.plugins import Plugin
 from realtime_bridge.row_security import RowSecurity, Viewer
 from realtime_bridge.sources.outbox import init_connection
 from realtime_bridge.testing import JsonSocket, RunningBridge
@@ -507,3 +511,42 @@ async def test_the_python_client_re_asks_with_a_refreshed_token(
         await until(lambda: len(seen) >= 2, 10, what="the gold note")
         await asyncio.sleep(0.3)
     assert supabase_changes(seen) == [("INSERT", "a1"), ("INSERT", "g2")]
+
+
+def test_a_plugin_says_owner_or_rls_and_nothing_else() -> None:
+    class Note(BaseModel):
+        id: int
+
+    assert Plugin(channel="notes", event="note", model=Note, row_security="rls").row_security
+    with pytest.raises(ConfigurationError, match="row_security must be 'owner' or 'rls'"):
+        Plugin(channel="notes", event="note", model=Note, row_security="policies")
+
+
+async def test_a_plugin_channel_of_a_listed_table_follows_its_policies_as_they_change(
+    start_bridge: BridgeFactory, db: asyncpg.Connection
+) -> None:
+    bridge = await start_bridge(row_security={"public.positions": "rls"})
+    assert bridge.bridge.policy("position-updates").row_security
+    assert bridge.bridge.policy("public.positions").row_security
+    assert not bridge.bridge.policy("trade-updates").row_security
+    async with bridge.websocket(key=bridge.user_token("u1")) as ws:
+        reply = await ws.subscribe(channel="position-updates")
+        assert reply["type"] == "subscribed", reply
+        # No SELECT grant for authenticated on the demo table: a SELECT would fail, so nothing.
+        await db.execute(INSERT_POSITION, "u1", "AAPL")
+        assert await ws.silent(0.5)
+        # Policies are read on every check: a grant and a policy apply from the next change.
+        await db.execute(
+            "GRANT SELECT ON positions TO authenticated;"
+            "ALTER TABLE positions ENABLE ROW LEVEL SECURITY;"
+            "CREATE POLICY mine ON positions FOR SELECT TO authenticated"
+            " USING (user_id = auth.jwt() ->> 'sub')"
+        )
+        await db.execute(INSERT_POSITION, "u2", "MSFT")
+        await db.execute(INSERT_POSITION, "u1", "TSLA")
+        (frame,) = await received(ws, 1)
+        assert frame["channel"] == "position-updates"
+        assert frame["event"] == "position_update"
+        assert frame["data"]["symbol"] == "TSLA"
+        assert frame["data"]["user_id"] == "u1"
+        assert await ws.silent(0.3)
