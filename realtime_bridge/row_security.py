@@ -67,6 +67,12 @@ PERMANENT = (
 )
 
 
+def quoted(table: str) -> str:
+    """`schema.name` (as the bridge names tables) as a regclass literal: "Mixed.Case" stays."""
+    schema, _, name = table.rpartition(".")
+    return ".".join('"' + part.replace('"', '""') + '"' for part in (schema or "public", name))
+
+
 class RowSecurityUnavailable(Exception):
     """The policies could not be evaluated now (no database, or it is down): deliver nothing yet."""
 
@@ -99,7 +105,7 @@ class RowSecurity:
             self.statements += 1
             found = await pool.fetch(
                 VISIBLE_ROWS_SQL,
-                table,
+                quoted(table),
                 [orjson.dumps(row, default=str).decode() for row in rows],
                 [viewers[i].as_json() for i in order],
             )

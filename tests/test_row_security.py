@@ -550,3 +550,22 @@ async def test_a_plugin_channel_of_a_listed_table_follows_its_policies_as_they_c
         assert frame["data"]["symbol"] == "TSLA"
         assert frame["data"]["user_id"] == "u1"
         assert await ws.silent(0.3)
+
+
+async def test_a_table_name_that_needs_quoting_is_asked_about_itself(
+    db: asyncpg.Connection, dsn: str
+) -> None:
+    await db.execute(
+        'CREATE TABLE public."Odd ""Notes""" (id text PRIMARY KEY, owner uuid);'
+        "CREATE TABLE public.odd (id text PRIMARY KEY, owner uuid);"
+        'ALTER TABLE public."Odd ""Notes""" ENABLE ROW LEVEL SECURITY;'
+        'GRANT SELECT ON public."Odd ""Notes""", public.odd TO authenticated;'
+        'CREATE POLICY own ON public."Odd ""Notes""" FOR SELECT USING (owner = auth.uid());'
+    )
+    rows = [{"id": "1", "owner": ALICE}, {"id": "2", "owner": BOB}]
+    viewer = Viewer("authenticated", orjson.dumps(claims_of(ALICE)).decode())
+    async with asyncpg.create_pool(dsn, min_size=1, max_size=1, init=init_connection) as pool:
+        checker = RowSecurity(lambda: pool)
+        assert await checker.check('public.Odd "Notes"', rows, [viewer]) == [{0}]
+        # public.odd has no RLS: every row, which a case-folded name would have asked about.
+        assert await checker.check("public.odd", rows, [viewer]) == [{0, 1}]
