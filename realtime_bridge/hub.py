@@ -375,6 +375,11 @@ class Hub:
         self.head = seq
         self._keep(entry)
         self.stats.events_in += 1
+        for gate in self.gates.values():
+            # A gate with nothing pending skips changes of other channels here, so a
+            # quiet row-secured channel never falls behind the window for nothing.
+            if gate.cursor == seq - 1 and gate.channel.name not in entry.channels:
+                gate.cursor = seq
         for name in entry.channels:
             channel = self.channels.get(name)
             if channel is None or channel.count == 0:
@@ -837,10 +842,11 @@ class _Gate:
             return
         offset = self.cursor + 1 - first
         entries = list(itertools.islice(hub.window, offset, offset + self.BATCH))
-        await self._serve(entries)
-        self.cursor = entries[-1].seq
+        if await self._serve(entries):
+            self.cursor = max(self.cursor, entries[-1].seq)
 
-    async def _serve(self, entries: list[LogEntry]) -> None:
+    async def _serve(self, entries: list[LogEntry]) -> bool:
+        """Decide and deliver `entries`; False when it stopped before deciding."""
         name = self.channel.name
         work: list[tuple[Event, list[tuple[Subscription, Hashable]]]] = []
         viewers: dict[Hashable, None] = {}
@@ -861,9 +867,12 @@ class _Gate:
                 work.append((event, wanting))
                 viewers.update(dict.fromkeys(v for _, v in wanting))
         if not work:
-            return
-        sees = await self.hub.sightings([event for event, _ in work], list(viewers))
-        assert sees is not None
+            return True
+        sees = await self.hub.sightings(
+            [event for event, _ in work], list(viewers), lambda: not self.channel.gated
+        )
+        if sees is None:
+            return False  # everyone left while the check could not run
         for event, wanting in work:
             for sub, viewer in wanting:
                 if sub.state is not SubscriptionState.LIVE or sub.last_seq >= event.seq:
@@ -871,3 +880,4 @@ class _Gate:
                 version = secured(event, *sees(event, viewer), sub)
                 if version is not None and sub.deliver(version):
                     self.hub.stats.frames_out += 1
+        return True

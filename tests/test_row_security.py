@@ -569,3 +569,20 @@ async def test_a_table_name_that_needs_quoting_is_asked_about_itself(
         assert await checker.check('public.Odd "Notes"', rows, [viewer]) == [{0}]
         # public.odd has no RLS: every row, which a case-folded name would have asked about.
         assert await checker.check("public.odd", rows, [viewer]) == [{0, 1}]
+
+
+async def test_a_quiet_secured_channel_stays_live_through_other_channels_traffic(
+    start_bridge: BridgeFactory, db: asyncpg.Connection
+) -> None:
+    bridge = await secured_bridge(start_bridge, db, replay_window=4)
+    async with bridge.websocket(key=bridge.user_token(ALICE)) as ws:
+        assert (await ws.subscribe(table="public.notes"))["type"] == "subscribed"
+        head = bridge.bridge.hub.head
+        for i in range(12):  # three windows' worth of changes on another table
+            await db.execute(INSERT_POSITION, "u1", f"S{i}")
+        assert await bridge.bridge.hub.wait_for_head(head + 12, timeout=10)
+        await db.execute("INSERT INTO notes VALUES ('1', $1, NULL, 'a')", ALICE)
+        frames = await received(ws, 1)
+        assert ws_changes(frames) == [("INSERT", "1")]
+    # Served live by the gate, not sent back through catch-up (a read of the log).
+    assert bridge.bridge.hub.stats.replayed == 0
