@@ -106,11 +106,20 @@ BEGIN
             RETURN NEXT;
             CONTINUE;
         END IF;
-        PERFORM pg_catalog.set_config('role', viewer_role, true),
-                pg_catalog.set_config('request.jwt.claims', coalesce(v -> 'claims', '{}')::text, true),
-                pg_catalog.set_config('request.jwt.claim.sub', coalesce(v -> 'claims' ->> 'sub', ''), true),
-                pg_catalog.set_config('request.jwt.claim.role', viewer_role, true),
-                pg_catalog.set_config('request.jwt.claim', '', true);
+        BEGIN
+            PERFORM pg_catalog.set_config('role', viewer_role, true),
+                    pg_catalog.set_config('request.jwt.claims', coalesce(v -> 'claims', '{}')::text, true),
+                    pg_catalog.set_config('request.jwt.claim.sub', coalesce(v -> 'claims' ->> 'sub', ''), true),
+                    pg_catalog.set_config('request.jwt.claim.role', viewer_role, true),
+                    pg_catalog.set_config('request.jwt.claim', '', true);
+        EXCEPTION WHEN OTHERS THEN
+            -- This role may not become the viewer's (not a member): it sees nothing.
+            RAISE WARNING 'realtime-bridge: cannot evaluate row security as role % (%)',
+                viewer_role, SQLERRM;
+            visible := '{}';
+            RETURN NEXT;
+            CONTINUE;
+        END;
         BEGIN
             EXECUTE format(
                 'SELECT coalesce(array_agg(r.i ORDER BY r.i), ''{}'') '
