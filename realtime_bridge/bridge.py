@@ -538,6 +538,12 @@ class Bridge:
         """Hosted Supabase mode: Realtime `postgres_changes`, PostgREST polling as fallback."""
         assert self.settings.supabase_url
         assert self.settings.supabase_service_key
+        if self.secured_tables():
+            raise ConfigurationError(
+                "ROW_SECURITY=rls needs the database to evaluate the tables' policies in "
+                f"({', '.join(sorted(self.secured_tables()))}): set DATABASE_URL to its direct "
+                "connection, or scope those tables by owner"
+            )
         await self.refresh_tables()
         self.source = SupabaseSource(
             self.settings.supabase_url,

@@ -20,12 +20,13 @@ import pytest
 from pydantic import BaseModel
 from realtime import AsyncRealtimeClient, RealtimePostgresChangesListenEvent
 
+from realtime_bridge.bridge import Bridge
 from realtime_bridge.errors import ConfigurationError
 from realtime_bridge.plugins import Plugin
 from realtime_bridge.row_security import RowSecurity, Viewer
 from realtime_bridge.sources.outbox import init_connection
 from realtime_bridge.testing import JsonSocket, RunningBridge
-from tests.conftest import BOTH_CAPTURES, BridgeFactory
+from tests.conftest import BOTH_CAPTURES, BridgeFactory, make_settings
 from tests.helpers import until
 
 ALICE = str(uuid.UUID(int=1))
@@ -586,3 +587,19 @@ async def test_a_quiet_secured_channel_stays_live_through_other_channels_traffic
         assert ws_changes(frames) == [("INSERT", "1")]
     # Served live by the gate, not sent back through catch-up (a read of the log).
     assert bridge.bridge.hub.stats.replayed == 0
+
+
+async def test_hosted_mode_refuses_row_security_it_cannot_evaluate() -> None:
+    settings = make_settings(
+        "",
+        database_url=None,
+        supabase_url="https://project.supabase.co",
+        supabase_service_key="service-key",
+        supabase_jwt_secret="secret",
+        row_security={"public.notes": "rls"},
+    )
+    bridge = Bridge(settings)
+    with pytest.raises(
+        ConfigurationError, match=r"ROW_SECURITY=rls needs the database.*public\.notes"
+    ):
+        await bridge.start()
