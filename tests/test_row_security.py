@@ -28,6 +28,7 @@ from realtime_bridge.sources.outbox import init_connection
 from realtime_bridge.testing import JsonSocket, RunningBridge
 from tests.conftest import BOTH_CAPTURES, BridgeFactory, make_settings
 from tests.helpers import until
+from tests.test_row_scope import background, sse_events
 
 ALICE = str(uuid.UUID(int=1))
 BOB = str(uuid.UUID(int=2))
@@ -603,3 +604,38 @@ async def test_hosted_mode_refuses_row_security_it_cannot_evaluate() -> None:
         ConfigurationError, match=r"ROW_SECURITY=rls needs the database.*public\.notes"
     ):
         await bridge.start()
+
+
+async def test_sse_streams_what_the_policies_show_live_and_from_since(
+    start_bridge: BridgeFactory, db: asyncpg.Connection
+) -> None:
+    bridge = await secured_bridge(start_bridge, db)
+    await db.execute(
+        "INSERT INTO notes VALUES ('1', $1, NULL, 'a'), ('2', $2, NULL, 'b')", ALICE, BOB
+    )
+    seen: dict[str, list[dict[str, Any]]] = {"alice": [], "bob": []}
+    readies = {name: asyncio.Event() for name in seen}
+    async with httpx.AsyncClient(base_url=bridge.url, timeout=30) as http:
+        tasks = [
+            asyncio.create_task(
+                sse_events(http, "public.notes", bridge.user_token(USERS[n]), seen[n], readies[n])
+            )
+            for n in seen
+        ]
+        async with background(tasks):
+            for ready in readies.values():
+                await asyncio.wait_for(ready.wait(), 10)
+            await db.execute("UPDATE notes SET owner = $1 WHERE id = '2'", ALICE)  # Bob's → Alice's
+            await db.execute("DELETE FROM notes WHERE id = '1'")
+            await until(
+                lambda: len(seen["alice"]) >= 3 and len(seen["bob"]) >= 2,
+                15,
+                what="the streams",
+            )
+            await asyncio.sleep(0.3)
+    changes = {
+        n: [(e["operation"], (e["data"] or e["old"])["id"]) for e in events]
+        for n, events in seen.items()
+    }
+    assert changes["alice"] == [("INSERT", "1"), ("INSERT", "2"), ("DELETE", "1")]
+    assert changes["bob"] == [("INSERT", "2"), ("DELETE", "2")]
