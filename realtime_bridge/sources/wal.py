@@ -88,7 +88,7 @@ WITH logged AS (
     SET commit_lsn = $13::pg_lsn, logged = $14, switch_pending = $15
     RETURNING 1
 ), wake AS (
-    SELECT pg_notify('{SEQ_CHANNEL}', '') FROM counter
+    SELECT pg_notify('{SEQ_CHANNEL}', ($12::bigint)::text) FROM counter
 )
 SELECT (SELECT count(*) FROM logged) AS rows, (SELECT count(*) FROM wake) AS woken
 """
@@ -520,6 +520,8 @@ class WalSource(OutboxSource):
             ).total_seconds() * 1000
             self.status.last_seq = changes[-1].seq
             for start in range(0, len(changes), 200):
+                if self.stream is not None:
+                    self.stream.publish(changes[start : start + 200])
                 self.deliver(changes[start : start + 200])
                 if start + 200 < len(changes):
                     await asyncio.sleep(0)
