@@ -888,6 +888,10 @@ class Bridge:
             "role": self.role,
             "log_head": head,
             "lag_seqs": max(head - self.hub.head, 0) if head is not None else None,
+            # Statements this instance's source sent to read the log as a follower.
+            "follower_reads": self.source.follower_statements
+            if isinstance(self.source, OutboxSource)
+            else None,
             "backplane": self.backplane.to_json()
             if self.backplane is not None
             else {"state": "off"},

@@ -344,7 +344,7 @@ class ChangeStream:
             finally:
                 self.reading = False
                 with contextlib.suppress(Exception):
-                    await redis.aclose()
+                    await asyncio.wait_for(redis.aclose(), 1)
             await asyncio.sleep(backoff.next())
 
     # reporting ----------------------------------------------------------------

@@ -341,14 +341,28 @@ async def test_a_killed_instances_presences_leave_within_the_bound(
         assert body["backplane"]["expired_instances"] == 1
 
 
+@pytest.mark.parametrize("fanout", ["log", "stream"])
 @pytest.mark.parametrize("capture", ["wal", "triggers"], indirect=True)
 async def test_leader_failover_loses_and_duplicates_nothing(
-    start_bridge: BridgeFactory, dsn: str, tmp_path: Any, capture: str
+    start_bridge: BridgeFactory,
+    dsn: str,
+    tmp_path: Any,
+    capture: str,
+    fanout: str,
+    redis_server: str,
+    prefix: str,
 ) -> None:
-    async with serve(dsn, str(tmp_path), CAPTURE=capture) as leader:
+    """SIGKILL the leader mid-stream: a follower takes the slot; no client anywhere misses or
+    repeats a change (with the change stream: the other follower keeps reading it)."""
+    env = {"REDIS_URL": redis_server, "REDIS_PREFIX": prefix} if fanout == "stream" else {}
+    linked = {"redis_url": redis_server, "redis_prefix": prefix} if fanout == "stream" else {}
+    async with serve(dsn, str(tmp_path), CAPTURE=capture, **env) as leader:
         assert (await health(leader.port))["role"] == "leader"
-        follower = await start_bridge(supabase_jwt_secret=SECRET)
-        assert (await health(follower.port))["role"] == "follower"
+        followers = [await start_bridge(supabase_jwt_secret=SECRET, **linked) for _ in range(2)]
+        for follower in followers:
+            assert (await health(follower.port))["role"] == "follower"
+            if fanout == "stream":
+                await stream_reading(follower)
         stop = asyncio.Event()
         inserted: list[int] = []
 
@@ -363,33 +377,52 @@ async def test_leader_failover_loses_and_duplicates_nothing(
             finally:
                 await conn.close()
 
-        async with follower.websocket() as ws:
-            reply = await ws.subscribe(table="positions")
-            assert reply["type"] == "subscribed"
+        async with contextlib.AsyncExitStack() as stack:
+            sockets = [await stack.enter_async_context(f.websocket()) for f in followers]
+            for ws in sockets:
+                assert (await ws.subscribe(table="positions"))["type"] == "subscribed"
             writers = [asyncio.create_task(write()) for _ in range(3)]
             await until(lambda: len(inserted) > 150, timeout=20)
             leader.kill()
             killed = time.monotonic()
-            at_kill = follower.bridge.hub.head
-            await until(lambda: follower.bridge.role == "leader", timeout=30)
+            at_kill = max(f.bridge.hub.head for f in followers)
+            streamed_at_kill = [
+                f.bridge.change_stream.delivered_changes if f.bridge.change_stream else 0
+                for f in followers
+            ]
+            await until(
+                lambda: any(f.bridge.role == "leader" for f in followers),
+                timeout=30,
+                what="a new leader",
+            )
             took = time.monotonic() - killed
             # Changes flow again: something written after the kill was numbered and routed.
-            await until(lambda: follower.bridge.hub.head > at_kill + 10, timeout=30)
+            await until(
+                lambda: min(f.bridge.hub.head for f in followers) > at_kill + 10, timeout=30
+            )
             flowing = time.monotonic() - killed
             await until(lambda: len(inserted) > 450, timeout=20)
             stop.set()
             await asyncio.gather(*writers)
-            changes = await ws.changes(len(inserted), timeout=30)
-            assert await ws.silent(0.5)
+            received = [await ws.changes(len(inserted), timeout=30) for ws in sockets]
+            for ws in sockets:
+                assert await ws.silent(0.5)
     print(
-        f"\n{capture}: the follower took the lead {took * 1000:.0f} ms after the leader's "
-        f"SIGKILL; changes flowed again after {flowing * 1000:.0f} ms"
+        f"\n{capture}/{fanout}: a follower took the lead {took * 1000:.0f} ms after the "
+        f"leader's SIGKILL; changes flowed again on both after {flowing * 1000:.0f} ms"
     )
-    seqs = [c["seq"] for c in changes]
-    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
-    ids = [c["data"]["id"] for c in changes]
-    assert sorted(ids) == sorted(inserted)
-    assert len(set(ids)) == len(ids)
+    for changes in received:
+        seqs = [c["seq"] for c in changes]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+        ids = [c["data"]["id"] for c in changes]
+        assert sorted(ids) == sorted(inserted)
+        assert len(set(ids)) == len(ids)
+    assert [c["seq"] for c in received[0]] == [c["seq"] for c in received[1]]
+    if fanout == "stream":
+        n, still = next((n, f) for n, f in enumerate(followers) if f.bridge.role == "follower")
+        assert still.bridge.change_stream is not None
+        # The new leader's entries reached the remaining follower through the stream.
+        assert still.bridge.change_stream.delivered_changes > streamed_at_kill[n] + 50
     assert took < 5
 
 

@@ -209,6 +209,8 @@ class OutboxSource:
         self.follower_statements = 0
         # The highest log head a NOTIFY has named (a stream follower's watchdog).
         self._notified_head = 0
+        # Stream readers cancelled and not yet ended.
+        self._ending: set[asyncio.Task[None]] = set()
 
     async def _default_connect(self, dsn: str) -> asyncpg.Connection:
         conn = await asyncpg.connect(dsn, timeout=10)
@@ -543,9 +545,17 @@ class OutboxSource:
         finally:
             if getter is not None:
                 getter.cancel()
+            # Not awaited: a Redis client cancelled mid-XREAD can take a while to let go,
+            # and a follower taking over the slot must not wait for it. It is kept
+            # referenced until it has ended, and its outcome is collected.
             reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
+            self._ending.add(reader)
+            reader.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._ending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning("change stream reader ended: %s", task.exception())
 
     async def _read_stream(self, stream: ChangeStream, queue: asyncio.Queue[Entry]) -> None:
         entries: AsyncIterator[Entry] = stream.entries(lambda: self.status.last_seq)
