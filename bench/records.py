@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from bench.cluster import records as cluster_records
 from bench.config import BenchConfig
 from bench.report import Record, detail, median, ratio
 from bench.scenarios import Idle, Leader, Results, Run, Step, is_real
@@ -653,4 +654,5 @@ def build(results: Results, config: BenchConfig, fd_limits: str) -> list[Record]
         *p7_records(results),
         *p8_records(results, config),
         *connect_records(results),
+        *cluster_records(results.p9),
     ]

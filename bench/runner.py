@@ -136,6 +136,10 @@ def run(config: BenchConfig, results: Results) -> list[Record]:
                     steps.append(("real idle", lambda: idle_session(env, "real")))
                 if config.wants("P4"):
                     steps.append(("floor idle", lambda: idle_session(env, "floor")))
+                if config.wants("P9"):
+                    from bench.cluster import cluster_session
+
+                    steps.append(("P9 cluster", lambda: results.p9.extend(cluster_session(env))))
                 for name, step in steps:
                     started = time.monotonic()
                     try:
@@ -171,7 +175,11 @@ P4: (server RSS with N idle subscribed sockets − RSS with none) ÷ N.
 P6: rows/s over the same time by 8 connections, plain table vs captured table (bridge running).
 P7 / P8 queries: Execute + Query messages the server sent, counted by a proxy in front of
   Postgres (the embedded server has no pg_stat_statements).
-CPU: user+system seconds ÷ wall time of the measured window, per process tree."""
+CPU: user+system seconds ÷ wall time of the measured window, per process tree.
+P9: 1, 2, 3 `serve` instances behind HAProxy (round robin), one Redis, one counting proxy
+  in front of Postgres for all of them; "stream": followers read the leader's changes from
+  the Redis change stream, "log": CHANGE_STREAM=false, each follower reads the log itself.
+  Statements/s: everything the instances sent during P1 (health checks included) ÷ window."""
 
 
 def main(argv: Sequence[str] | None = None) -> None:

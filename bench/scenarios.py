@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.context import SpawnContext
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -223,6 +224,7 @@ class Results:
     connect: dict[str, OpenReport] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     profiles: dict[str, list[str]] = field(default_factory=dict)
+    p9: list[Any] = field(default_factory=list)  # bench.cluster.Layout, one per layout
 
 
 @dataclass

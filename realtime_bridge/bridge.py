@@ -27,6 +27,7 @@ from realtime_bridge.auth import (
 )
 from realtime_bridge.backplane import Backplane
 from realtime_bridge.change import Change
+from realtime_bridge.changestream import ChangeStream
 from realtime_bridge.embedded import EmbeddedPostgres
 from realtime_bridge.errors import (
     ConfigurationError,
@@ -223,6 +224,16 @@ class Bridge:
         self.backplane: Backplane | None = (
             Backplane(settings.redis_url, ttl=settings.backplane_ttl, prefix=settings.redis_prefix)
             if settings.redis_url
+            else None
+        )
+        # Database changes from the leader to the followers through Redis (see `changestream`).
+        self.change_stream: ChangeStream | None = (
+            ChangeStream(
+                settings.redis_url,
+                prefix=settings.redis_prefix,
+                maxlen=settings.change_stream_maxlen,
+            )
+            if settings.redis_url and settings.change_stream
             else None
         )
         # The log's head as last read by `log_head()` (followers' lag).
@@ -466,6 +477,10 @@ class Bridge:
             )
             source.mode.reason = f"capture triggers and the outbox ({why_not_wal})"
         self.source = source
+        if self.change_stream is not None:
+            # Not awaited: a Redis that is down makes followers read the log, not the start fail.
+            source.stream = self.change_stream
+            self._own("change-stream", self.change_stream.start())
         await self.refresh_tables()
         self._own("source", source.start())
         # Serve once changes flow (health would say 503 until then anyway);
@@ -609,6 +624,8 @@ class Bridge:
         if self.source is not None:
             await self.source.stop()
         await self.hub.close()
+        if self.change_stream is not None:
+            await self.change_stream.stop()
         if self.relay is not None:
             await self.relay.stop(self.hub)
         if self.pnl is not None:
@@ -937,6 +954,15 @@ class Bridge:
         """The log's head seq (what the leader has numbered); None without the log or a reply."""
         if not self._durable or self.pool is None:
             return None
+        stream = self.change_stream
+        if stream is not None and self.role == "follower" and stream.reading:
+            # The stream shows the leader's head: no query per /health check.
+            if stream.head_seen is not None:
+                self.log_head_seen = max(stream.head_seen, self.hub.head)
+                return self.log_head_seen
+        elif stream is not None and self.role == "leader":
+            self.log_head_seen = self.hub.head
+            return self.log_head_seen
         try:
             async with asyncio.timeout(timeout):
                 head = await self.pool.fetchval("SELECT last_seq FROM realtime_bridge.sequencer")
@@ -952,8 +978,15 @@ class Bridge:
             "role": self.role,
             "log_head": head,
             "lag_seqs": max(head - self.hub.head, 0) if head is not None else None,
+            # Statements this instance's source sent to read the log as a follower.
+            "follower_reads": self.source.follower_statements
+            if isinstance(self.source, OutboxSource)
+            else None,
             "backplane": self.backplane.to_json()
             if self.backplane is not None
+            else {"state": "off"},
+            "change_stream": self.change_stream.to_json()
+            if self.change_stream is not None
             else {"state": "off"},
         }
 

@@ -192,6 +192,7 @@ class BridgeCollector(Collector):
         )
         yield from self._relay(stats.get("relay"))
         yield from self._wal(health.get("wal"))
+        yield from self._cluster(health)
         lag = health.get("lag_ms")
         if lag is not None:
             yield _gauge("realtime_bridge_lag_ms", "Commit-to-route delay of the last change.", lag)
@@ -227,6 +228,67 @@ class BridgeCollector(Collector):
             "Times the slot was lost and recreated (clients were told to resync).",
             wal["slot_recreated"],
         )
+
+    def _cluster(self, health: dict[str, Any]) -> Iterator[Metric]:
+        """Role, lag behind the leader, the backplane and the change stream."""
+        role = GaugeMetricFamily(
+            "realtime_bridge_role",
+            "1 for this instance's role (leader|follower|standalone).",
+            labels=["role"],
+        )
+        role.add_metric([health["role"]], 1)
+        yield role
+        if health.get("lag_seqs") is not None:
+            yield _gauge(
+                "realtime_bridge_lag_seqs",
+                "Seqs the leader has logged that this instance has not routed yet.",
+                health["lag_seqs"],
+            )
+        links = GaugeMetricFamily(
+            "realtime_bridge_backplane_up",
+            "1 while the link is connected to Redis, 0 while degraded (absent: no REDIS_URL).",
+            labels=["link"],
+        )
+        messages = CounterMetricFamily(
+            "realtime_bridge_backplane_messages_total",
+            "Backplane messages and change-stream entries, by link and direction.",
+            labels=["link", "direction"],
+        )
+        backplane = health["backplane"]
+        stream = health["change_stream"]
+        shown = False
+        if backplane["state"] != "off":
+            shown = True
+            links.add_metric(["pubsub"], 1 if backplane["state"] == "connected" else 0)
+            for direction in ("published", "received", "dropped"):
+                messages.add_metric(["pubsub", direction], backplane[direction])
+        if stream["state"] != "off":
+            shown = True
+            links.add_metric(["stream"], 1 if stream["state"] == "connected" else 0)
+            for direction in ("published", "received", "dropped"):
+                messages.add_metric(["stream", direction], stream[direction])
+        if not shown:
+            return
+        yield links
+        yield messages
+        if stream["state"] != "off":
+            yield _counter(
+                "realtime_bridge_change_stream_gaps_filled_total",
+                "Holes before a stream entry this follower read from Postgres.",
+                stream["gaps_filled"],
+            )
+            yield _counter(
+                "realtime_bridge_change_stream_fallback_reads_total",
+                "Times this follower read the log from Postgres instead of the stream.",
+                stream["fallback_reads"],
+            )
+            head = stream["head_seen"]
+            if head is not None and health["role"] == "follower":
+                yield _gauge(
+                    "realtime_bridge_change_stream_lag_seqs",
+                    "Seqs between the stream's head and what this follower routed.",
+                    max(head - health["last_seq"], 0),
+                )
 
     def _relay(self, relay: dict[str, int] | None) -> Iterator[Metric]:
         if relay is None:

@@ -77,6 +77,22 @@ class Settings(BaseSettings):
             "every third of it): a dead instance's members leave within about 4/3 of this."
         ),
     )
+    change_stream: bool = Field(
+        default=True,
+        description=(
+            "With REDIS_URL: the leader fans numbered database changes out through one Redis "
+            "Stream and followers read it instead of each reading the log from Postgres."
+        ),
+    )
+    change_stream_maxlen: int = Field(
+        default=10_000,
+        ge=100,
+        le=10_000_000,
+        description=(
+            "Entries (delivered slices of up to 200 changes) the change stream keeps "
+            "(MAXLEN ~); older seqs are read from Postgres."
+        ),
+    )
     realtime_bridge_url: str | None = Field(
         default=None, description="A bridge to publish to over HTTP (broadcast() from services)."
     )

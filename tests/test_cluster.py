@@ -22,10 +22,12 @@ from typing import Any
 
 import asyncpg
 import httpx
+import orjson
 import pytest
 import websockets
 
 from realtime_bridge.auth import Authenticator, Role
+from realtime_bridge.sources.outbox import OutboxSource
 from realtime_bridge.testing import JsonSocket, RunningBridge
 from tests.conftest import ROOT, BridgeFactory
 from tests.helpers import until
@@ -339,14 +341,28 @@ async def test_a_killed_instances_presences_leave_within_the_bound(
         assert body["backplane"]["expired_instances"] == 1
 
 
+@pytest.mark.parametrize("fanout", ["log", "stream"])
 @pytest.mark.parametrize("capture", ["wal", "triggers"], indirect=True)
 async def test_leader_failover_loses_and_duplicates_nothing(
-    start_bridge: BridgeFactory, dsn: str, tmp_path: Any, capture: str
+    start_bridge: BridgeFactory,
+    dsn: str,
+    tmp_path: Any,
+    capture: str,
+    fanout: str,
+    redis_server: str,
+    prefix: str,
 ) -> None:
-    async with serve(dsn, str(tmp_path), CAPTURE=capture) as leader:
+    """SIGKILL the leader mid-stream: a follower takes the slot; no client anywhere misses or
+    repeats a change (with the change stream: the other follower keeps reading it)."""
+    env = {"REDIS_URL": redis_server, "REDIS_PREFIX": prefix} if fanout == "stream" else {}
+    linked = {"redis_url": redis_server, "redis_prefix": prefix} if fanout == "stream" else {}
+    async with serve(dsn, str(tmp_path), CAPTURE=capture, **env) as leader:
         assert (await health(leader.port))["role"] == "leader"
-        follower = await start_bridge(supabase_jwt_secret=SECRET)
-        assert (await health(follower.port))["role"] == "follower"
+        followers = [await start_bridge(supabase_jwt_secret=SECRET, **linked) for _ in range(2)]
+        for follower in followers:
+            assert (await health(follower.port))["role"] == "follower"
+            if fanout == "stream":
+                await stream_reading(follower)
         stop = asyncio.Event()
         inserted: list[int] = []
 
@@ -361,33 +377,52 @@ async def test_leader_failover_loses_and_duplicates_nothing(
             finally:
                 await conn.close()
 
-        async with follower.websocket() as ws:
-            reply = await ws.subscribe(table="positions")
-            assert reply["type"] == "subscribed"
+        async with contextlib.AsyncExitStack() as stack:
+            sockets = [await stack.enter_async_context(f.websocket()) for f in followers]
+            for ws in sockets:
+                assert (await ws.subscribe(table="positions"))["type"] == "subscribed"
             writers = [asyncio.create_task(write()) for _ in range(3)]
             await until(lambda: len(inserted) > 150, timeout=20)
             leader.kill()
             killed = time.monotonic()
-            at_kill = follower.bridge.hub.head
-            await until(lambda: follower.bridge.role == "leader", timeout=30)
+            at_kill = max(f.bridge.hub.head for f in followers)
+            streamed_at_kill = [
+                f.bridge.change_stream.delivered_changes if f.bridge.change_stream else 0
+                for f in followers
+            ]
+            await until(
+                lambda: any(f.bridge.role == "leader" for f in followers),
+                timeout=30,
+                what="a new leader",
+            )
             took = time.monotonic() - killed
             # Changes flow again: something written after the kill was numbered and routed.
-            await until(lambda: follower.bridge.hub.head > at_kill + 10, timeout=30)
+            await until(
+                lambda: min(f.bridge.hub.head for f in followers) > at_kill + 10, timeout=30
+            )
             flowing = time.monotonic() - killed
             await until(lambda: len(inserted) > 450, timeout=20)
             stop.set()
             await asyncio.gather(*writers)
-            changes = await ws.changes(len(inserted), timeout=30)
-            assert await ws.silent(0.5)
+            received = [await ws.changes(len(inserted), timeout=30) for ws in sockets]
+            for ws in sockets:
+                assert await ws.silent(0.5)
     print(
-        f"\n{capture}: the follower took the lead {took * 1000:.0f} ms after the leader's "
-        f"SIGKILL; changes flowed again after {flowing * 1000:.0f} ms"
+        f"\n{capture}/{fanout}: a follower took the lead {took * 1000:.0f} ms after the "
+        f"leader's SIGKILL; changes flowed again on both after {flowing * 1000:.0f} ms"
     )
-    seqs = [c["seq"] for c in changes]
-    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
-    ids = [c["data"]["id"] for c in changes]
-    assert sorted(ids) == sorted(inserted)
-    assert len(set(ids)) == len(ids)
+    for changes in received:
+        seqs = [c["seq"] for c in changes]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+        ids = [c["data"]["id"] for c in changes]
+        assert sorted(ids) == sorted(inserted)
+        assert len(set(ids)) == len(ids)
+    assert [c["seq"] for c in received[0]] == [c["seq"] for c in received[1]]
+    if fanout == "stream":
+        n, still = next((n, f) for n, f in enumerate(followers) if f.bridge.role == "follower")
+        assert still.bridge.change_stream is not None
+        # The new leader's entries reached the remaining follower through the stream.
+        assert still.bridge.change_stream.delivered_changes > streamed_at_kill[n] + 50
     assert took < 5
 
 
@@ -454,3 +489,290 @@ async def test_three_instances_behind_haproxy(
     finally:
         proxy.terminate()
         proxy.wait(10)
+
+
+# the change stream (leader → followers through Redis) -------------------------------------
+
+# Hostile payloads: ids that are equal as numbers but not as text, deep nesting, a large value.
+DEEP: Any = {"leaf": True}
+for _ in range(60):
+    DEEP = {"next": DEEP, "0001": 1, "1": "0001"}
+HOSTILE = [
+    {"id": "0001", "other": "1", "nested": DEEP},
+    {"id": "1", "big": "x" * 300_000, "unicode": "\u00e9\u4e2d\U0001f600\u0000"[:3]},
+    {"list": [[[[[]]]]], "num": 12345678901234567, "neg": -0.5},
+]
+
+
+def logged(change: Any) -> tuple[Any, ...]:
+    """What a change says, as every path must say it (outbox_id is this process's own)."""
+    return (
+        change.seq,
+        change.operation,
+        change.schema,
+        change.table,
+        change.record,
+        change.old_record,
+        change.committed_at,
+        change.channel,
+        change.event,
+    )
+
+
+def record_changes(instance: RunningBridge) -> list[tuple[Any, ...]]:
+    seen: list[tuple[Any, ...]] = []
+    instance.bridge.change_listeners.append(lambda batch: seen.extend(map(logged, batch)))
+    return seen
+
+
+async def stream_reading(instance: RunningBridge) -> None:
+    stream = instance.bridge.change_stream
+    assert stream is not None
+    await until(lambda: stream.reading, timeout=10, what="the follower reading the stream")
+
+
+async def write_mixed(dsn: str) -> int:
+    """Single rows from 3 connections, a 50-row statement, updates, hostile broadcasts."""
+
+    async def rows(n: int) -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            for i in range(10):
+                await conn.fetchval(INSERT, f"u{n}", f"S{n}-{i}", i + 1)
+        finally:
+            await conn.close()
+
+    await asyncio.gather(*(rows(n) for n in range(3)))
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            "INSERT INTO positions (user_id, symbol, quantity, entry_price, current_price) "
+            "SELECT 'u9', 'B' || g, g, 100, 110 FROM generate_series(1, 50) g"
+        )
+        await conn.execute("UPDATE positions SET current_price = 120 WHERE user_id = 'u9'")
+        for payload in HOSTILE:
+            await conn.execute(
+                "SELECT realtime_bridge.broadcast('hostile', 'e', $1::jsonb)",
+                orjson.dumps(payload).decode(),
+            )
+    finally:
+        await conn.close()
+    return 30 + 50 + 50 + len(HOSTILE)
+
+
+@pytest.mark.parametrize("capture", ["wal", "triggers"], indirect=True)
+async def test_the_change_stream_carries_every_change_once_as_the_log_holds_it(
+    cluster: Any, dsn: str, capture: str
+) -> None:
+    leader = await cluster()
+    streamed = await cluster()
+    from_log = await cluster(change_stream=False)  # the Postgres path, for comparison
+    assert streamed.bridge.role == from_log.bridge.role == "follower"
+    stream = streamed.bridge.change_stream
+    assert stream is not None
+    assert from_log.bridge.change_stream is None
+    # Any read of the log from now on would be a fallback, not a slow machine.
+    stream.grace = 60
+    await stream_reading(streamed)
+    source = streamed.bridge.source
+    assert isinstance(source, OutboxSource)
+    reads_before = source.follower_statements
+    seen = {
+        name: record_changes(i) for name, i in (("L", leader), ("S", streamed), ("P", from_log))
+    }
+    async with streamed.websocket() as ws:
+        assert (await ws.subscribe(table="positions"))["type"] == "subscribed"
+        start = leader.bridge.hub.head
+        total = await write_mixed(dsn)
+        for instance in (leader, streamed, from_log):
+            await until(
+                lambda i=instance: i.bridge.hub.head >= start + total,  # type: ignore[misc]
+                timeout=30,
+                what="every change routed",
+            )
+        frames = await ws.changes(130)
+        assert await ws.silent(0.3)
+    assert seen["S"] == seen["P"] == seen["L"]
+    assert [c[0] for c in seen["S"]] == list(range(start + 1, start + total + 1))
+    hostile = [c[4] for c in seen["S"] if c[7] == "hostile"]
+    assert hostile == HOSTILE
+    assert [f["seq"] for f in frames] == [c[0] for c in seen["S"] if c[3] == "positions"]
+    # Everything came through the stream: not one read of the log.
+    assert source.follower_statements == reads_before
+    assert stream.delivered_changes == total
+    assert stream.gaps_filled == stream.fallback_reads == 0
+    body = await health(streamed.port)
+    assert body["change_stream"]["state"] == "connected"
+    assert body["lag_seqs"] == 0
+    async with httpx.AsyncClient(base_url=streamed.url) as http:
+        text = (await http.get("/metrics", headers={"Authorization": f"Bearer {token()}"})).text
+    assert 'realtime_bridge_role{role="follower"} 1.0' in text
+    assert 'realtime_bridge_backplane_up{link="stream"} 1.0' in text
+    assert 'realtime_bridge_backplane_messages_total{direction="received",link="stream"}' in text
+    leader_stream = (await health(leader.port))["change_stream"]
+    assert leader_stream["published_changes"] >= total
+    assert leader_stream["dropped"] == 0
+
+
+async def test_redis_restarted_mid_stream_loses_and_repeats_nothing(
+    start_bridge: BridgeFactory, prefix: str, dsn: str
+) -> None:
+    redis = RedisProcess()
+    redis.start()
+    try:
+        settings = {"redis_url": redis.url, "redis_prefix": prefix, "supabase_jwt_secret": SECRET}
+        leader = await start_bridge(**settings)
+        follower = await start_bridge(**settings)
+        assert follower.bridge.role == "follower"
+        stream = follower.bridge.change_stream
+        assert stream is not None
+        await stream_reading(follower)
+        stop = asyncio.Event()
+        inserted: list[int] = []
+
+        async def write() -> None:
+            conn = await asyncpg.connect(dsn)
+            try:
+                n = 0
+                while not stop.is_set():
+                    inserted.append(await conn.fetchval(INSERT, "u1", f"R{n}", n + 1))
+                    n += 1
+                    await asyncio.sleep(0.003)
+            finally:
+                await conn.close()
+
+        async with follower.websocket() as ws:
+            assert (await ws.subscribe(table="positions"))["type"] == "subscribed"
+            writers = [asyncio.create_task(write()) for _ in range(2)]
+            await until(lambda: stream.delivered_changes > 50, timeout=20, what="stream traffic")
+            redis.stop()
+            await until(lambda: not stream.reading, timeout=10, what="the stream seen down")
+            down_at = len(inserted)
+            await until(lambda: len(inserted) > down_at + 50, timeout=20)
+            # Postgres stood in while Redis was away.
+            assert stream.fallback_reads >= 1
+            assert (await health(follower.port))["change_stream"]["state"] == "degraded"
+            redis.start()
+            await stream_reading(follower)
+            back = stream.delivered_changes
+            await until(
+                lambda: stream.delivered_changes > back + 50, timeout=20, what="the stream again"
+            )
+            stop.set()
+            await asyncio.gather(*writers)
+            changes = await ws.changes(len(inserted), timeout=30)
+            assert await ws.silent(0.5)
+    finally:
+        redis.close()
+    seqs = [c["seq"] for c in changes]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    ids = [c["data"]["id"] for c in changes]
+    assert sorted(ids) == sorted(inserted)
+    assert len(set(ids)) == len(ids)
+    assert leader.bridge.hub.head == follower.bridge.hub.head
+
+
+async def test_a_follower_that_missed_trimmed_entries_reads_them_from_postgres(
+    cluster: Any, redis_server: str, prefix: str, dsn: str, db: asyncpg.Connection, tmp_path: Any
+) -> None:
+    from redis.asyncio import Redis
+
+    leader = await cluster()
+    stream = leader.bridge.change_stream
+    assert stream is not None
+    async with (
+        serve(dsn, str(tmp_path), REDIS_URL=redis_server, REDIS_PREFIX=prefix) as follower,
+        websockets.connect(
+            f"ws://127.0.0.1:{follower.port}/ws/db_subscriptions?apikey={token()}"
+        ) as raw,
+    ):
+        ws = JsonSocket(raw)
+        assert (await health(follower.port))["role"] == "follower"
+        deadline = time.monotonic() + 10
+        while not (await health(follower.port))["change_stream"]["reading"]:
+            assert time.monotonic() < deadline, "the follower never read the stream"
+            await asyncio.sleep(0.05)
+        assert (await ws.subscribe(table="positions"))["type"] == "subscribed"
+        ids = [await db.fetchval(INSERT, "u1", f"T{n}", 1) for n in range(3)]
+        assert len(await ws.changes(3)) == 3
+        # The follower stalls; meanwhile its entries are written and trimmed away.
+        follower.process.send_signal(signal.SIGSTOP)
+        try:
+            published = stream.published_changes
+            missed = [await db.fetchval(INSERT, "u1", f"M{n}", 1) for n in range(40)]
+            await until(lambda: stream.published_changes >= published + 40, timeout=10)
+            redis = Redis.from_url(redis_server)
+            try:
+                await redis.xtrim(stream.key, maxlen=0, approximate=False)
+                assert await redis.xlen(stream.key) == 0
+            finally:
+                await redis.aclose()
+            after = [await db.fetchval(INSERT, "u1", f"A{n}", 1) for n in range(5)]
+            await until(lambda: stream.published_changes >= published + 45, timeout=10)
+        finally:
+            follower.process.send_signal(signal.SIGCONT)
+        changes = await ws.changes(45, timeout=20)
+        assert await ws.silent(0.5)
+        body = await health(follower.port)
+    got = [c["data"]["id"] for c in changes]
+    assert got == missed + after
+    seqs = [c["seq"] for c in changes]
+    assert seqs == list(range(seqs[0], seqs[0] + 45))
+    assert body["change_stream"]["gaps_filled"] >= 1
+    assert body["change_stream"]["delivered_changes"] >= 5
+    assert ids
+
+
+async def test_a_killed_follower_s_client_resumes_on_another_instance_losing_nothing(
+    cluster: Any, redis_server: str, prefix: str, dsn: str, tmp_path: Any
+) -> None:
+    """SIGKILL a follower mid-stream: its client resumes on another instance by seq."""
+    await cluster()  # the leader
+    survivor = await cluster()
+    async with serve(dsn, str(tmp_path), REDIS_URL=redis_server, REDIS_PREFIX=prefix) as doomed:
+        assert (await health(doomed.port))["role"] == "follower"
+        stop = asyncio.Event()
+        inserted: list[int] = []
+
+        async def write() -> None:
+            conn = await asyncpg.connect(dsn)
+            try:
+                n = 0
+                while not stop.is_set():
+                    inserted.append(await conn.fetchval(INSERT, "u1", f"K{n}", n + 1))
+                    n += 1
+                    await asyncio.sleep(0.003)
+            finally:
+                await conn.close()
+
+        url = f"ws://127.0.0.1:{doomed.port}/ws/db_subscriptions?apikey={token()}"
+        got: list[dict[str, Any]] = []
+        async with websockets.connect(url) as raw:
+            ws = JsonSocket(raw)
+            assert (await ws.subscribe(table="positions"))["type"] == "subscribed"
+            writers = [asyncio.create_task(write()) for _ in range(2)]
+            with contextlib.suppress(websockets.ConnectionClosed, TimeoutError):
+                while True:
+                    frame = await ws.recv(5)
+                    got.append(frame)
+                    if len(got) == 100:
+                        doomed.kill()
+    assert len(got) >= 100
+    last = got[-1]["seq"]
+    async with survivor.websocket() as ws:
+        reply = await ws.subscribe(table="positions", since=last)
+        assert reply["type"] == "subscribed", reply
+        await until(lambda: len(inserted) > len(got) + 100, timeout=20)
+        stop.set()
+        await asyncio.gather(*writers)
+        rest = await ws.changes(len(inserted) - len(got), timeout=30)
+        assert await ws.silent(0.5)
+    changes = got + rest
+    seqs = [c["seq"] for c in changes]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    ids = [c["data"]["id"] for c in changes]
+    assert sorted(ids) == sorted(inserted)
+    assert len(set(ids)) == len(ids)
+    print(
+        f"\nfollower SIGKILLed after {len(got)} frames; resumed on another instance: 0 lost, 0 dup"
+    )

@@ -7,9 +7,10 @@
 Both answer 202 with an empty body once the messages are accepted. A topic
 named after a plugin channel is published through the outbox (validated by
 the channel's model, numbered, replayable, seen by every instance); any
-other topic is an ephemeral broadcast to the sockets joined on it in this
-process, with ``meta: {"id": ...}`` as Supabase adds. A batch is checked
-whole before anything is delivered.
+other topic is an ephemeral broadcast to the sockets joined on it (on every
+instance through the backplane when REDIS_URL is set), with ``meta: {"id":
+...}`` as Supabase adds. A batch is checked whole before anything is
+delivered.
 
 Who may send, as on Supabase (supabase-js falls back to this API for
 ``send()`` before the channel is joined, and ``httpSend()`` /

@@ -31,9 +31,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import orjson
@@ -46,6 +47,9 @@ from realtime_bridge.sources.base import (
     SourceState,
     SourceStatus,
 )
+
+if TYPE_CHECKING:
+    from realtime_bridge.changestream import ChangeStream, Entry
 
 logger = logging.getLogger(__name__)
 
@@ -85,9 +89,9 @@ WITH candidates AS MATERIALIZED (
     SET last_seq = s.last_seq + b.n
     FROM (SELECT sum(changes) AS n FROM batch) b
     WHERE b.n > 0
-    RETURNING s.last_seq - b.n AS base
+    RETURNING s.last_seq - b.n AS base, s.last_seq AS head
 ), wake AS MATERIALIZED (
-    SELECT pg_notify('{SEQ_CHANNEL}', '') AS sent FROM counter
+    SELECT pg_notify('{SEQ_CHANNEL}', counter.head::text) AS sent FROM counter
 )
 UPDATE realtime_bridge.outbox o
 SET seq = counter.base + batch.before + 1, sequenced_at = clock_timestamp()
@@ -198,6 +202,15 @@ class OutboxSource:
         self.statements = 0
         self.wake_ups = 0
         self.busy_polls = 0
+        # The Redis change stream (REDIS_URL + CHANGE_STREAM): the leader appends what
+        # it numbered; a follower reads it instead of the log (see `changestream`).
+        self.stream: ChangeStream | None = None
+        # A follower's reads of the log (head checks and reads by seq), for the bench.
+        self.follower_statements = 0
+        # The highest log head a NOTIFY has named (a stream follower's watchdog).
+        self._notified_head = 0
+        # Stream readers cancelled and not yet ended.
+        self._ending: set[asyncio.Task[None]] = set()
 
     async def _default_connect(self, dsn: str) -> asyncpg.Connection:
         conn = await asyncpg.connect(dsn, timeout=10)
@@ -280,10 +293,13 @@ class OutboxSource:
 
     # reading -------------------------------------------------------------
 
-    async def _hand_on(self, rows: list[asyncpg.Record]) -> None:
+    async def _hand_on(self, rows: list[asyncpg.Record], *, numbered: bool = False) -> None:
+        """Hand on the changes of `rows` above last_seq (`numbered`: this leader numbered them)."""
         if not rows:
             return
-        fresh = rows_to_changes(rows, self.status.last_seq)
+        await self._pass_on(rows_to_changes(rows, self.status.last_seq), numbered=numbered)
+
+    async def _pass_on(self, fresh: list[Change], *, numbered: bool = False) -> None:
         if not fresh:
             return
         self.status.last_lag_ms = (
@@ -294,6 +310,8 @@ class OutboxSource:
         for start in range(0, len(fresh), HAND_ON_SLICE):
             part = fresh[start : start + HAND_ON_SLICE]
             self.status.last_seq = part[-1].seq
+            if numbered and self.stream is not None:
+                self.stream.publish(part)
             self.deliver(part)
             if start + HAND_ON_SLICE < len(fresh):
                 await asyncio.sleep(0)
@@ -301,7 +319,13 @@ class OutboxSource:
     async def _catch_up(self, conn: asyncpg.Connection) -> None:
         """Hand on rows numbered while we were not looking (after a reconnect)."""
         head = await conn.fetchval("SELECT last_seq FROM realtime_bridge.sequencer")
+        await self._read_upto(conn, head)
+
+    async def _read_upto(self, conn: asyncpg.Connection, head: int) -> None:
+        """Hand on the log's changes in (last_seq, head]."""
         while self.status.last_seq < head:
+            if self.status.role == "follower":
+                self.follower_statements += 1
             rows = await conn.fetch(READ_SQL, self.status.last_seq, head, self.batch_size)
             if not rows:
                 logger.error(
@@ -347,7 +371,7 @@ class OutboxSource:
                 raise RuntimeError("realtime_bridge.sequence_pass() returned no state row")
             state = rows[-1]["event"]
             holding = state == "asleep"
-            await self._hand_on(rows[:-1])
+            await self._hand_on(rows[:-1], numbered=True)
             if state == "asleep":
                 # Nothing left that did not notify: wait for a NOTIFY (at once
                 # if one came during the pass); the next pass lets go of the lock.
@@ -389,7 +413,7 @@ class OutboxSource:
     async def _sequence(self, conn: asyncpg.Connection) -> bool:
         self.statements += 1
         rows = await conn.fetch(SEQUENCE_SQL, self.batch_size)
-        await self._hand_on(rows)
+        await self._hand_on(rows, numbered=True)
         return bool(rows)
 
     def stats(self) -> dict[str, Any]:
@@ -400,7 +424,11 @@ class OutboxSource:
             "busy_polls": self.busy_polls,
         }
 
-    def _on_notify(self, *_args: Any) -> None:
+    def _on_notify(self, *args: Any) -> None:
+        # The followers' NOTIFY names the log's new head (an older database: nothing).
+        payload = args[3] if len(args) > 3 else ""
+        head = int(payload) if payload and str(payload).isdigit() else self.status.last_seq + 1
+        self._notified_head = max(self._notified_head, head)
         self._wake.set()
 
     async def _sleep(self) -> None:
@@ -420,27 +448,20 @@ class OutboxSource:
         self.status.role = "follower"
         await conn.add_listener(SEQ_CHANNEL, self._on_notify)
         self._connected()
-        logger.info("outbox source connected as follower at seq %s", self.status.last_seq)
+        logger.info(
+            "outbox source connected as follower at seq %s (reading %s)",
+            self.status.last_seq,
+            "the Redis change stream" if self.stream is not None else "the log",
+        )
         lock_conn = await self._open()
         takeover = asyncio.ensure_future(
             lock_conn.fetchval("SELECT pg_advisory_lock($1)", LEADER_KEY)
         )
         try:
-            while not takeover.done():
-                self._wake.clear()
-                head = await conn.fetchval("SELECT last_seq FROM realtime_bridge.sequencer")
-                if head > self.status.last_seq:
-                    await self._catch_up(conn)
-                    continue
-                wake = asyncio.ensure_future(self._wake.wait())
-                lost = asyncio.ensure_future(self._lost.wait())
-                try:
-                    await asyncio.wait({wake, lost, takeover}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    wake.cancel()
-                    lost.cancel()
-                if self._lost.is_set():
-                    raise ConnectionError("database connection closed")
+            if self.stream is None:
+                await self._follow_log(conn, takeover)
+            else:
+                await self._follow_stream(conn, takeover, self.stream)
         except BaseException:
             takeover.cancel()
             raise
@@ -449,3 +470,113 @@ class OutboxSource:
         await conn.close()
         self._connections.discard(conn)
         await self._lead(lock_conn)
+
+    async def _head(self, conn: asyncpg.Connection) -> int:
+        self.follower_statements += 1
+        return int(await conn.fetchval("SELECT last_seq FROM realtime_bridge.sequencer"))
+
+    async def _follow_log(self, conn: asyncpg.Connection, takeover: asyncio.Future[Any]) -> None:
+        """Read the log by seq on each NOTIFY until `takeover` is done."""
+        while not takeover.done():
+            self._wake.clear()
+            head = await self._head(conn)
+            if head > self.status.last_seq:
+                await self._read_upto(conn, head)
+                continue
+            await self._wait(takeover)
+
+    async def _wait(self, *others: asyncio.Future[Any], timeout: float | None = None) -> None:
+        wake = asyncio.ensure_future(self._wake.wait())
+        lost = asyncio.ensure_future(self._lost.wait())
+        try:
+            await asyncio.wait(
+                {wake, lost, *others}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            wake.cancel()
+            lost.cancel()
+        if self._lost.is_set():
+            raise ConnectionError("database connection closed")
+
+    async def _follow_stream(
+        self, conn: asyncpg.Connection, takeover: asyncio.Future[Any], stream: ChangeStream
+    ) -> None:
+        """Hand on the stream's entries; the log fills holes and stands in while it is silent.
+
+        Each NOTIFY names the log's new head. If the stream has not brought us
+        that far within `stream.grace`, the leader is not reaching Redis: read
+        the log, and keep reading it on every NOTIFY (`stale`) until an entry
+        comes again. While this instance cannot read the stream, the same.
+        """
+        queue: asyncio.Queue[Entry] = asyncio.Queue(64)
+        reader = asyncio.create_task(
+            self._read_stream(stream, queue), name="outbox-source-stream-reader"
+        )
+        getter: asyncio.Future[Entry] | None = None
+        from_log = True  # read the log now (at the start, and whenever it must stand in)
+        stale = False
+        behind_since: float | None = None
+        self._notified_head = 0
+        try:
+            while not takeover.done():
+                if from_log:
+                    from_log = False
+                    self._wake.clear()
+                    head = await self._head(conn)
+                    if head > self.status.last_seq:
+                        stream.fallback_reads += 1
+                        await self._read_upto(conn, head)
+                    behind_since = None
+                if getter is None:
+                    getter = asyncio.ensure_future(queue.get())
+                timeout = None
+                if behind_since is not None:
+                    timeout = max(behind_since + stream.grace - time.monotonic(), 0)
+                await self._wait(takeover, getter, timeout=timeout)
+                if getter.done():
+                    entry = getter.result()
+                    getter = None
+                    stale = False
+                    await self._apply(conn, entry, stream)
+                    if self.status.last_seq >= self._notified_head:
+                        behind_since = None
+                if self._wake.is_set():
+                    self._wake.clear()
+                    if stale or not stream.reading:
+                        from_log = True
+                    elif behind_since is None and self._notified_head > self.status.last_seq:
+                        behind_since = time.monotonic()
+                if behind_since is not None and time.monotonic() >= behind_since + stream.grace:
+                    from_log = True
+                    stale = True
+        finally:
+            if getter is not None:
+                getter.cancel()
+            # Not awaited: a Redis client cancelled mid-XREAD can take a while to let go,
+            # and a follower taking over the slot must not wait for it. It is kept
+            # referenced until it has ended, and its outcome is collected.
+            reader.cancel()
+            self._ending.add(reader)
+            reader.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._ending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning("change stream reader ended: %s", task.exception())
+
+    async def _read_stream(self, stream: ChangeStream, queue: asyncio.Queue[Entry]) -> None:
+        entries: AsyncIterator[Entry] = stream.entries(lambda: self.status.last_seq)
+        async for entry in entries:
+            if entry.last > self.status.last_seq:
+                await queue.put(entry)
+
+    async def _apply(self, conn: asyncpg.Connection, entry: Entry, stream: ChangeStream) -> None:
+        """Hand on an entry's new changes, after reading any hole before it from the log."""
+        if entry.last <= self.status.last_seq:
+            return
+        if entry.first > self.status.last_seq + 1:
+            stream.gaps_filled += 1
+            await self._read_upto(conn, entry.first - 1)
+        fresh = [c for c in entry.changes if c.seq > self.status.last_seq]
+        stream.delivered_changes += len(fresh)
+        await self._pass_on(fresh)

@@ -97,7 +97,7 @@ WITH logged AS (
     SET commit_lsn = $13::pg_lsn, logged = $14, switch_pending = $15
     RETURNING 1
 ), wake AS (
-    SELECT pg_notify('{SEQ_CHANNEL}', '') FROM counter
+    SELECT pg_notify('{SEQ_CHANNEL}', ($12::bigint)::text) FROM counter
 )
 SELECT (SELECT count(*) FROM logged) AS rows, (SELECT count(*) FROM wake) AS woken
 """
@@ -664,6 +664,10 @@ class WalSource(OutboxSource):
         self.logged_seq = batch.changes[-1].seq
         self._log_grew.set()
         self._log_grew = asyncio.Event()
+        if self.stream is not None:
+            # Followers get from the stream only what the log holds.
+            for start in range(0, len(batch.changes), HAND_ON_SLICE):
+                self.stream.publish(batch.changes[start : start + HAND_ON_SLICE])
         if batch.ack_lsn > self._acked and self._cursor is not None:
             self._acknowledge(batch.ack_lsn)
 
