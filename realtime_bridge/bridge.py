@@ -803,7 +803,7 @@ class Bridge:
         if not self._durable:
             return  # no outbox: only the hub's window can be replayed
         assert self.pool is not None
-        if not await self._logged(upto):
+        if not await self.wait_logged(upto):
             raise LogBehind(f"the log has not reached seq {upto} yet; resume again shortly")
         plugin = self.registry.by_channel.get(channel)
         tables = list(plugin.tables) if plugin else [channel]
@@ -829,7 +829,7 @@ class Bridge:
         """Seqs live in the outbox (replay beyond the window and publishing work)."""
         return self.source is not None and self.source.durable
 
-    async def _logged(self, seq: int) -> bool:
+    async def wait_logged(self, seq: int) -> bool:
         """Wait (a little) until the log holds every change up to `seq`.
 
         The WAL leader hands changes on before it logs them, so what the hub's
@@ -844,7 +844,7 @@ class Bridge:
         if not self._durable:
             return self.hub.head + 1  # no outbox: beyond the window means resync
         assert self.pool is not None
-        await self._logged(self.hub.head)
+        await self.wait_logged(self.hub.head)
         row = await self.pool.fetchrow(EARLIEST_SQL, RESYNC_CHANNEL)
         assert row is not None
         if row["gap"] is not None:

@@ -311,6 +311,7 @@ def plugin_renderer(vsn: Vsn, topic: str, replayed_upto: int, cache: EncodeCache
 async def seq_since(bridge: Bridge, since_ms: int) -> int | None:
     """The seq just before the first logged event at or after `since_ms` (None: nothing since)."""
     assert bridge.pool is not None
+    await bridge.wait_logged(bridge.hub.head)  # the WAL leader logs a moment after handing on
     value = await bridge.pool.fetchval(
         """
         SELECT min(seq) FROM realtime_bridge.outbox
