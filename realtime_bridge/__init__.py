@@ -22,6 +22,7 @@ from realtime_bridge.publish import (
     broadcast_trade_update,
     publish_prices,
 )
+from realtime_bridge.rooms import Room
 from realtime_bridge.settings import Settings
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "PluginRegistry",
     "PublishError",
     "RealtimeBridgeError",
+    "Room",
     "Settings",
     "broadcast",
     "broadcast_portfolio_update",

@@ -7,7 +7,9 @@ which column names the row's owner, and whether the channel is public.
 Plugins are found, when the app is created (never at import time), in:
 
 * every ``*.py`` file of the configured plugin paths (``plugins/`` by
-  default) that defines ``PLUGINS = [Plugin(...), ...]``;
+  default) that defines ``PLUGINS = [Plugin(...), ...]`` (rooms, channel
+  families whose ownership a SQL predicate decides, are declared in the
+  same list as ``Room(...)``: `realtime_bridge.rooms`);
 * the ``realtime_bridge.plugins`` entry-point group of installed packages,
   each entry point resolving to a `Plugin`, a list of them, or a module
   with ``PLUGINS``.
@@ -35,6 +37,7 @@ from realtime_bridge.change import Change, Row
 from realtime_bridge.errors import ConfigurationError, PayloadInvalid
 from realtime_bridge.events import Event
 from realtime_bridge.pgtypes import ColumnType, python_column_type
+from realtime_bridge.rooms import Room
 
 logger = logging.getLogger(__name__)
 
@@ -97,14 +100,23 @@ def qualify(table: str) -> str:
 class PluginRegistry:
     """The plugins of one app, indexed by channel and by table."""
 
-    def __init__(self, plugins: Iterable[Plugin] = ()) -> None:
+    def __init__(self, plugins: Iterable[Plugin | Room] = ()) -> None:
         self.by_channel: dict[str, Plugin] = {}
         self.by_table: dict[str, list[Plugin]] = {}
+        self.rooms: dict[str, Room] = {}
         self.errors: Counter[str] = Counter()
         for plugin in plugins:
             self.add(plugin)
 
-    def add(self, plugin: Plugin) -> None:
+    def add(self, plugin: Plugin | Room) -> None:
+        if isinstance(plugin, Room):
+            for prefix in self.rooms:
+                if prefix.startswith(plugin.prefix) or plugin.prefix.startswith(prefix):
+                    raise ConfigurationError(
+                        f"rooms {prefix!r} and {plugin.prefix!r} have overlapping prefixes"
+                    )
+            self.rooms[plugin.prefix] = plugin
+            return
         if plugin.channel in self.by_channel:
             raise ConfigurationError(f"two plugins declare channel {plugin.channel!r}")
         self.by_channel[plugin.channel] = plugin
@@ -113,6 +125,18 @@ class PluginRegistry:
 
     def __iter__(self) -> Any:
         return iter(self.by_channel.values())
+
+    def room_for(self, channel: str) -> tuple[Room, str | None] | None:
+        """The room whose prefix `channel` starts with, and its id (None: malformed).
+
+        A plugin's channel of the same name is that plugin's, never a room.
+        """
+        if channel in self.by_channel:
+            return None
+        for prefix, room in self.rooms.items():
+            if channel.startswith(prefix):
+                return room, room.room_id(channel)
+        return None
 
     def validate_broadcast(self, channel: str, event: str | None, payload: Any) -> tuple[str, Row]:
         """Check a published payload against its channel's model; return (event, data)."""
@@ -314,14 +338,14 @@ def _import_file(path: Path) -> Any:
     return module
 
 
-def _plugins_of(obj: Any, origin: str) -> list[Plugin]:
-    if isinstance(obj, Plugin):
+def _plugins_of(obj: Any, origin: str) -> list[Plugin | Room]:
+    if isinstance(obj, Plugin | Room):
         return [obj]
     found = getattr(obj, "PLUGINS", obj)
     if callable(found) and not isinstance(found, type):
         found = found()
-    if isinstance(found, Plugin):
+    if isinstance(found, Plugin | Room):
         return [found]
-    if isinstance(found, list | tuple) and all(isinstance(p, Plugin) for p in found):
+    if isinstance(found, list | tuple) and all(isinstance(p, Plugin | Room) for p in found):
         return list(found)
     raise ConfigurationError(f"{origin} defines no PLUGINS list of realtime_bridge.Plugin")
