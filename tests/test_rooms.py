@@ -132,8 +132,7 @@ async def test_supabase_clients_join_rooms_on_the_same_check(
         )
         assert denied.payload["status"] == "error"
         assert denied.payload["response"]["reason"].startswith(
-            "Unauthorized: You do not have permissions to read from this Channel topic: "
-            "challenge_1"
+            "Unauthorized: You do not have permissions to read from this Channel topic: challenge_1"
         )
         assert (await bob.next("phx_close")).topic == "realtime:challenge_1"
         odd = await bob.join("realtime:challenge_0001", token=bridge.user_token("bob"))

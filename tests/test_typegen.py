@@ -52,10 +52,11 @@ def test_generated_typescript_declares_every_channel(registry: PluginRegistry) -
     assert "export interface PositionUpdate {" in text
     assert '  "position-updates": PositionUpdate;' in text
     assert '  "trade-updates": "trade_update";' in text
-    assert (
-        'export type ChannelName = "portfolio-updates" | "position-updates" | "trade-updates";'
-        in text
-    )
+    assert '"portfolio-updates" | "position-updates" | "trade-updates";' in text
+    # Rooms: each event's payload, by prefix.
+    assert "  challenge_: {\n    CHALLENGE_STATUS_CHANGED: ChallengeStatusChanged;" in text
+    assert "export interface RiskAlert {" in text
+    assert '  severity: "MEDIUM" | "HIGH";' in text
     # Computed fields are part of what clients receive, and cannot be set by them.
     assert "  readonly market_value: number | null;" in text
     assert "  readonly unrealized_pnl_pct: number | null;" in text
@@ -69,7 +70,10 @@ def test_json_schema_command_writes_the_serialization_schema(
 ) -> None:
     document = json.loads(run_types(tmp_path, monkeypatch, "--json-schema"))
     channels = document["properties"]
-    assert set(channels) == {"portfolio-updates", "position-updates", "trade-updates"}
+    assert {"portfolio-updates", "position-updates", "trade-updates"} <= set(channels)
+    room = document["x-rooms"]["challenge_"]
+    assert room["x-channel"] == "challenge_{challenge_id}"
+    assert room["events"]["EQUITY_UPDATED"] == {"$ref": "#/$defs/EquityUpdated"}
     position = channels["position-updates"]
     assert position["$ref"] == "#/$defs/PositionUpdate"
     assert position["x-event"] == "position_update"
@@ -107,6 +111,21 @@ def test_schema_marks_required_exactly_the_keys_a_client_receives(
             "total_value": 5,
             "cash": 3,
             "positions_value": 2,
+        },
+        "challenge-updates": {
+            "id": 1,
+            "user_id": "u1",
+            "status": "ACTIVE",
+            "initial_balance": 10000,
+            "current_equity": 10000,
+            "max_equity_ever": 10000,
+            "daily_start_equity": 10000,
+            "daily_max_equity": 10000,
+            "daily_min_equity": 10000,
+            "total_pnl": 0,
+            "total_trades": 0,
+            "max_daily_loss_pct": 5,
+            "risk_alert_fraction": 0.8,
         },
     }
     document = channel_json_schema(registry)
