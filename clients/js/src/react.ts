@@ -475,3 +475,5 @@ function view<T, E extends object>(state: ChannelState<T>, extra: E): RealtimeVi
     isLoading: state.isLoading,
   };
 }
+
+export { useLiveChallenge, type LiveChallenge, type LiveChallengeOptions } from "./challenge.js";
