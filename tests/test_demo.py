@@ -6,6 +6,7 @@ directly: DEMO=1 itself refuses any DATABASE_URL, which is checked too).
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import asyncpg
@@ -111,8 +112,8 @@ def test_the_scripted_paths_reach_their_levels_with_moves_both_ways() -> None:
     assert max(winning) >= TARGET
     # Before reaching its level each path goes up and down (P&L visibly moves).
     before_stop = losing[: next(i for i, p in enumerate(losing) if p <= STOP)]
-    assert any(b > a for a, b in zip(before_stop, before_stop[1:], strict=False))
-    assert any(b < a for a, b in zip(before_stop, before_stop[1:], strict=False))
+    assert any(b > a for a, b in itertools.pairwise(before_stop))
+    assert any(b < a for a, b in itertools.pairwise(before_stop))
 
 
 @pytest.mark.parametrize(
