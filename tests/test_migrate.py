@@ -168,7 +168,15 @@ async def test_prune_removes_only_numbered_rows_past_retention(db: asyncpg.Conne
     assert await db.fetchval("SELECT realtime_bridge.prune()") == 0
 
 
-DEMO_TABLES = ["auto_trade_settings", "exits", "portfolio_snapshots", "positions", "trades"]
+DEMO_TABLES = [
+    "auto_trade_settings",
+    "challenge_trades",
+    "challenges",
+    "exits",
+    "portfolio_snapshots",
+    "positions",
+    "trades",
+]
 
 
 async def empty_database(databases: TestDatabase, name: str) -> str:
@@ -210,6 +218,7 @@ def test_the_demo_files_are_not_in_the_migrations_folder() -> None:
         "20261123000500_trading_schema.sql",
         "20261123000600_auto_trade_settings.sql",
         "20261203120000_exits.sql",
+        "20261204100000_challenges.sql",
     }
     assert not migrations & demo
     for migration in discover(default_migrations_dir()):
@@ -272,7 +281,7 @@ async def test_serve_on_a_plain_database_creates_no_demo_tables_and_says_what_is
         process.wait(timeout=20)
     assert await public_tables(plain) == []
     missing = [line for line in log.read_text().splitlines() if "does not exist" in line]
-    for table in ("positions", "trades", "portfolio_snapshots"):
+    for table in ("positions", "trades", "portfolio_snapshots", "challenges"):
         (line,) = [m for m in missing if f"table public.{table}," in m]
         assert "--demo" in line
-    assert len(missing) == 3
+    assert len(missing) == 4
