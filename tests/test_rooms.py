@@ -142,6 +142,13 @@ async def test_supabase_clients_join_rooms_on_the_same_check(
         assert message.payload["event"] == "EQUITY_UPDATED"
         assert message.payload["payload"]["current_equity"] == "10005.00"
         assert await bob.silent(0.3)
+        # A token of another user on the joined room: checked again, and the room is closed.
+        await alice.push(
+            "realtime:challenge_1", "access_token", {"access_token": bridge.user_token("bob")}
+        )
+        assert (await alice.next("phx_close")).topic == "realtime:challenge_1"
+        await db.execute(TRADE, 1, "alice", "EURUSD")
+        assert await alice.silent(0.4)
 
 
 async def test_room_declarations_are_checked_when_plugins_load() -> None:
