@@ -7,6 +7,7 @@ the writer's transaction, on both capture paths, against a real bridge.
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 from typing import Any
 
@@ -224,3 +225,29 @@ async def test_a_trade_for_someone_elses_challenge_is_refused_and_emits_nothing(
         with pytest.raises(asyncpg.ForeignKeyViolationError):
             await db.execute(TRADE, cid + 1000, "u1", "EURUSD", 100)
         assert await ws.silent(0.4)
+
+
+async def test_concurrent_trades_of_one_challenge_chain_their_equity(
+    start_bridge: BridgeFactory, db: asyncpg.Connection, dsn: str
+) -> None:
+    bridge = await start_bridge()
+    cid = await new_challenge(db)
+    other = await asyncpg.connect(dsn)
+    try:
+        async with bridge.websocket() as ws:
+            await ws.subscribe(channel=f"challenge_{cid}")
+            first = db.transaction()
+            await first.start()
+            await db.execute(TRADE, cid, "u1", "EURUSD", 100)  # holds the challenge's row
+            # The second trade waits for the first to commit, then builds on its equity.
+            second = asyncio.create_task(other.execute(TRADE, cid, "u1", "GBPUSD", 50))
+            await asyncio.sleep(0.3)
+            assert not second.done()
+            await first.commit()
+            await second
+            got = await frames(ws, 2)
+    finally:
+        await other.close()
+    chain = [(d["trade_symbol"], d["previous_equity"], d["current_equity"]) for _, _, d in got]
+    assert chain == [("EURUSD", "10000.00", "10100.00"), ("GBPUSD", "10100.00", "10150.00")]
+    assert await db.fetchval("SELECT current_equity FROM challenges WHERE id = $1", cid) == 10150
