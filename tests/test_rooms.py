@@ -110,6 +110,14 @@ async def test_tokens_anon_and_the_service_key(
         )
         assert response.status_code == 401
         assert response.json()["code"] == "unauthorized"
+        # A room is events, not rows: no snapshot, said so (after the ownership check).
+        response = await client.get(
+            f"{bridge.url}/api/channels/challenge_1/snapshot",
+            params={"apikey": bridge.user_token("alice")},
+            timeout=5,
+        )
+        assert response.status_code == 400
+        assert "is a room" in response.json()["message"]
     # The service key reads every room, without a query.
     async with bridge.websocket() as ops:
         assert (await ops.subscribe(channel="challenge_1"))["type"] == "subscribed"
