@@ -140,11 +140,14 @@ class PluginRegistry:
 
     def validate_broadcast(self, channel: str, event: str | None, payload: Any) -> tuple[str, Row]:
         """Check a published payload against its channel's model; return (event, data)."""
+        from realtime_bridge.errors import UnknownChannel
+
         plugin = self.by_channel.get(channel)
         if plugin is None:
-            from realtime_bridge.errors import UnknownChannel
-
-            raise UnknownChannel(f"no channel named {channel!r}", channel=channel)
+            room = self.room_for(channel)
+            if room is None or room[1] is None:
+                raise UnknownChannel(f"no channel named {channel!r}", channel=channel)
+            return self._validate_room_event(room[0], channel, event, payload)
         if not isinstance(payload, Mapping):
             raise PayloadInvalid("payload must be a JSON object")
         try:
@@ -155,6 +158,28 @@ class PluginRegistry:
                 errors=orjson_safe(exc.errors(include_url=False)),
             ) from exc
         return event or plugin.event, data
+
+    @staticmethod
+    def _validate_room_event(
+        room: Room, channel: str, event: str | None, payload: Any
+    ) -> tuple[str, Row]:
+        """A published room event: one of the room's declared events, with its model."""
+        if not isinstance(payload, Mapping):
+            raise PayloadInvalid("payload must be a JSON object")
+        model = room.events.get(event or "")
+        if model is None:
+            names = ", ".join(sorted(room.events)) or "none declared"
+            raise PayloadInvalid(
+                f"{channel} is a room of {room.name}: event must be one of {names}, not {event!r}"
+            )
+        try:
+            data = model.model_validate(dict(payload)).model_dump(mode="json")
+        except ValidationError as exc:
+            raise PayloadInvalid(
+                f"payload does not match {model.__name__}",
+                errors=orjson_safe(exc.errors(include_url=False)),
+            ) from exc
+        return str(event), data
 
     def channels_for(self, change: Change) -> tuple[str, ...]:
         """The channels a change appears on (cheap: no payload is built)."""

@@ -169,3 +169,55 @@ async def test_room_declarations_are_checked_when_plugins_load() -> None:
     assert room.sql == "SELECT coalesce((($1::text) = '1' OR $cid_x = 'y'), false)"
     with pytest.raises(ConfigurationError, match="overlapping prefixes"):
         PluginRegistry([room, Room(prefix="c_x", param="cid", predicate="$cid")])
+
+
+async def test_the_service_key_publishes_declared_room_events_only(
+    start_bridge: BridgeFactory, db: asyncpg.Connection
+) -> None:
+    bridge = await start_bridge()
+    await db.execute(CHALLENGE, 1, "alice")
+    alert = {
+        "challenge_id": "1",
+        "user_id": "alice",
+        "alert_type": "HIGH_DAILY_DRAWDOWN",
+        "severity": "MEDIUM",
+        "title": "High Daily Drawdown Warning",
+        "message": "Daily drawdown at 4.20% (limit: 5.00%)",
+        "current_equity": "9580.00",
+        "daily_start_equity": "10000.00",
+        "drawdown_percentage": "4.20",
+        "threshold_percentage": "5.00",
+        "alert_timestamp": "2026-12-02T12:00:00Z",
+    }
+    async with (
+        bridge.websocket(bridge.user_token("alice")) as alice,
+        httpx.AsyncClient(base_url=bridge.url, headers=bridge.service_headers) as http,
+    ):
+        await alice.subscribe(channel="challenge_1")
+
+        async def post(channel: str, event: str, payload: object) -> httpx.Response:
+            body = {"channel": channel, "event": event, "payload": payload}
+            return await http.post("/api/broadcast", json=body)
+
+        published = await post("challenge_1", "RISK_ALERT", alert)
+        assert published.status_code == 202, published.text
+        (got,) = await alice.changes(1)
+        assert (got["event"], got["data"]["message"]) == ("RISK_ALERT", alert["message"])
+        assert got["seq"] == published.json()["seq"]
+        undeclared = await post("challenge_1", "SOMETHING_ELSE", alert)
+        assert undeclared.status_code == 422
+        assert (
+            "must be one of CHALLENGE_STATUS_CHANGED, EQUITY_UPDATED, RISK_ALERT"
+            in (undeclared.json()["message"])
+        )
+        wrong = await post("challenge_1", "RISK_ALERT", {**alert, "severity": "LOW"})
+        assert wrong.status_code == 422
+        assert wrong.json()["errors"][0]["loc"] == ["severity"]
+        assert (await post("challenge_0001", "RISK_ALERT", alert)).status_code == 404
+        as_user = await http.post(
+            "/api/broadcast",
+            json={"channel": "challenge_1", "event": "RISK_ALERT", "payload": alert},
+            headers={"Authorization": f"Bearer {bridge.user_token('alice')}"},
+        )
+        assert as_user.status_code == 403
+        assert await alice.silent(0.3)
