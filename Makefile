@@ -110,8 +110,9 @@ client-build: $(CLIENT_STAMP)
 client-pack: client-build  ## clients/js/realtime-bridge-client-<version>.tgz, for `npm install <tarball>`
 	cd clients/js && rm -f realtime-bridge-client-*.tgz && npm pack --loglevel=error
 
-types: $(STAMP)  ## regenerate clients/js/src/generated/channels.ts from the plugins (commit it)
+types: $(STAMP)  ## regenerate channels.ts and realtime_bridge/broadcasts.py from the plugins (commit them)
 	$(BIN)/realtime-bridge types --typescript --out clients/js/src/generated/channels.ts
+	$(BIN)/realtime-bridge types --python --out realtime_bridge/broadcasts.py
 
 bench: $(STAMP)  ## full benchmark
 	$(BIN)/python -m bench

@@ -23,6 +23,8 @@ class BenchConfig:
     p1_duration: float  # seconds per P1 run
     p2_rates: tuple[float, ...]  # the P2 ramp
     p2_step: float  # seconds per P2 step
+    p2_multi_rates: tuple[float, ...]  # the P2 ramp driven by multi-row statements
+    p2_multi_rows: int  # rows per statement on that ramp
     p3_events: int  # changes in a P3 burst
     idle_clients: int  # P4 / P5 sockets
     hold: float  # P5: seconds the idle sockets are held (P7 is measured meanwhile)
@@ -175,6 +177,10 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
         if quick
         else (250.0, 500.0, 1000.0, 2000.0, 3000.0, 5000.0, 7500.0),
         p2_step=1.5 if quick else 4.0,
+        p2_multi_rates=(5000.0, 10000.0, 20000.0)
+        if quick
+        else (5000.0, 10000.0, 20000.0, 30000.0, 40000.0),
+        p2_multi_rows=20,
         p3_events=100,
         idle_clients=idle_clients,
         hold=hold,

@@ -37,6 +37,14 @@ UPDATE_SQL = {
     "floor": "UPDATE bench.floor_positions SET quantity = $1::bigint, current_price = $2::float8, "
     "updated_at = clock_timestamp() WHERE id = $3",
 }
+# Several rows per statement (P2's multi-row ramp): one marker per row, as above.
+UPDATE_MANY_SQL = {
+    "real": "UPDATE public.positions p SET quantity = v.q, current_price = v.price "
+    "FROM unnest($1::bigint[], $2::float8[], $3::bigint[]) AS v(q, price, id) WHERE p.id = v.id",
+    "floor": "UPDATE bench.floor_positions p SET quantity = v.q, current_price = v.price, "
+    "updated_at = clock_timestamp() "
+    "FROM unnest($1::bigint[], $2::float8[], $3::bigint[]) AS v(q, price, id) WHERE p.id = v.id",
+}
 INSERT_ONE = "INSERT INTO {table} (user_id, symbol, quantity, price) VALUES ($1, 'BENCH', $2, 100)"
 INSERT_MANY = (
     "INSERT INTO {table} (user_id, symbol, quantity, price) "
@@ -53,6 +61,7 @@ class UpdatePlan:
     duration: float  # seconds
     max_events: int  # stop after this many changes
     connections: int
+    rows: int = 1  # rows (changes) per UPDATE statement, each its own transaction
 
 
 @dataclass
@@ -138,33 +147,49 @@ async def _update(connections: list[asyncpg.Connection], plan: UpdatePlan) -> di
     started = time.time()
     give_up = started + plan.duration * 1.5 + 2
 
+    rows = max(1, min(plan.rows, plan.users))  # distinct rows within one statement
+    many = UPDATE_MANY_SQL[plan.target]
+
     async def work(conn: asyncpg.Connection) -> None:
         while True:
             k = state["next"]
             if k >= capacity:
                 return
+            take = min(rows, capacity - k)
             now = time.time()
             if plan.rate > 0:
                 if now > give_up:
                     return
-                state["next"] += 1
+                state["next"] += take
                 delay = started + k / plan.rate - now
                 if delay > 0:
                     await asyncio.sleep(delay)
             else:
                 if now - started >= plan.duration:
                     return
-                state["next"] += 1
+                state["next"] += take
             issued = time.time()
             try:
-                await conn.execute(sql, plan.base + k, 100.0 + (k % 1000) / 100, k % plan.users + 1)
+                if take == 1:
+                    await conn.execute(
+                        sql, plan.base + k, 100.0 + (k % 1000) / 100, k % plan.users + 1
+                    )
+                else:
+                    ks = range(k, k + take)
+                    await conn.execute(
+                        many,
+                        [plan.base + j for j in ks],
+                        [100.0 + (j % 1000) / 100 for j in ks],
+                        [j % plan.users + 1 for j in ks],
+                    )
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-                state["failed"] += 1
+                state["failed"] += take
                 if len(errors) < 5:
                     errors.append(f"{type(exc).__name__}: {exc}")
                 continue
             committed = time.time()
-            commits[k] = committed
+            for j in range(k, k + take):
+                commits[j] = committed
             commit_ms.append((committed - issued) * 1000.0)
 
     await asyncio.gather(*(work(conn) for conn in connections))

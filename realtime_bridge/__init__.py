@@ -5,6 +5,15 @@ The public API is exactly what `__all__` lists.
 
 from realtime_bridge.app import create_app
 from realtime_bridge.bridge import Bridge
+from realtime_bridge.broadcasts import (
+    broadcast_bot_created,
+    broadcast_bot_deleted,
+    broadcast_bot_updated,
+    broadcast_log_created,
+    broadcast_order_filled,
+    broadcast_order_update,
+    broadcast_pnl_update,
+)
 from realtime_bridge.change import Change
 from realtime_bridge.client import connect
 from realtime_bridge.errors import (
@@ -38,6 +47,13 @@ __all__ = [
     "Room",
     "Settings",
     "broadcast",
+    "broadcast_bot_created",
+    "broadcast_bot_deleted",
+    "broadcast_bot_updated",
+    "broadcast_log_created",
+    "broadcast_order_filled",
+    "broadcast_order_update",
+    "broadcast_pnl_update",
     "broadcast_portfolio_update",
     "broadcast_position_update",
     "broadcast_trade_update",

@@ -65,6 +65,14 @@ logger = logging.getLogger(__name__)
 _current: Bridge | None = None
 
 # One channel's rows of the log holding seqs in ($1, $2] (see READ_SQL).
+# How long a replay from the log waits for the WAL leader to log what it handed on.
+LOG_WAIT = 10.0
+
+
+class LogBehind(RuntimeError):
+    """The log does not hold a change the hub has let go of (the protocols say replay_failed)."""
+
+
 HISTORY_SQL = READ_SQL.replace(
     "ORDER BY o.seq",
     "AND ((o.schema_name || '.' || o.table_name) = ANY($3::text[]) OR o.channel = $4)\n"
@@ -399,6 +407,7 @@ class Bridge:
                 slot=self.settings.replication_slot,
                 max_lag_bytes=self.settings.wal_max_slot_lag,
                 batch_size=self.settings.sequencer_batch,
+                log_interval=self.settings.wal_log_interval,
             )
         else:
             await self._leave_wal()
@@ -681,21 +690,21 @@ class Bridge:
                 self._on_gap(change)
                 continue
             names = self.registry.channels_for(change)
-            self.hub.publish(
+            entry = LogEntry(
                 change.seq,
-                LogEntry(
-                    change.seq,
-                    names,
-                    functools.partial(self.registry.event_for, change),
-                    size=ENTRY_OVERHEAD + row_size(change.record) + row_size(change.old_record),
-                ),
+                names,
+                functools.partial(self.registry.event_for, change),
+                size=ENTRY_OVERHEAD + row_size(change.record) + row_size(change.old_record),
             )
-            # Once per event and channel with subscribers, not per receiver.
+            self.hub.publish(change.seq, entry)
+            # Once per event and channel with subscribers, not per receiver; a
+            # change that is no event there (a plugin's event_of said so) is not
+            # a delivery. The hub built those events already: this reads them.
             routed = time.time()
             committed = change.committed_at.timestamp()
             for name in names:
                 channel = channels.get(name)
-                if channel is not None and channel.count:
+                if channel is not None and channel.count and entry.event(name) is not None:
                     delivery.of(name).observe(routed - committed)
             if change.operation == "BROADCAST" and change.outbox_id is not None:
                 self._published[change.outbox_id] = change.seq
@@ -727,6 +736,8 @@ class Bridge:
         if not self._durable:
             return  # no outbox: only the hub's window can be replayed
         assert self.pool is not None
+        if not await self._logged(upto):
+            raise LogBehind(f"the log has not reached seq {upto} yet; resume again shortly")
         plugin = self.registry.by_channel.get(channel)
         tables = list(plugin.tables) if plugin else [channel]
         cursor = after
@@ -751,10 +762,22 @@ class Bridge:
         """Seqs live in the outbox (replay beyond the window and publishing work)."""
         return self.source is not None and self.source.durable
 
+    async def _logged(self, seq: int) -> bool:
+        """Wait (a little) until the log holds every change up to `seq`.
+
+        The WAL leader hands changes on before it logs them, so what the hub's
+        window let go of may be a moment from the log yet.
+        """
+        source = self.source
+        if isinstance(source, OutboxSource):
+            return await source.wait_logged(seq, timeout=LOG_WAIT)
+        return True
+
     async def _earliest(self) -> int | None:
         if not self._durable:
             return self.hub.head + 1  # no outbox: beyond the window means resync
         assert self.pool is not None
+        await self._logged(self.hub.head)
         row = await self.pool.fetchrow(EARLIEST_SQL, RESYNC_CHANNEL)
         assert row is not None
         if row["gap"] is not None:

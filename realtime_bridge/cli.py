@@ -173,7 +173,14 @@ def types_command(args: argparse.Namespace) -> None:
     from realtime_bridge.typegen import json_schema_text, typescript
 
     registry = discover(_settings().plugin_paths)
-    text = typescript(registry) if args.typescript else json_schema_text(registry)
+    if args.python:
+        from realtime_bridge import publish
+        from realtime_bridge.typegen_python import python_broadcasts
+
+        hand_written = [name for name in vars(publish) if name.startswith("broadcast_")]
+        text = python_broadcasts(registry, skip=hand_written)
+    else:
+        text = typescript(registry) if args.typescript else json_schema_text(registry)
     if args.out is None:
         sys.stdout.write(text)
         return
@@ -208,11 +215,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     keys_parser.set_defaults(func=keys_command)
     types_parser = commands.add_parser(
-        "types", help="write the channels' payload types (TypeScript or JSON Schema)"
+        "types",
+        help="write the channels' payload types (TypeScript, JSON Schema or Python helpers)",
     )
     kind = types_parser.add_mutually_exclusive_group(required=True)
     kind.add_argument("--typescript", action="store_true", help="TypeScript declarations")
     kind.add_argument("--json-schema", action="store_true", help="the JSON Schema")
+    kind.add_argument(
+        "--python", action="store_true", help="typed broadcast_<event>() helpers (a module)"
+    )
     types_parser.add_argument("--out", default=None, help="write to FILE (default: stdout)")
     types_parser.set_defaults(func=types_command)
     args = parser.parse_args(argv)

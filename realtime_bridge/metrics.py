@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -191,11 +191,42 @@ class BridgeCollector(Collector):
             source.get("reconnects", 0),
         )
         yield from self._relay(stats.get("relay"))
+        yield from self._wal(health.get("wal"))
         lag = health.get("lag_ms")
         if lag is not None:
             yield _gauge("realtime_bridge_lag_ms", "Commit-to-route delay of the last change.", lag)
         yield from self._pauses()
         yield from self._histograms()
+
+    def _wal(self, wal: dict[str, Any] | None) -> Iterator[Metric]:
+        if wal is None:
+            return  # not the WAL source
+        if wal.get("slot_lag_bytes") is not None:
+            yield _gauge(
+                "realtime_bridge_wal_slot_lag_bytes",
+                "WAL the replication slot holds back on the database's disk.",
+                wal["slot_lag_bytes"],
+            )
+        yield _gauge(
+            "realtime_bridge_wal_slot_lag_seconds",
+            "Age of the oldest change read from the slot and not yet acknowledged.",
+            wal["slot_lag_seconds"],
+        )
+        yield _gauge(
+            "realtime_bridge_wal_unlogged_changes",
+            "Changes handed on by the leader and not yet in the log.",
+            wal["unlogged"],
+        )
+        yield _counter(
+            "realtime_bridge_wal_statements_total",
+            "Statements the WAL leader sent (log batches, type lookups).",
+            wal["statements"],
+        )
+        yield _counter(
+            "realtime_bridge_wal_slot_recreated_total",
+            "Times the slot was lost and recreated (clients were told to resync).",
+            wal["slot_recreated"],
+        )
 
     def _relay(self, relay: dict[str, int] | None) -> Iterator[Metric]:
         if relay is None:

@@ -59,6 +59,11 @@ class Plugin:
     transform: Callable[[Row], Mapping[str, Any]] | None = None
     description: str = ""
     name: str = ""
+    #: Every event name the channel carries (default: only `event`).
+    events: tuple[str, ...] = ()
+    #: Which of `events` a table change is, or None for no event on this channel
+    #: (default: every change is `event`). Sees the change's old row too.
+    event_of: Callable[[Change], str | None] | None = None
 
     def __post_init__(self) -> None:
         if not self.channel or "." in self.channel:
@@ -69,6 +74,25 @@ class Plugin:
         object.__setattr__(self, "tables", tuple(qualify(t) for t in self.tables))
         if not self.name:
             object.__setattr__(self, "name", self.channel)
+        if not self.events:
+            object.__setattr__(self, "events", (self.event,))
+        elif self.event not in self.events:
+            raise ConfigurationError(
+                f"plugin channel {self.channel!r}: its default event {self.event!r} "
+                f"is not one of its events {list(self.events)}"
+            )
+
+    def event_name(self, change: Change) -> str | None:
+        """The event `change` is on this channel, or None when it is none."""
+        if self.event_of is None:
+            return self.event
+        name = self.event_of(change)
+        if name is not None and name not in self.events:
+            raise ValueError(
+                f"event_of gave {name!r}, which is not one of the channel's events "
+                f"{list(self.events)}"
+            )
+        return name
 
     def payload(self, row: Row) -> Row:
         """Map a row (or a published payload) onto the model, as JSON-ready data."""
@@ -150,6 +174,13 @@ class PluginRegistry:
             return self._validate_room_event(room[0], channel, event, payload)
         if not isinstance(payload, Mapping):
             raise PayloadInvalid("payload must be a JSON object")
+        if event is not None and plugin.event_of is not None and event not in plugin.events:
+            # A channel that declares its events carries only those.
+            raise PayloadInvalid(
+                f"channel {channel!r} has no event {event!r}; "
+                f"its events are {', '.join(plugin.events)}",
+                errors=[{"loc": ["event"], "msg": "unknown event", "type": "event"}],
+            )
         try:
             data = plugin.model.model_validate(dict(payload)).model_dump(mode="json")
         except ValidationError as exc:
@@ -192,7 +223,7 @@ class PluginRegistry:
         return (table, *(p.channel for p in plugins))
 
     def event_for(self, change: Change, channel: str) -> Event | None:
-        """The event of `change` on `channel`; None when a plugin fails (counted, logged)."""
+        """The event of `change` on `channel`; None when there is none or a plugin fails."""
         timestamp = _iso(change.committed_at)
         if change.operation == "BROADCAST":
             return self._broadcast_event(change, timestamp)[0]
@@ -222,7 +253,9 @@ class PluginRegistry:
         events = [_table_event(change, table, timestamp)]
         for plugin in self.by_table.get(table, ()):
             try:
-                events.append(_plugin_event(plugin, change, table, timestamp))
+                event = _plugin_event(plugin, change, table, timestamp)
+                if event is not None:
+                    events.append(event)
             except Exception:
                 self.errors[plugin.name] += 1
                 logger.exception(
@@ -254,7 +287,10 @@ class PluginRegistry:
         ]
 
 
-def _plugin_event(plugin: Plugin, change: Change, table: str, timestamp: str) -> Event:
+def _plugin_event(plugin: Plugin, change: Change, table: str, timestamp: str) -> Event | None:
+    name = plugin.event_name(change)
+    if name is None:
+        return None
     record, old_record = change.record, change.old_record
     data = plugin.payload(record) if record is not None else None
     old = plugin.payload(old_record) if old_record is not None else None
@@ -269,7 +305,7 @@ def _plugin_event(plugin: Plugin, change: Change, table: str, timestamp: str) ->
     return Event(
         seq=change.seq,
         channel=plugin.channel,
-        event=plugin.event,
+        event=name,
         operation=change.operation,
         table=table,
         data=data,

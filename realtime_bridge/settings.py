@@ -122,6 +122,16 @@ class Settings(BaseSettings):
             "(clients are told to resync) rather than let the WAL fill the disk."
         ),
     )
+    wal_log_interval: float = Field(
+        default=0.025,
+        ge=0,
+        le=5,
+        description=(
+            "Seconds the WAL leader gathers changes before appending them to the log in one "
+            "statement (a full batch goes at once). Clients of the leader get each change "
+            "as soon as it is read; followers and the slot's acknowledgement wait for the log."
+        ),
+    )
     poll_interval: float = Field(default=5.0, gt=0)
     realtime_grace_period: float = Field(
         default=10.0,

@@ -106,6 +106,7 @@ def channel_json_schema(
         if plugin.description:
             entry["description"] = plugin.description
         entry["x-event"] = plugin.event
+        entry["x-events"] = list(plugin.events)
         entry["x-tables"] = list(plugin.tables)
         entry["x-owner-column"] = plugin.owner_column
         entry["x-public"] = plugin.public
@@ -159,27 +160,31 @@ def to_typescript(document: Mapping[str, Any], plugins: Sequence[Plugin]) -> str
     blocks.append(
         _interface("ChannelPayloads", "The payload (`data`) of each plugin channel.", payloads)
     )
-    events = [_member(None, _key(p.channel), _literal(p.event), INDENT) for p in plugins]
+    events = [_member(None, _key(p.channel), _events(p), INDENT) for p in plugins]
     blocks.append(
-        _interface("ChannelEvents", "The event name each plugin channel's frames carry.", events)
+        _interface("ChannelEvents", "The event names each plugin channel's frames carry.", events)
     )
     names = _union(_literal(p.channel) for p in plugins)
-    event_names = _union(_literal(p.event) for p in plugins)
+    event_names = _union(_literal(e) for p in plugins for e in p.events)
     blocks.append(f"/** A plugin channel's name. */\nexport type ChannelName = {names};\n")
     blocks.append(
         f"/** An event name of a plugin channel. */\nexport type EventName = {event_names};\n"
     )
     lines = [
-        "/** Every plugin channel: its event name, owner column and whether it is public. */",
+        "/** Every plugin channel: its (default) event, owner column and whether it is public. */",
         "export const CHANNELS = {",
     ]
     for plugin in plugins:
         owner = _literal(plugin.owner_column)
         public = _literal(plugin.public)
-        lines.append(
+        line = (
             f"{INDENT}{_key(plugin.channel)}: "
             f"{{ event: {_literal(plugin.event)}, ownerColumn: {owner}, public: {public} }},"
         )
+        if len(plugin.events) > 1:
+            listed = ", ".join(_literal(e) for e in plugin.events)
+            line = line[: -len(" },")] + f", events: [{listed}] }},"
+        lines.append(line)
     lines.append("} as const;\n")
     blocks.append("\n".join(lines))
     rooms = document.get("x-rooms", {})
@@ -201,6 +206,11 @@ def to_typescript(document: Mapping[str, Any], plugins: Sequence[Plugin]) -> str
             )
         )
     return "\n".join(blocks)
+
+
+def _events(plugin: Plugin) -> str:
+    """The channel's event names as a union, in the order the plugin declares them."""
+    return " | ".join(dict.fromkeys(_literal(e) for e in plugin.events))
 
 
 def _declaration(name: str, schema: Mapping[str, Any]) -> str:

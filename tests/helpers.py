@@ -11,6 +11,7 @@ import asyncpg
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from realtime_bridge.sources.outbox import OutboxSource
 from realtime_bridge.testing import RunningBridge
 
 INSERT = (
@@ -137,3 +138,32 @@ def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
 def sample(text: str, name: str, **labels: str) -> float | None:
     """One sample of a `/metrics` body (None when it is not there)."""
     return samples(text).get((name, frozenset(labels.items())))
+
+
+async def last_seq(db: asyncpg.Connection) -> int:
+    """The seq of the last change written, once every one is numbered (either capture path).
+
+    A marker event published after the writes commits after them, so once it
+    has a seq every earlier change has a smaller one. (Waiting for "no
+    unnumbered outbox rows" holds only for the triggers: the WAL leader logs
+    changes a moment after they commit.)
+    """
+    ref = await db.fetchval("SELECT realtime_bridge.broadcast('test-marker', NULL, '{}'::jsonb)")
+    marker = None
+    async with asyncio.timeout(10):
+        while marker is None:
+            marker = await db.fetchval(
+                "SELECT seq FROM realtime_bridge.outbox WHERE coalesce(ref, id) = $1", ref
+            )
+            await asyncio.sleep(0.01)
+    seq: int = await db.fetchval(
+        "SELECT max(seq + changes - 1) FROM realtime_bridge.outbox WHERE seq < $1", marker
+    )
+    return seq
+
+
+async def until_logged(bridge: RunningBridge, seq: int) -> None:
+    """Wait until the outbox log holds `seq` (the WAL leader logs a moment after handing on)."""
+    source = bridge.bridge.source
+    if isinstance(source, OutboxSource):
+        assert await source.wait_logged(seq, timeout=10), f"seq {seq} was never logged"

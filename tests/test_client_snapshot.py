@@ -29,7 +29,7 @@ from realtime_bridge_client import (
 )
 from realtime_bridge_client._client import filter_string, http_url
 from tests.conftest import BridgeFactory
-from tests.helpers import churn_positions, insert_position
+from tests.helpers import churn_positions, insert_position, last_seq
 
 
 class PositionView(BaseModel):
@@ -56,28 +56,6 @@ async def positions_in_db(db: asyncpg.Connection, user_id: str | None = None) ->
         user_id,
     )
     return {r["id"]: (r["user_id"], r["symbol"], float(r["current_price"])) for r in rows}
-
-
-async def last_seq(db: asyncpg.Connection) -> int:
-    """The seq of the last change written, once every one is numbered (either capture path).
-
-    A marker event published after the writes commits after them, so once it
-    has a seq every earlier change has a smaller one. (Waiting for "no
-    unnumbered outbox rows" holds only for the triggers: the WAL leader logs
-    changes a moment after they commit.)
-    """
-    ref = await db.fetchval("SELECT realtime_bridge.broadcast('test-marker', NULL, '{}'::jsonb)")
-    marker = None
-    async with asyncio.timeout(10):
-        while marker is None:
-            marker = await db.fetchval(
-                "SELECT seq FROM realtime_bridge.outbox WHERE coalesce(ref, id) = $1", ref
-            )
-            await asyncio.sleep(0.01)
-    seq: int = await db.fetchval(
-        "SELECT max(seq + changes - 1) FROM realtime_bridge.outbox WHERE seq < $1", marker
-    )
-    return seq
 
 
 def as_state(rows: dict[int, PositionView]) -> dict[int, Any]:
@@ -168,6 +146,7 @@ async def test_snapshot_records_are_typed_and_every_page_is_followed(
     position_model = registry.by_channel["position-updates"].model
     # Once numbered, a snapshot's seq is the head (before, it may be lower).
     assert await bridge.bridge.hub.wait_for_head(23, timeout=10)
+    await last_seq(db)  # and logged (the WAL leader logs a moment after handing on)
     async with connect(bridge.url, api_key=bridge.service_key, registry=registry) as client:
         # 23 rows, 4 a page: six pages, each row exactly once, in id order.
         snap = await client.snapshot("position-updates", limit=4)

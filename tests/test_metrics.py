@@ -99,6 +99,26 @@ async def test_each_bridge_has_its_own_registry(
     assert sample(other, "realtime_bridge_delivery_latency_seconds_count", channel=channel) is None
 
 
+async def test_a_change_that_is_no_event_on_a_channel_is_no_delivery_there(
+    bridge: RunningBridge, db: asyncpg.Connection
+) -> None:
+    async with http(bridge) as client, bridge.websocket() as ws:
+        await ws.subscribe(channel="bot-updates")
+        await ws.subscribe(channel="pnl-updates")
+        bot = await db.fetchval(
+            "INSERT INTO bots (user_id, ticker, exchange, quantity) "
+            "VALUES ('u1', 'X', 'e', 1) RETURNING id"
+        )
+        for status in ("ACTIVE", "STOPPED"):  # bot updates; the P&L stays as it is
+            await db.execute("UPDATE bots SET status = $2 WHERE id = $1", bot, status)
+        frames = await ws.changes(4)
+        assert [f["event"] for f in frames] == ["bot_created", "pnl_update"] + ["bot_updated"] * 2
+        text = (await client.get("/metrics")).text
+    name = "realtime_bridge_delivery_latency_seconds"
+    assert histogram(text, name, channel="bot-updates")[0] == 3
+    assert histogram(text, name, channel="pnl-updates")[0] == 1
+
+
 def test_buckets_count_each_value_once_under_its_bound() -> None:
     buckets = Buckets((1, 10))
     for value in (0.5, 1, 3, 10, 11):

@@ -169,14 +169,23 @@ async def test_prune_removes_only_numbered_rows_past_retention(db: asyncpg.Conne
 
 
 DEMO_TABLES = [
+    "activity_logs",
     "auto_trade_settings",
+    "bots",
     "challenge_trades",
     "challenges",
     "exits",
+    "orders",
     "portfolio_snapshots",
     "positions",
     "trades",
 ]
+
+
+DEMO_NAMES = (
+    r"\b(positions|trades|portfolio_snapshots|auto_trade|bots|orders|activity_logs"
+    r"|challenges|challenge_trades)"
+)
 
 
 async def empty_database(databases: TestDatabase, name: str) -> str:
@@ -218,11 +227,12 @@ def test_the_demo_files_are_not_in_the_migrations_folder() -> None:
         "20261123000500_trading_schema.sql",
         "20261123000600_auto_trade_settings.sql",
         "20261203120000_exits.sql",
+        "20261203140500_bots_orders_activity_logs.sql",
         "20261204100000_challenges.sql",
     }
     assert not migrations & demo
     for migration in discover(default_migrations_dir()):
-        assert not re.search(r"\b(positions|trades|portfolio_snapshots|auto_trade)", migration.sql)
+        assert not re.search(DEMO_NAMES, migration.sql)
 
 
 async def test_a_database_that_applied_the_demo_before_it_moved_is_left_as_it_is(
@@ -281,7 +291,16 @@ async def test_serve_on_a_plain_database_creates_no_demo_tables_and_says_what_is
         process.wait(timeout=20)
     assert await public_tables(plain) == []
     missing = [line for line in log.read_text().splitlines() if "does not exist" in line]
-    for table in ("positions", "trades", "portfolio_snapshots", "challenges"):
+    tables = (
+        "positions",
+        "trades",
+        "portfolio_snapshots",
+        "bots",
+        "orders",
+        "activity_logs",
+        "challenges",
+    )
+    for table in tables:
         (line,) = [m for m in missing if f"table public.{table}," in m]
         assert "--demo" in line
-    assert len(missing) == 4
+    assert len(missing) == len(tables)

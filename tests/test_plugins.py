@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -10,7 +11,8 @@ import asyncpg
 import pytest
 from pydantic import BaseModel
 
-from realtime_bridge import Plugin
+from realtime_bridge import Change, Plugin
+from realtime_bridge.change import Operation, Row
 from realtime_bridge.errors import ConfigurationError, PayloadInvalid, UnknownChannel
 from realtime_bridge.plugins import PluginRegistry, _plugins_of, discover
 from tests.conftest import ROOT, BridgeFactory
@@ -49,6 +51,8 @@ class Payload(BaseModel):
 def test_bundled_trading_plugins_are_discovered(registry: PluginRegistry) -> None:
     channels = {p.channel: p for p in registry}
     assert {"position-updates", "trade-updates", "portfolio-updates"} <= set(channels)
+    assert {"bot-updates", "order-updates", "activity-logs", "pnl-updates"} <= set(channels)
+    assert [p.channel for p in registry.by_table["public.bots"]] == ["bot-updates", "pnl-updates"]
     position = channels["position-updates"]
     assert position.tables == ("public.positions",)
     assert position.event == "position_update"
@@ -183,3 +187,40 @@ async def test_a_tracked_table_without_a_plugin_is_a_raw_table_channel(
     assert event["data"] == {"id": 1, "setting_name": "auto_entry_settings", "value": {"on": True}}
     assert event["event"] == "row_change"
     assert event["table"] == "public.auto_settings_demo"
+
+
+def _change(operation: Operation, record: Row | None, old: Row | None) -> Change:
+    return Change(1, operation, "public", "things", record, old, datetime.now(UTC))
+
+
+def test_a_plugin_can_make_a_change_one_of_several_events_or_none() -> None:
+    def event_of(change: Change) -> str | None:
+        record = change.record or {}
+        return {"INSERT": "made", "DELETE": None}.get(change.operation, record.get("name"))
+
+    plugin = Plugin(
+        channel="things",
+        event="made",
+        events=("made", "renamed"),
+        event_of=event_of,
+        model=Payload,
+        tables=("things",),
+        owner_column=None,
+    )
+    registry = PluginRegistry([plugin])
+    row = {"id": 1}
+    assert registry.event_for(_change("INSERT", row, None), "things").event == "made"  # type: ignore[union-attr]
+    assert registry.event_for(_change("DELETE", None, row), "things") is None
+    renamed = _change("UPDATE", {**row, "name": "renamed"}, row)
+    assert [e.event for e in registry.events_for(renamed)] == ["row_change", "renamed"]
+    # An event the plugin did not declare is its bug: counted, skipped, nothing else hurt.
+    wrong = _change("UPDATE", {**row, "name": "exploded"}, row)
+    assert [e.event for e in registry.events_for(wrong)] == ["row_change"]
+    assert registry.errors["things"] == 1
+    # Broadcasts on a channel with declared events carry one of them.
+    assert registry.validate_broadcast("things", "renamed", row)[0] == "renamed"
+    with pytest.raises(PayloadInvalid, match="no event 'exploded'"):
+        registry.validate_broadcast("things", "exploded", row)
+    with pytest.raises(ConfigurationError, match="default event 'gone'"):
+        Plugin(channel="x", event="gone", events=("made",), model=Payload)
+    assert Plugin(channel="y", event="only", model=Payload).events == ("only",)

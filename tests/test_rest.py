@@ -13,7 +13,7 @@ import orjson
 
 from realtime_bridge.testing import RunningBridge
 from tests.conftest import BridgeFactory
-from tests.helpers import head, http, insert_position, sample, seq_of, wait_routed
+from tests.helpers import head, http, insert_position, sample, seq_of, until_logged, wait_routed
 
 POLL = "/api/channels/position-updates/events"
 
@@ -310,6 +310,7 @@ async def test_broadcast_is_published_validated_and_delivered(
     assert event == {k: v for k, v in frame.items() if k != "subscription_id"}
     assert polled["next_seq"] == seq
 
+    await until_logged(bridge, seq)
     row = await db.fetchrow(
         "SELECT operation, channel, event, record, schema_name, table_name "
         "FROM realtime_bridge.outbox WHERE seq = $1",

@@ -19,9 +19,14 @@ from realtime_bridge.snapshot import SnapshotUnavailable, take_snapshot
 from realtime_bridge.sources.supabase import SupabaseSource
 from realtime_bridge.testing import RunningBridge
 from tests.conftest import BridgeFactory, make_settings
-from tests.helpers import SNAPSHOT, churn_positions, http, insert_position, snapshot_pages
-
-UNNUMBERED = "SELECT count(*) FROM realtime_bridge.outbox WHERE seq IS NULL"
+from tests.helpers import (
+    SNAPSHOT,
+    churn_positions,
+    http,
+    insert_position,
+    last_seq,
+    snapshot_pages,
+)
 
 
 async def test_snapshot_then_since_converges_on_the_table_while_writers_run(
@@ -43,11 +48,7 @@ async def test_snapshot_then_since_converges_on_the_table_while_writers_run(
             await asyncio.sleep(0.3)
             stop.set()
             statements = sum(await asyncio.gather(*writers))
-            for _ in range(500):  # until the sequencer has numbered every change
-                if not await db.fetchval(UNNUMBERED):
-                    break
-                await asyncio.sleep(0.01)
-            last = await db.fetchval("SELECT max(seq + changes - 1) FROM realtime_bridge.outbox")
+            last = await last_seq(db)  # every change numbered, on either capture
             state = {r["id"]: r for r in records}
             seqs: list[int] = []
             while not seqs or seqs[-1] < last:

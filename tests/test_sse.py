@@ -16,7 +16,7 @@ import orjson
 
 from realtime_bridge.testing import RunningBridge
 from tests.conftest import BridgeFactory
-from tests.helpers import http, insert_position, seq_of, wait_routed
+from tests.helpers import http, insert_position, seq_of, until_logged, wait_routed
 
 SUBSCRIBED = re.compile(r"^subscribed (\S+) at seq (\d+)$")
 
@@ -427,6 +427,7 @@ async def test_resume_older_than_retention_gets_resync_required_then_continues_l
             delivered = await live.events(3)
         seqs = [int(m.id or 0) for m in delivered]
         await wait_routed(client, seqs[-1])
+        await until_logged(bridge, seqs[-1])
         await db.execute("UPDATE realtime_bridge.outbox SET created_at = now() - interval '3 days'")
         assert await db.fetchval("SELECT realtime_bridge.prune()") == 3
         head = (await client.get("/health")).json()["last_seq"]

@@ -52,7 +52,15 @@ def test_generated_typescript_declares_every_channel(registry: PluginRegistry) -
     assert "export interface PositionUpdate {" in text
     assert '  "position-updates": PositionUpdate;' in text
     assert '  "trade-updates": "trade_update";' in text
-    assert '"portfolio-updates" | "position-updates" | "trade-updates";' in text
+    assert (
+        'export type ChannelName = "activity-logs" | "bot-updates" | "challenge-updates" | '
+        '"order-updates" | "pnl-updates" | "portfolio-updates" | "position-updates" | '
+        '"trade-updates";'
+    ) in text
+    # A channel with several events: each is named, in the plugin's order.
+    assert '  "bot-updates": "bot_created" | "bot_updated" | "bot_deleted";' in text
+    assert '  "order-updates": "order_update" | "order_filled";' in text
+    assert 'events: ["order_update", "order_filled"] },' in text
     # Rooms: each event's payload, by prefix.
     assert "  challenge_: {\n    CHALLENGE_STATUS_CHANGED: ChallengeStatusChanged;" in text
     assert "export interface RiskAlert {" in text
@@ -70,7 +78,18 @@ def test_json_schema_command_writes_the_serialization_schema(
 ) -> None:
     document = json.loads(run_types(tmp_path, monkeypatch, "--json-schema"))
     channels = document["properties"]
-    assert {"portfolio-updates", "position-updates", "trade-updates"} <= set(channels)
+    assert set(channels) == {
+        "activity-logs",
+        "bot-updates",
+        "challenge-updates",
+        "order-updates",
+        "pnl-updates",
+        "portfolio-updates",
+        "position-updates",
+        "trade-updates",
+    }
+    assert channels["bot-updates"]["x-events"] == ["bot_created", "bot_updated", "bot_deleted"]
+    assert channels["position-updates"]["x-events"] == ["position_update"]
     room = document["x-rooms"]["challenge_"]
     assert room["x-channel"] == "challenge_{challenge_id}"
     assert room["events"]["EQUITY_UPDATED"] == {"$ref": "#/$defs/EquityUpdated"}
@@ -84,6 +103,9 @@ def test_json_schema_command_writes_the_serialization_schema(
         "format": "date-time",
         "type": "string",
     }
+
+
+BOT_ROW = {"id": 1, "user_id": "u1", "ticker": "X", "exchange": "e", "quantity": 1, "pnl": 0}
 
 
 def test_schema_marks_required_exactly_the_keys_a_client_receives(
@@ -126,6 +148,23 @@ def test_schema_marks_required_exactly_the_keys_a_client_receives(
             "total_trades": 0,
             "max_daily_loss_pct": 5,
             "risk_alert_fraction": 0.8,
+        },
+        "bot-updates": BOT_ROW,
+        "pnl-updates": BOT_ROW,
+        "order-updates": {
+            "id": 1,
+            "user_id": "u1",
+            "bot_id": 1,
+            "ticker": "X",
+            "exchange": "e",
+            "side": "BUY",
+            "quantity": 1,
+        },
+        "activity-logs": {
+            "id": 1,
+            "user_id": "u1",
+            "message": "m",
+            "timestamp": "2026-12-03T00:00:00Z",
         },
     }
     document = channel_json_schema(registry)

@@ -7,6 +7,7 @@ are in test_outbox.py, parametrised over both.
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import asyncpg
@@ -19,7 +20,7 @@ from realtime_bridge.publish import broadcast
 from realtime_bridge.sources.wal import WalSource
 from realtime_bridge.testing import run_bridge, with_database
 from tests.conftest import BridgeFactory, make_settings
-from tests.helpers import until
+from tests.helpers import http, sample, until
 
 INSERT = "INSERT INTO positions (user_id, symbol, quantity, entry_price) VALUES ($1, $2, $3, 1)"
 
@@ -196,6 +197,89 @@ async def test_a_crash_between_logging_and_acknowledging_loses_and_duplicates_no
     )
     assert sum(r["changes"] for r in logged) == 8
     assert wal_source(bridge).status.reconnects >= 1
+
+
+async def test_changes_handed_on_before_the_log_failed_are_logged_again_with_their_seqs(
+    start_bridge: BridgeFactory, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The leader hands changes on before logging them: a failed log write loses nothing.
+
+    The replay from the logged position numbers the same changes the same way, so the
+    client sees each once, and the log ends up holding each once, under the seq the
+    client saw.
+    """
+    failures = 0
+    write_log = WalSource._write_log
+
+    async def fail_once(self: WalSource, conn: asyncpg.Connection, batch: Any) -> None:
+        nonlocal failures
+        if failures == 0 and batch.changes:
+            failures += 1
+            raise ConnectionError("simulated loss of the database before the log write")
+        await write_log(self, conn, batch)
+
+    monkeypatch.setattr(WalSource, "_write_log", fail_once)
+    bridge = await start_bridge(wal_log_interval=0.3)
+    async with bridge.websocket() as ws:
+        subscribed = await ws.subscribe(table="public.positions")
+        async with db.transaction():
+            for i in range(3):
+                await db.execute(INSERT, "u1", f"S{i}", i)
+        first = await ws.changes(3, timeout=20)
+        # Handed on at once, though not logged for another 0.3 s.
+        logged_then = await db.fetchval(
+            "SELECT count(*) FROM realtime_bridge.outbox WHERE table_name = 'positions'"
+        )
+        for i in range(3, 6):
+            await db.execute(INSERT, "u1", f"S{i}", i)
+        rest = await ws.changes(3, timeout=20)
+        assert await ws.silent(1.0)
+    assert failures == 1
+    assert logged_then == 0
+    events = first + rest
+    seqs = [e["seq"] for e in events]
+    assert seqs == list(range(subscribed["seq"] + 1, subscribed["seq"] + 7))
+    assert [e["data"]["symbol"] for e in events] == [f"S{i}" for i in range(6)]
+    await until(lambda: wal_source(bridge).logged_seq >= seqs[-1], timeout=10)
+    rows = await db.fetch(
+        "SELECT seq, batch, record::text AS record FROM realtime_bridge.outbox"
+        " WHERE table_name = 'positions' ORDER BY seq"
+    )
+    logged = [
+        (row["seq"] + i, record["symbol"])
+        for row in rows
+        for i, record in enumerate(
+            json.loads(row["record"]) if row["batch"] else [json.loads(row["record"])]
+        )
+    ]
+    assert logged == [(e["seq"], e["data"]["symbol"]) for e in events]
+    assert wal_source(bridge).status.reconnects >= 1
+
+
+async def test_metrics_show_the_slot_lag_and_what_waits_for_the_log(
+    start_bridge: BridgeFactory, db: asyncpg.Connection
+) -> None:
+    bridge = await start_bridge(wal_log_interval=1.5)
+    async with bridge.websocket() as ws, http(bridge) as client:
+        await ws.subscribe(table="public.positions")
+        await db.execute(INSERT, "u1", "LAG", 1)
+        await ws.changes(1)
+        waiting = (await client.get("/metrics")).text
+        await until(lambda: wal_source(bridge).stats()["unlogged"] == 0, timeout=10)
+        await until(lambda: wal_source(bridge).stats()["slot_lag_seconds"] == 0, timeout=10)
+        settled = (await client.get("/metrics")).text
+        health = (await client.get("/health")).json()
+    # Handed on at once; held for the log (and the slot unacknowledged) until the batch goes.
+    assert sample(waiting, "realtime_bridge_wal_unlogged_changes") == 1
+    lag = sample(waiting, "realtime_bridge_wal_slot_lag_seconds")
+    assert lag is not None
+    assert 0 < lag < 10
+    assert sample(settled, "realtime_bridge_wal_unlogged_changes") == 0
+    assert sample(settled, "realtime_bridge_wal_slot_lag_seconds") == 0
+    assert (sample(settled, "realtime_bridge_wal_statements_total") or 0) >= 1
+    assert sample(settled, "realtime_bridge_wal_slot_lag_bytes") is not None
+    assert health["wal"]["slot_lag_seconds"] == 0
+    assert health["wal"]["logged_seq"] == health["last_seq"]
 
 
 async def test_a_dropped_slot_is_recreated_and_every_client_told_to_resync(

@@ -2,14 +2,23 @@
 
 The leading instance (the one holding the leader advisory lock, as with
 the triggers) reads the ``supabase_realtime`` publication through a
-permanent ``pgoutput`` slot, gives each change the next seq in commit
-order and appends the changes to the outbox, one statement per batch.
-That statement also records how far the WAL has been logged
-(``realtime_bridge.wal_state``); only after it has committed are the
-changes handed on and the slot's position acknowledged. So a crash
-anywhere (between decoding, logging and acknowledging) loses nothing and
-duplicates nothing: Postgres replays from the last acknowledged position,
-and the reader skips what the log already holds.
+permanent ``pgoutput`` slot and gives each change the next seq in commit
+order. It hands the numbered changes on at once, and appends them to the
+outbox in batches (one statement per `log_interval`, or sooner when a
+batch is full). That statement also records how far the WAL has been
+logged (``realtime_bridge.wal_state``); only after it has committed is the
+slot's position acknowledged.
+
+Handing on before logging is safe because the numbering is a pure
+function of the stream: a committed change stays in the WAL until the
+slot is acknowledged past it, and whoever leads next (this process after
+a reconnect, or another instance after a crash) replays the stream from
+the logged position and gives every change the seq it had before. A
+client that saw seq 120 of a leader that died with 100 logged gets 101..120
+again, with the same seqs and contents, from the next one (its `since`
+waits for that head), and nothing is lost or numbered twice. So a change
+reaches clients one WAL read after its commit, while the log costs one
+statement per batch, not one per change.
 
 Followers tail the outbox by seq exactly as they do behind the trigger
 sequencer (one wake-up per batch), and take over the slot when the leader
@@ -18,8 +27,6 @@ goes away.
 The replication connection is psycopg2's (the maintained Python driver
 that speaks the streaming replication protocol; asyncpg and psycopg 3 do
 not), in asynchronous mode, read from the event loop with `add_reader`.
-While one batch is being written, the next accumulates: batches grow with
-load and the log costs one statement per batch, not one per change.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ import orjson
 
 from realtime_bridge.change import Change
 from realtime_bridge.sources.outbox import (
+    HAND_ON_SLICE,
     MAX_CHANGES_PER_ROW,
     SEQ_CHANNEL,
     OutboxSource,
@@ -63,8 +71,9 @@ BROADCAST_PREFIX = "realtime_bridge"
 RESYNC_CHANNEL = "$resync"
 SWITCH_PREFIX = "realtime_bridge.switch"
 
-# Changes held in memory before reading pauses for the log to catch up.
-MAX_PENDING = 5000
+# Changes held in memory (read but not yet logged) before reading pauses
+# for the log to catch up: two full batches, so reading goes on while one is written.
+MAX_HELD = 10_000
 
 # One statement appends a batch: numbered rows, the counter, the WAL position
 # and the followers' wake-up.
@@ -137,7 +146,7 @@ async def wal_unavailable(conn: asyncpg.Connection, publication: str) -> str | N
 
 @dataclass
 class _Pending:
-    """Changes waiting for the log, in stream order (values still in text form)."""
+    """Changes read from the stream, not yet handed on (values still in text form)."""
 
     changes: list[tuple[int, RowChange | Message | Change, Begin | None]] = field(
         default_factory=list
@@ -149,6 +158,18 @@ class _Pending:
     # Acknowledge up to here once logged (the end of the last whole transaction).
     ack_lsn: int = 0
     switch_pending: bool = False
+
+
+@dataclass
+class _Unlogged:
+    """Changes handed on but not yet in the log, and where the log stands with them."""
+
+    changes: list[Change] = field(default_factory=list)
+    commit_lsn: int = 0
+    logged: int = 0
+    ack_lsn: int = 0
+    switch_pending: bool = False
+    since: float = 0.0  # time.monotonic() when the first of them was handed on
 
 
 class WalSource(OutboxSource):
@@ -166,21 +187,31 @@ class WalSource(OutboxSource):
         slot: str | None = None,
         max_lag_bytes: int = 1 << 30,
         batch_size: int = 5000,
+        log_interval: float = 0.025,
     ) -> None:
         super().__init__(dsn, deliver, start_after=start_after, batch_size=batch_size)
         self.publication = publication
         self.slot = slot or ""  # unset: named after the database when leading starts
         self.max_lag_bytes = max_lag_bytes
+        # The longest a handed-on change waits for the log (a full batch goes at once).
+        self.log_interval = log_interval
         self.mode.reason = f"logical replication of the {publication!r} publication"
         self.types = Types()
         self.decoder = Decoder()
         self.slot_lag_bytes: int | None = None
         self.slot_recreated = 0
         self.statements = 0  # statements sent by the leader (for the bench)
+        self.logged_seq = start_after  # the log's head (status.last_seq: what is handed on)
         self._replication: Any = None
         self._cursor: Any = None
         self._pending = _Pending()
+        self._unlogged = _Unlogged()
+        self._writing: asyncio.Task[None] | None = None
+        self._writing_size = 0
+        self._writing_since: datetime | None = None  # commit time of its first change
+        self._conn_lock = asyncio.Lock()  # the log writes and the type lookups share `conn`
         self._ready = asyncio.Event()
+        self._log_grew = asyncio.Event()
         self._stream_error: BaseException | None = None
         self._paused = False
         self._acked = 0
@@ -210,12 +241,20 @@ class WalSource(OutboxSource):
             self._skipping_switch = bool(state["switch_pending"])
             self._logged_switch_pending = self._skipping_switch
             self._pending = _Pending(switch_pending=self._skipping_switch)
-            self.status.last_seq = max(
-                self.status.last_seq,
-                int(await conn.fetchval("SELECT last_seq FROM realtime_bridge.sequencer")),
+            self._unlogged = _Unlogged(switch_pending=self._skipping_switch)
+            self.logged_seq = int(
+                await conn.fetchval("SELECT last_seq FROM realtime_bridge.sequencer")
             )
-            self._next_seq = self.status.last_seq + 1
+            # What this process handed on before a reconnect may be ahead of the log:
+            # the replay from the logged position numbers it again, with the same seqs.
+            self.status.last_seq = max(self.status.last_seq, self.logged_seq)
+            self._next_seq = self.logged_seq + 1
             if self._gap_reason is not None:
+                # The WAL after the log is gone, and with it the replay that would give
+                # seqs handed on but not logged (here, or by a leader that died) to the
+                # same changes again. The marker comes after any of them: a leader never
+                # holds more than MAX_HELD unlogged changes.
+                self._next_seq = max(self.status.last_seq, self.logged_seq + MAX_HELD) + 1
                 marker = Change(
                     seq=self._next_seq,
                     operation="BROADCAST",
@@ -229,7 +268,8 @@ class WalSource(OutboxSource):
                 )
                 self._pending.changes.append((marker.seq, marker, None))
                 self._next_seq += 1
-                await self._flush(conn)
+                await self._route(conn)
+                await self._write_log(conn, self._detach_unlogged())
                 self._gap_reason = None
             await self._stream(conn)
         finally:
@@ -262,7 +302,9 @@ class WalSource(OutboxSource):
             return
         had_position = await conn.fetchval(
             "SELECT commit_lsn IS NOT NULL FROM realtime_bridge.wal_state"
-        )
+        ) or self.status.last_seq > int(
+            await conn.fetchval("SELECT last_seq FROM realtime_bridge.sequencer")
+        )  # handed on from the slot, not logged yet
         if row is not None:
             why = (
                 "invalidated by Postgres (max_slot_wal_keep_size)"
@@ -350,22 +392,66 @@ class WalSource(OutboxSource):
                 await self._wait_for_work()
                 if self._stream_error is not None:
                     raise self._stream_error
-                if self._pending.changes or self._pending.ack_lsn > self._acked:
-                    await self._flush(conn)
-                    continue
+                self._reap()
+                pending = self._pending
+                if pending.changes or pending.ack_lsn or pending.switch_pending:
+                    await self._route(conn)
+                if self._log_due():
+                    self._start_write(conn)
+                await self._settle(conn)
                 self._ack_idle()
         finally:
             with contextlib.suppress(Exception):
                 loop.remove_reader(fd)
+            if self._writing is not None:
+                # Not logged, so not acknowledged: the next leader replays it.
+                self._writing.cancel()
+                self._writing = None
+                self._writing_size = 0
+
+    async def wait_logged(self, seq: int, timeout: float) -> bool:
+        """Is everything handed on up to `seq` in the log (within `timeout` s)?
+
+        The leader hands changes on before it logs them; a replay from the log
+        (a resume older than the hub's window) waits for the log to reach it.
+        """
+        deadline = time.monotonic() + timeout
+        while self.status.role == "sequencer" and self.logged_seq < seq:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._log_grew.wait(), min(remaining, 0.5))
+        return True
+
+    def _held(self) -> int:
+        """Changes read and not yet logged (the batch being written included)."""
+        return len(self._pending.changes) + len(self._unlogged.changes) + self._writing_size
+
+    def _log_due(self) -> bool:
+        unlogged = self._unlogged
+        return (
+            self._writing is None
+            and bool(unlogged.changes)
+            and (
+                len(unlogged.changes) >= self.batch_size
+                or time.monotonic() - unlogged.since >= self.log_interval
+            )
+        )
 
     async def _wait_for_work(self) -> None:
-        if self._pending.changes or self._stream_error is not None:
+        if self._pending.changes or self._stream_error is not None or self._log_due():
             return
+        if self._writing is not None and self._writing.done():
+            return
+        timeout = 1.0
+        if self._unlogged.changes and self._writing is None:
+            timeout = max(0.0, self._unlogged.since + self.log_interval - time.monotonic())
         self._ready.clear()
         ready = asyncio.ensure_future(self._ready.wait())
         lost = asyncio.ensure_future(self._lost.wait())
         try:
-            await asyncio.wait({ready, lost}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({ready, lost}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             ready.cancel()
             lost.cancel()
@@ -377,7 +463,13 @@ class WalSource(OutboxSource):
         if self._cursor is None:
             return
         end = int(self._cursor.wal_end or 0)
-        if end > self._acked and not self._pending.changes and self._txn is None:
+        idle = (
+            not self._pending.changes
+            and not self._unlogged.changes
+            and self._writing is None
+            and self._txn is None
+        )
+        if end > self._acked and idle:
             self._acknowledge(end)
         self.slot_lag_bytes = max(int(self._cursor.wal_end or 0) - self._acked, 0)
 
@@ -387,7 +479,7 @@ class WalSource(OutboxSource):
         if cursor is None:
             return
         try:
-            while len(self._pending.changes) < MAX_PENDING:
+            while self._held() < MAX_HELD:
                 message = cursor.read_message()
                 if message is None:
                     break
@@ -492,44 +584,102 @@ class WalSource(OutboxSource):
                 [(r["oid"], r["typtype"], r["category"], r["elem"], r["base"]) for r in rows]
             )
 
-    async def _flush(self, conn: asyncpg.Connection) -> None:
-        """Log the pending batch in one statement, then hand it on and acknowledge."""
+    async def _route(self, conn: asyncpg.Connection) -> None:
+        """Hand on what was read (numbered already), and queue it for the log."""
         pending = self._pending
         self._pending = _Pending(switch_pending=pending.switch_pending)
-        self._resume()
+        unlogged = self._unlogged
         if pending.changes:
             relations = {i.relation for _, i, _ in pending.changes if isinstance(i, RowChange)}
-            await self._learn_types(conn, relations)
+            if any(self.types.unknown(r) for r in relations):
+                async with self._conn_lock:
+                    await self._learn_types(conn, relations)
             changes = [self._change(*entry) for entry in pending.changes]
-            rows = _log_rows(changes)
+            if not unlogged.changes:
+                unlogged.since = time.monotonic()
+            unlogged.changes.extend(changes)
+            unlogged.commit_lsn = pending.commit_lsn
+            unlogged.logged = pending.logged
+            await self._hand_on_changes(changes)
+        unlogged.ack_lsn = max(unlogged.ack_lsn, pending.ack_lsn)
+        unlogged.switch_pending = pending.switch_pending
+        if self._held() < MAX_HELD:
+            self._resume()
+
+    async def _hand_on_changes(self, changes: list[Change]) -> None:
+        # After a reconnect the replay repeats, with the same seqs, what was handed on.
+        fresh = [c for c in changes if c.seq > self.status.last_seq]
+        if not fresh:
+            return
+        self.status.last_lag_ms = (
+            datetime.now(UTC) - fresh[-1].committed_at
+        ).total_seconds() * 1000
+        # Routing a large batch to many subscribers is long CPU work: hand it on in
+        # slices and let sockets, heartbeats and /health run in between.
+        for start in range(0, len(fresh), HAND_ON_SLICE):
+            part = fresh[start : start + HAND_ON_SLICE]
+            self.status.last_seq = part[-1].seq
+            self.deliver(part)
+            if start + HAND_ON_SLICE < len(fresh):
+                await asyncio.sleep(0)
+
+    def _detach_unlogged(self) -> _Unlogged:
+        batch = self._unlogged
+        self._unlogged = _Unlogged(switch_pending=batch.switch_pending)
+        return batch
+
+    def _start_write(self, conn: asyncpg.Connection) -> None:
+        batch = self._detach_unlogged()
+        self._writing_size = len(batch.changes)
+        self._writing_since = batch.changes[0].committed_at
+        self._writing = asyncio.ensure_future(self._write_log(conn, batch))
+        self._writing.add_done_callback(lambda _task: self._ready.set())
+
+    def _reap(self) -> None:
+        """A finished log write: its failure ends the session (the replay covers it)."""
+        task = self._writing
+        if task is not None and task.done():
+            self._writing = None
+            self._writing_size = 0
+            task.result()
+            if self._held() < MAX_HELD:
+                self._resume()
+
+    async def _write_log(self, conn: asyncpg.Connection, batch: _Unlogged) -> None:
+        """Append `batch` to the log in one statement; then acknowledge the WAL it covers."""
+        *columns, refs = _log_rows(batch.changes)
+        async with self._conn_lock:
             self.statements += 1
-            *columns, refs = rows
             await conn.fetchrow(
                 APPEND_SQL,
                 *columns,
-                changes[-1].seq,
-                pending.commit_lsn,
-                pending.logged,
-                pending.switch_pending,
+                batch.changes[-1].seq,
+                batch.commit_lsn,
+                batch.logged,
+                batch.switch_pending,
                 refs,
             )
-            self._skip_before = (pending.commit_lsn, pending.logged)
-            self._logged_switch_pending = pending.switch_pending
-            self.status.last_lag_ms = (
-                datetime.now(UTC) - changes[-1].committed_at
-            ).total_seconds() * 1000
-            self.status.last_seq = changes[-1].seq
-            for start in range(0, len(changes), 200):
-                self.deliver(changes[start : start + 200])
-                if start + 200 < len(changes):
-                    await asyncio.sleep(0)
-        elif pending.switch_pending != self._logged_switch_pending:
+        self._skip_before = (batch.commit_lsn, batch.logged)
+        self._logged_switch_pending = batch.switch_pending
+        self.logged_seq = batch.changes[-1].seq
+        self._log_grew.set()
+        self._log_grew = asyncio.Event()
+        if batch.ack_lsn > self._acked and self._cursor is not None:
+            self._acknowledge(batch.ack_lsn)
+
+    async def _settle(self, conn: asyncpg.Connection) -> None:
+        """Everything handed on is logged: record the switch marker, acknowledge the rest."""
+        unlogged = self._unlogged
+        if unlogged.changes or self._writing is not None:
+            return
+        if unlogged.switch_pending != self._logged_switch_pending:
             # The switch marker passed with nothing to log: remember it before acknowledging.
-            self.statements += 1
-            await conn.execute("UPDATE realtime_bridge.wal_state SET switch_pending = false")
+            async with self._conn_lock:
+                self.statements += 1
+                await conn.execute("UPDATE realtime_bridge.wal_state SET switch_pending = false")
             self._logged_switch_pending = False
-        if pending.ack_lsn > self._acked and self._cursor is not None:
-            self._acknowledge(pending.ack_lsn)
+        if unlogged.ack_lsn > self._acked and self._cursor is not None:
+            self._acknowledge(unlogged.ack_lsn)
 
     def _acknowledge(self, lsn: int) -> None:
         """Tell Postgres the slot may move up to `lsn` (everything before it is logged)."""
@@ -548,6 +698,20 @@ class WalSource(OutboxSource):
         self._txn = None
         self.decoder = Decoder()
 
+    def _slot_lag_seconds(self) -> float:
+        """How long ago the oldest change read but not yet acknowledged committed."""
+        oldest: datetime | None = None
+        if self._writing is not None:
+            oldest = self._writing_since
+        elif self._unlogged.changes:
+            oldest = self._unlogged.changes[0].committed_at
+        elif self._pending.changes:
+            _, item, txn = self._pending.changes[0]
+            oldest = txn.committed_at if txn is not None else getattr(item, "committed_at", None)
+        if oldest is None:
+            return 0.0
+        return round(max((datetime.now(UTC) - oldest).total_seconds(), 0.0), 3)
+
     def stats(self) -> dict[str, Any]:
         return {
             "slot": self.slot,
@@ -555,7 +719,10 @@ class WalSource(OutboxSource):
             "slot_lag_bytes": self.slot_lag_bytes,
             "acknowledged_lsn": format_lsn(self._acked) if self._acked else None,
             "slot_recreated": self.slot_recreated,
+            "slot_lag_seconds": self._slot_lag_seconds(),
             "statements": self.statements,
+            "logged_seq": self.logged_seq,
+            "unlogged": len(self._unlogged.changes),
         }
 
 

@@ -234,11 +234,12 @@ export function useChannel<C extends string, T = PayloadOf<C>>(
   const useSnapshot = snapshot !== false;
   const snapshotLimit = typeof snapshot === "object" ? snapshot.limit : undefined;
   const recordOptions = (): RecordsOptions<T> => {
-    const { getKey, order, limit } = latestOptions.current;
+    const { getKey, order, limit, removes } = latestOptions.current;
     return {
       ...(getKey !== undefined && { getKey }),
       ...(order !== undefined && { order }),
       ...(limit !== undefined && { limit }),
+      ...(removes !== undefined && { removes }),
     };
   };
 
@@ -400,7 +401,8 @@ export type HookOptions<T> = Omit<UseChannelOptions<T>, "initial"> & {
   userId?: string | undefined;
 };
 
-function scoped<T>({ userId, ...options }: HookOptions<T>): UseChannelOptions<T> {
+/** `options` with `userId` turned into a `user_id` filter (for hooks built on `useChannel`). */
+export function scoped<T>({ userId, ...options }: HookOptions<T>): UseChannelOptions<T> {
   if (userId === undefined) return options;
   const { filter, filters, ...rest } = options;
   if (typeof filter === "string" && filter !== "") {
@@ -465,7 +467,8 @@ export function usePortfolio(
   });
 }
 
-function view<T, E extends object>(state: ChannelState<T>, extra: E): RealtimeView & E {
+/** A hook's result: `extra` with the channel's connection state. */
+export function view<T, E extends object>(state: ChannelState<T>, extra: E): RealtimeView & E {
   return {
     ...extra,
     isConnected: state.isConnected,
@@ -475,5 +478,8 @@ function view<T, E extends object>(state: ChannelState<T>, extra: E): RealtimeVi
     isLoading: state.isLoading,
   };
 }
+
+// The bot hooks (bots, orders, activity log, P&L) live in their own module.
+export * from "./bot-hooks.js";
 
 export { useLiveChallenge, type LiveChallenge, type LiveChallengeOptions } from "./challenge.js";

@@ -28,6 +28,11 @@ export interface RecordsOptions<T> {
   order?: "append" | "prepend" | undefined;
   /** Keep at most this many records, dropping the oldest additions. */
   limit?: number | undefined;
+  /**
+   * Whether an event removes its record although it is no DELETE (e.g. a
+   * published `bot_deleted`, which arrives as a BROADCAST carrying the bot).
+   */
+  removes?: ((event: ChangeEvent<T>) => boolean) | undefined;
 }
 
 export interface ApplyOptions<T> extends RecordsOptions<T> {
@@ -104,6 +109,7 @@ export function applyEvent<T>(
   const leaves =
     event.operation === "DELETE" ||
     event.data === null ||
+    options.removes?.(event) === true ||
     options.belongs?.(event.data) === false;
   if (leaves) {
     if (!(key in state.byId)) return { ...state, ...stamped };

@@ -38,20 +38,25 @@ test("the built entry points import by package name", async () => {
   const names = { main: "@realtime-bridge/client", react: "@realtime-bridge/client/react" };
   const main = (await import(names.main)) as typeof import("../src/index.js");
   expect(typeof main.createClient).toBe("function");
-  expect(Object.keys(main.CHANNELS)).toEqual(expect.arrayContaining(["portfolio-updates", "position-updates", "trade-updates"]));
+  expect(Object.keys(main.CHANNELS)).toEqual(
+    expect.arrayContaining(["portfolio-updates", "position-updates", "trade-updates", "bot-updates", "order-updates"]),
+  );
   const react = (await import(names.react)) as typeof import("../src/react.js");
-  for (const hook of ["useRealtimePositions", "useRealtimeTrades", "usePortfolio", "useChannel", "useLiveChallenge"] as const) {
+  const hooks = ["useRealtimePositions", "useRealtimeTrades", "usePortfolio", "useChannel", "useLiveChallenge"] as const;
+  const botHooks = ["useBotUpdates", "useOrderUpdates", "useActivityLogUpdates", "usePnLUpdates"] as const;
+  for (const hook of [...hooks, ...botHooks]) {
     expect(typeof react[hook]).toBe("function");
   }
   expect(typeof react.RealtimeBridgeProvider).toBe("function");
 });
 
 test("the runtime code imports nothing but itself (and React, in the hooks)", () => {
-  for (const file of ["index", "client", "backoff", "environment", "filters", "records", "protocol", "react", "poll", "snapshot", "challenge"]) {
+  const files = ["index", "client", "backoff", "environment", "filters", "records", "protocol", "react", "poll", "snapshot"];
+  for (const file of [...files, "bot-hooks", "challenge"]) {
     const source = readFileSync(new URL(`../dist/${file}.js`, import.meta.url), "utf8");
     const imports = [...source.matchAll(/from\s+"([^"]+)"/g)].map((m) => m[1]);
     for (const specifier of imports) {
-      if ((file === "react" || file === "challenge") && specifier === "react") continue;
+      if ((file === "react" || file === "bot-hooks" || file === "challenge") && specifier === "react") continue;
       expect(specifier, `${file}.js imports ${specifier}`).toMatch(/^\.\//);
     }
   }
