@@ -14,6 +14,9 @@ principal owns, or nothing:
 * a public channel (a plugin marked `public`) is readable by every role;
 * a row-scoped channel (one with an owner column) shows an `authenticated`
   principal the rows whose owner equals its `sub`;
+* a row-secured channel (`ROW_SECURITY=<table>=rls`) is readable by every
+  role, and shows each principal the rows the table's RLS policies let its
+  role and claims SELECT (`row_security`), `service_role` everything;
 * everything else (including tables without a plugin, unless configured in
   `TABLE_ACCESS`) is for `service_role` only.
 
@@ -86,6 +89,7 @@ UNCHECKED = Principal(Role.SERVICE, None, None, {"role": "service_role", "auth":
 class Access(enum.Enum):
     ALL = "all"
     OWN_ROWS = "own_rows"
+    ROW_SECURITY = "row_security"  # the rows the table's RLS policies show this principal
     NONE = "none"
 
 
@@ -96,11 +100,16 @@ class ChannelPolicy:
     name: str
     public: bool = False
     owner_column: str | None = None
+    row_security: bool = False
 
 
 def authorize(principal: Principal, policy: ChannelPolicy) -> Access:
     """The one place that decides who may read a channel, and which rows."""
-    if principal.is_service or policy.public:
+    if principal.is_service:
+        return Access.ALL
+    if policy.row_security:
+        return Access.ROW_SECURITY
+    if policy.public:
         return Access.ALL
     if (
         principal.role is Role.AUTHENTICATED

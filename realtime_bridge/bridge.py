@@ -46,6 +46,7 @@ from realtime_bridge.pauses import CollectorTimer, LoopMonitor, tune_collector
 from realtime_bridge.pgtypes import UNKNOWN, ColumnType
 from realtime_bridge.plugins import PluginRegistry, discover, qualify
 from realtime_bridge.relay import Relay
+from realtime_bridge.row_security import RowSecurity
 from realtime_bridge.settings import Settings
 from realtime_bridge.shutdown import Shutdown
 from realtime_bridge.sources.base import ModeStatus, Source
@@ -163,11 +164,14 @@ class Bridge:
     def __init__(self, settings: Settings, registry: PluginRegistry | None = None) -> None:
         self.settings = settings
         self.registry = registry if registry is not None else discover(settings.plugin_paths)
+        # Tables scoped by their RLS policies (ROW_SECURITY / a plugin's row_security).
+        self.row_security = RowSecurity(lambda: self.pool)
         self.hub = Hub(
             window=settings.replay_window,
             window_bytes=settings.replay_window_bytes,
             history=self._history,
             earliest_seq=self._earliest,
+            visibility=self.row_security.check,  # type: ignore[arg-type]
         )
         self.counters = Counters()
         # price-updates: ephemeral ticks, never through the outbox (see `market`).
@@ -230,9 +234,24 @@ class Bridge:
             return self.settings.supabase_jwt_secret
         return load_or_create_secret(self.settings.data_dir)
 
+    def secured_tables(self) -> set[str]:
+        """The tables whose rows reach readers by their RLS policies (`row_security`)."""
+        tables = {t for t, mode in self.settings.row_security.items() if mode == "rls"}
+        for plugin in self.registry:
+            if plugin.row_security == "rls":
+                tables.update(plugin.tables)
+        return tables
+
     def policy(self, channel: str) -> ChannelPolicy:
         """How `channel` may be read (for `auth.authorize`)."""
+        secured = self.secured_tables()
         plugin = self.registry.by_channel.get(channel)
+        if plugin is not None and (
+            plugin.row_security == "rls" or any(t in secured for t in plugin.tables)
+        ):
+            return ChannelPolicy(channel, row_security=True)
+        if channel in secured:
+            return ChannelPolicy(channel, row_security=True)
         if plugin is None and channel in self.registry.by_table:
             # A table's raw channel is as private as the plugins that type it:
             # readable only where every one of them would allow it.
@@ -393,6 +412,35 @@ class Bridge:
                 row["name"],
             )
 
+    async def _check_row_security(self) -> None:
+        """Say when a row-secured table has no RLS to apply (never silently).
+
+        Its old rows need REPLICA IDENTITY FULL from the WAL: track() and
+        switch_to_wal() set it, and warn where this role may not.
+        """
+        assert self.pool is not None
+        secured = sorted(self.secured_tables())
+        if not secured:
+            return
+        rows = await self.pool.fetch(
+            """
+            SELECT n.name, c.relrowsecurity
+            FROM unnest($1::text[]) AS n (name)
+            LEFT JOIN pg_catalog.pg_class c ON c.oid = to_regclass(n.name)
+            """,
+            secured,
+        )
+        for row in rows:
+            if row["relrowsecurity"] is None:
+                continue  # not created yet: _report_missing_tables or track() says so
+            if not row["relrowsecurity"]:
+                logger.warning(
+                    "ROW_SECURITY: %s is rls, but row level security is not enabled on it: "
+                    "every role with SELECT on it sees every change (ALTER TABLE ... ENABLE "
+                    "ROW LEVEL SECURITY)",
+                    row["name"],
+                )
+
     async def _start_outbox(self, head: int, why_not_wal: str | None) -> None:
         assert self.dsn is not None
         assert self.pool is not None
@@ -425,6 +473,7 @@ class Bridge:
         # a database that is down at start makes us serve degraded, not hang.
         if not await source.wait_connected(timeout=15):
             logger.warning("the outbox source is not connected yet; serving degraded")
+        await self._check_row_security()
         self._own("maintenance", asyncio.create_task(self._maintain(), name="maintenance"))
         if self.settings.relay_to_supabase:
             # Only the sequencer relays, so Supabase gets each event once, not once per instance.
@@ -499,6 +548,12 @@ class Bridge:
         """Hosted Supabase mode: Realtime `postgres_changes`, PostgREST polling as fallback."""
         assert self.settings.supabase_url
         assert self.settings.supabase_service_key
+        if self.secured_tables():
+            raise ConfigurationError(
+                "ROW_SECURITY=rls needs the database to evaluate the tables' policies in "
+                f"({', '.join(sorted(self.secured_tables()))}): set DATABASE_URL to its direct "
+                "connection, or scope those tables by owner"
+            )
         await self.refresh_tables()
         self.source = SupabaseSource(
             self.settings.supabase_url,
@@ -559,6 +614,7 @@ class Bridge:
             await self.backplane.stop()
         if self.source is not None:
             await self.source.stop()
+        await self.hub.close()
         if self.relay is not None:
             await self.relay.stop(self.hub)
         if self.pnl is not None:
@@ -861,9 +917,20 @@ class Bridge:
             "wal": source.stats() if isinstance(source, WalSource) else None,
             **self.cluster(),
             "failed_tasks": dict(self._task_errors),
+            "row_security": self._row_security_state() if self.hub.gates else None,
             "uptime_s": round(time.time() - self.started_at, 1),
         }
         return healthy, body
+
+    def _row_security_state(self) -> dict[str, Any]:
+        """How far behind the head each row-secured channel is, and the last check error."""
+        return {
+            "behind": {name: self.hub.head - gate.cursor for name, gate in self.hub.gates.items()},
+            "last_error": self.row_security.last_error,
+            "gate_errors": {
+                name: gate.error for name, gate in self.hub.gates.items() if gate.error
+            },
+        }
 
     @property
     def role(self) -> str:
@@ -917,6 +984,13 @@ class Bridge:
             "events_replayed": hub.replayed,
             "dropped": {"slow_consumers": hub.slow_consumers},
             "resyncs": hub.resyncs,
+            "row_security": {
+                "tables": sorted(self.secured_tables()),
+                "statements": self.row_security.statements,
+                "checks": hub.secured_checks,
+                "secured_failures": hub.secured_failures,
+                **self._row_security_state(),
+            },
             "errors_sent": dict(self.counters.errors_sent),
             "plugin_errors": dict(self.registry.errors),
             "broadcasts": self.counters.broadcasts,

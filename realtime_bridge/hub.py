@@ -14,17 +14,37 @@ client reads, and turns LIVE once it reaches the head, with no await
 between the last check and the switch: nothing is missed, nothing is sent
 twice, and no per-subscriber buffer grows. Only a client that stops
 reading altogether is cut off (its outlet's stall timeout).
+
+Row security (a subscription with a `viewer`: the table's RLS policies
+decide what it sees) needs a database round trip per decision, so those
+subscriptions are never served from `publish`. Each channel that has some
+gets a `_Gate`: a task that follows the window behind the head, asks
+`visibility` once per batch of changes for every distinct viewer
+interested, and delivers in seq order. Other channels, and the plain
+subscriptions of the same channel, never wait for it. While the check
+cannot run (the database is down) the gate delivers nothing and keeps its
+place (fail closed, nothing lost); once the window has moved past it, its
+subscriptions catch up on their own, asking the same question per batch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import itertools
 import logging
 import secrets
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Hashable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -90,6 +110,9 @@ class Subscription:
     owner_column: str | None = None
     owner_type: ColumnType = UNKNOWN
     owner_key: Key | None = None
+    # Row security: the role and claims the table's policies are asked with
+    # (None: no such check). Replaced in place when the client's token changes.
+    viewer: Hashable | None = None
 
     def owns(self, row: Mapping[str, Any] | None) -> bool:
         """Whether `row` belongs to this subscription's owner (always False when unscoped)."""
@@ -143,6 +166,39 @@ class Subscription:
         return False
 
 
+def secured(event: Event, sees_new: bool, sees_old: bool, sub: Subscription) -> Event | None:
+    """The version of `event` a row-secured `sub` receives, given which row images it may see.
+
+    As with owner scoping: an UPDATE that makes a row visible arrives as an
+    INSERT without the old row, one that hides it as a DELETE without the
+    new row; a DELETE is seen only by who could see the row before it went.
+    Events without a table (broadcasts) are not row-secured: never sent.
+    """
+    if event.table is None:
+        return None
+    has_new, has_old = event.view is not None, event.old_view is not None
+    if has_new and has_old:
+        if sees_new and sees_old:
+            version = event
+        elif sees_new:
+            version = event.arrival()
+        elif sees_old:
+            version = event.departure()
+        else:
+            return None
+    elif (has_new and sees_new) or (has_old and sees_old):
+        version = event
+    else:
+        return None
+    return sub.wants_unscoped(version)
+
+
+# (table, row images, viewers) → for each viewer, the indexes of the rows it may see.
+Visibility = Callable[
+    [str, Sequence[Mapping[str, Any]], Sequence[Hashable]], Awaitable[list[set[int]]]
+]
+
+
 class Channel:
     """A channel's subscriptions, indexed by their equality filters.
 
@@ -161,6 +217,7 @@ class Channel:
         # Row-scoped to an owner no row can have (not a value of the owner column's type).
         self.inert: set[Subscription] = set()
         self.count = 0
+        self.gated = 0  # row-secured subscriptions (served by the channel's gate)
 
     def type_of(self, column: str) -> ColumnType:
         return self.types.get(column, UNKNOWN)
@@ -245,6 +302,8 @@ class HubStats:
     replayed: int = 0
     slow_consumers: int = 0
     resyncs: int = 0
+    secured_checks: int = 0  # row-security statements (one per table per batch)
+    secured_failures: int = 0  # of which could not run (retried)
 
 
 class Hub:
@@ -258,6 +317,7 @@ class Hub:
         window_bytes: int = 0,
         history: HistoryReader | None = None,
         earliest_seq: Callable[[], Any] | None = None,
+        visibility: Visibility | None = None,
     ) -> None:
         self.head = head
         # The replay window: the latest entries, at most `window_events` of
@@ -277,6 +337,9 @@ class Hub:
         self.stats = HubStats()
         self._ids = itertools.count(1)
         self._waiters: list[asyncio.Future[None]] = []
+        # Row security: asks which row images each viewer may see (see `_Gate`).
+        self.visibility = visibility
+        self.gates: dict[str, _Gate] = {}
 
     # channels -----------------------------------------------------------
 
@@ -312,6 +375,11 @@ class Hub:
         self.head = seq
         self._keep(entry)
         self.stats.events_in += 1
+        for gate in self.gates.values():
+            # A gate with nothing pending skips changes of other channels here, so a
+            # quiet row-secured channel never falls behind the window for nothing.
+            if gate.cursor == seq - 1 and gate.channel.name not in entry.channels:
+                gate.cursor = seq
         for name in entry.channels:
             channel = self.channels.get(name)
             if channel is None or channel.count == 0:
@@ -320,8 +388,10 @@ class Hub:
             if event is None:
                 continue
             for sub, version in channel.receivers(event):
-                if sub.deliver(version):
+                if sub.viewer is None and sub.deliver(version):
                     self.stats.frames_out += 1
+            if channel.gated:
+                self.gates[name].wake.set()
         if self._waiters:
             waiters, self._waiters = self._waiters, []
             for waiter in waiters:
@@ -396,12 +466,18 @@ class Hub:
         on_lag: Callable[[Subscription], None] | None = None,
         owner: str | None = None,
         owner_column: str | None = None,
+        viewer: Hashable | None = None,
     ) -> Subscription:
         """Register a subscription in CATCHING_UP state; run `catch_up` to serve it.
 
-        Without `since` it starts at the current head (live from now).
+        Without `since` it starts at the current head (live from now). With a
+        `viewer`, only the rows the table's policies show that viewer.
         """
         channel = self.channel(channel_name)
+        if viewer is not None and owner is not None:
+            raise ValueError("a subscription is row-secured or owner-scoped, not both")
+        if viewer is not None and self.visibility is None:
+            raise ValueError("a row-secured subscription needs a hub with `visibility`")
         filter = filter.typed(channel.types)
         if owner is not None and owner_column is None:
             raise ValueError("a row-scoped subscription needs the owner column")
@@ -421,9 +497,14 @@ class Hub:
             owner_column=owner_column if owner is not None else None,
             owner_type=owner_type,
             owner_key=owner_type.key(owner) if owner is not None else None,
+            viewer=viewer,
         )
         channel.add(sub)
         self.subscriptions[sub_id] = sub
+        if viewer is not None:
+            channel.gated += 1
+            if channel_name not in self.gates:
+                self.gates[channel_name] = _Gate(self, channel)
         return sub
 
     def pause(self, sub: Subscription) -> None:
@@ -443,6 +524,17 @@ class Hub:
         channel = self.channels.get(sub.channel)
         if channel is not None:
             channel.remove(sub)
+            if sub.viewer is not None:
+                channel.gated -= 1
+
+    async def close(self) -> None:
+        """Stop the row-security gates (the bridge's shutdown)."""
+        gates, self.gates = list(self.gates.values()), {}
+        for gate in gates:
+            gate.task.cancel()
+        for gate in gates:
+            with contextlib.suppress(asyncio.CancelledError):
+                await gate.task
 
     async def catch_up(
         self,
@@ -494,9 +586,21 @@ class Hub:
             if sub.last_seq + 1 >= first:
                 offset = sub.last_seq + 1 - first
                 chunk = list(itertools.islice(self.window, offset, offset + 1024))
-                for entry in chunk:
-                    event = entry.event(sub.channel) if sub.channel in entry.channels else None
-                    version = sub.wants(event) if event is not None else None
+                gated: list[Event | None] | None = None
+                if sub.viewer is not None:
+                    events = [
+                        entry.event(sub.channel) if sub.channel in entry.channels else None
+                        for entry in chunk
+                    ]
+                    gated = await self._secured_versions(sub, events, stopped)
+                    if gated is None:
+                        return
+                for i, entry in enumerate(chunk):
+                    if gated is not None:
+                        version = gated[i]
+                    else:
+                        event = entry.event(sub.channel) if sub.channel in entry.channels else None
+                        version = sub.wants(event) if event is not None else None
                     if version is not None:
                         await self._send_replayed(sub, version)
                         if sub.outlet.closed:
@@ -520,8 +624,15 @@ class Hub:
                 continue
             upto = first - 1
             async for batch in self.history(sub.last_seq, upto, sub.channel):
-                for event in batch:
-                    version = sub.wants(event)
+                versions: list[Event | None]
+                if sub.viewer is not None:
+                    found = await self._secured_versions(sub, list(batch), stopped)
+                    if found is None:
+                        return
+                    versions = found
+                else:
+                    versions = [sub.wants(event) for event in batch]
+                for event, version in zip(batch, versions, strict=True):
                     if version is not None:
                         await self._send_replayed(sub, version)
                         if sub.outlet.closed:
@@ -531,6 +642,97 @@ class Hub:
                         return
             if not stopped():
                 sub.last_seq = max(sub.last_seq, upto)
+
+    async def _secured_versions(
+        self, sub: Subscription, events: list[Event | None], stopped: Callable[[], bool]
+    ) -> list[Event | None] | None:
+        """What row-secured `sub` receives of each event (None: stopped while the check waited)."""
+        wanted = [sub.wants(e) if e is not None else None for e in events]
+        asked = [e for e, w in zip(events, wanted, strict=True) if e is not None and w is not None]
+        if not asked:
+            return [None] * len(events)
+        viewer = sub.viewer
+        assert viewer is not None
+        sightings = await self.sightings(asked, [viewer], stopped)
+        if sightings is None:
+            return None
+        out: list[Event | None] = []
+        for event, version in zip(events, wanted, strict=True):
+            if event is None or version is None:
+                out.append(None)
+                continue
+            sees_new, sees_old = sightings(event, viewer)
+            out.append(secured(event, sees_new, sees_old, sub))
+        return out
+
+    async def sightings(
+        self,
+        events: Sequence[Event],
+        viewers: Sequence[Hashable],
+        stopped: Callable[[], bool] = lambda: False,
+    ) -> Callable[[Event, Hashable], tuple[bool, bool]] | None:
+        """Ask once per table which of `events`' row images each viewer may see.
+
+        Returns `sees(event, viewer) -> (sees_new_row, sees_old_row)`. When
+        the check fails (the database is down) it waits and asks again, and
+        delivers nothing meanwhile: fail closed, nothing lost. None when
+        `stopped()` turned true while waiting.
+        """
+        visibility = self.visibility
+        assert visibility is not None
+        # Per table: its row images, and where each event's new / old image is.
+        images: dict[str, list[Mapping[str, Any]]] = {}
+        where: dict[int, tuple[str, int | None, int | None]] = {}
+        for event in events:
+            if event.table is None or id(event) in where:
+                continue
+            rows = images.setdefault(event.table, [])
+            new_at = old_at = None
+            if event.view is not None:
+                # An UPDATE's new row lacks the TOASTed values it did not change.
+                new = event.view if event.old_view is None else {**event.old_view, **event.view}
+                new_at = len(rows)
+                rows.append(new)
+            if event.old_view is not None:
+                old_at = len(rows)
+                rows.append(event.old_view)
+            where[id(event)] = (event.table, new_at, old_at)
+        index = {viewer: i for i, viewer in enumerate(viewers)}
+        seen: dict[str, list[set[int]]] = {}
+        delay = 0.05
+        for table, rows in images.items():
+            while True:
+                if stopped():
+                    return None
+                try:
+                    seen[table] = await visibility(table, rows, viewers)
+                    self.stats.secured_checks += 1
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self.stats.secured_failures += 1
+                    if self.stats.secured_failures == 1 or delay >= 2.0:
+                        logger.warning(
+                            "row-level security on %s cannot be checked, holding its changes "
+                            "back (retrying): %s",
+                            table,
+                            exc,
+                        )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+
+        def sees(event: Event, viewer: Hashable) -> tuple[bool, bool]:
+            spot = where.get(id(event))
+            if spot is None:
+                return False, False
+            table, new_at, old_at = spot
+            visible = seen[table][index[viewer]]
+            return (new_at is not None and new_at in visible), (
+                old_at is not None and old_at in visible
+            )
+
+        return sees
 
     async def _send_replayed(self, sub: Subscription, event: Event) -> None:
         await sub.outlet.put(sub.render(event, sub.prefix))
@@ -569,3 +771,113 @@ class Hub:
 
     def subscriptions_per_channel(self) -> dict[str, int]:
         return {name: ch.count for name, ch in self.channels.items() if ch.count}
+
+
+class _Gate:
+    """Serves a channel's row-secured LIVE subscriptions, a batch of changes at a time.
+
+    Follows the hub's window from `cursor` (everything up to it is decided)
+    to the head; for each batch, one `visibility` question per table covers
+    every distinct viewer interested, then the batch is delivered in seq
+    order. A subscription receives a change only while LIVE and only once
+    (`last_seq` below the change's seq), so one that went live through
+    `catch_up` meanwhile, or lagged and is catching up, is served exactly
+    once by exactly one of the two.
+    """
+
+    BATCH = 512
+
+    def __init__(self, hub: Hub, channel: Channel) -> None:
+        self.hub = hub
+        self.channel = channel
+        self.cursor = hub.head
+        self.error: str | None = None
+        self.wake = asyncio.Event()
+        self.task = asyncio.create_task(self._run(), name=f"row-security-{channel.name}")
+        self.task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error(
+                "the row-security gate of %s failed", self.channel.name, exc_info=task.exception()
+            )
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._step()
+                self.error = None
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # A bug here must not silently stop the channel: said, kept in
+                # /health, and tried again (the cursor has not moved).
+                self.error = f"{type(exc).__name__}: {exc}"
+                logger.exception("the row-security gate of %s failed; retrying", self.channel.name)
+                await asyncio.sleep(1.0)
+
+    async def _step(self) -> None:
+        hub, name = self.hub, self.channel.name
+        if self.cursor >= hub.head:
+            self.wake.clear()
+            await self.wake.wait()
+            return
+        if not self.channel.gated:
+            self.cursor = hub.head
+            return
+        first = hub.window[0].seq if hub.window else hub.head + 1
+        if self.cursor + 1 < first:
+            # The window moved past the gate (a long outage): each subscription
+            # catches up by itself, from the log, with the same checks.
+            for sub in list(hub.subscriptions.values()):
+                if (
+                    sub.channel == name
+                    and sub.viewer is not None
+                    and sub.state is SubscriptionState.LIVE
+                ):
+                    sub.state = SubscriptionState.CATCHING_UP
+                    if sub.on_lag is not None:
+                        sub.on_lag(sub)
+            self.cursor = hub.head
+            return
+        offset = self.cursor + 1 - first
+        entries = list(itertools.islice(hub.window, offset, offset + self.BATCH))
+        if await self._serve(entries):
+            self.cursor = max(self.cursor, entries[-1].seq)
+
+    async def _serve(self, entries: list[LogEntry]) -> bool:
+        """Decide and deliver `entries`; False when it stopped before deciding."""
+        name = self.channel.name
+        work: list[tuple[Event, list[tuple[Subscription, Hashable]]]] = []
+        viewers: dict[Hashable, None] = {}
+        for entry in entries:
+            if name not in entry.channels:
+                continue
+            event = entry.event(name)
+            if event is None:
+                continue
+            wanting = [
+                (sub, sub.viewer)
+                for sub, _ in self.channel.receivers(event)
+                if sub.viewer is not None
+                and sub.state is SubscriptionState.LIVE
+                and sub.last_seq < event.seq
+            ]
+            if wanting:
+                work.append((event, wanting))
+                viewers.update(dict.fromkeys(v for _, v in wanting))
+        if not work:
+            return True
+        sees = await self.hub.sightings(
+            [event for event, _ in work], list(viewers), lambda: not self.channel.gated
+        )
+        if sees is None:
+            return False  # everyone left while the check could not run
+        for event, wanting in work:
+            for sub, viewer in wanting:
+                if sub.state is not SubscriptionState.LIVE or sub.last_seq >= event.seq:
+                    continue
+                version = secured(event, *sees(event, viewer), sub)
+                if version is not None and sub.deliver(version):
+                    self.hub.stats.frames_out += 1
+        return True

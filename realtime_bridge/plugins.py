@@ -64,8 +64,16 @@ class Plugin:
     #: Which of `events` a table change is, or None for no event on this channel
     #: (default: every change is `event`). Sees the change's old row too.
     event_of: Callable[[Change], str | None] | None = None
+    # "owner": rows scoped by `owner_column` (the default); "rls": by the
+    # tables' row-level security policies (see `realtime_bridge.row_security`).
+    row_security: str = "owner"
 
     def __post_init__(self) -> None:
+        if self.row_security not in ("owner", "rls"):
+            raise ConfigurationError(
+                f"plugin {self.channel!r}: row_security must be 'owner' or 'rls', "
+                f"not {self.row_security!r}"
+            )
         if not self.channel or "." in self.channel:
             raise ConfigurationError(
                 f"plugin channel {self.channel!r} must be a non-empty name without dots "

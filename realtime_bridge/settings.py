@@ -265,6 +265,14 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="Table channels open beyond service_role: 'public.t=public,public.u=owner'.",
     )
+    row_security: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description=(
+            "How each table's rows are scoped to their readers: 'public.notes=rls' checks "
+            "every change against the table's RLS policies as the subscriber's role and "
+            "claims; owner (the default) compares the owner column with the token's sub."
+        ),
+    )
     allow_testing_api_public: bool = False
     max_connections_per_ip: int = Field(default=1000, ge=1)
     max_connections_per_user: int = Field(default=100, ge=1)
@@ -370,6 +378,25 @@ class Settings(BaseSettings):
             name = table.strip()
             access[name if "." in name else f"public.{name}"] = mode
         return access
+
+    @field_validator("row_security", mode="before")
+    @classmethod
+    def _parse_row_security(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        modes: dict[str, str] = {}
+        for item in value.split(","):
+            if not item.strip():
+                continue
+            table, _, mode = item.partition("=")
+            mode = mode.strip()
+            name = table.strip()
+            if mode not in ("rls", "owner") or not name:
+                raise ValueError(
+                    f"ROW_SECURITY entry {item.strip()!r}: use <table>=rls or <table>=owner"
+                )
+            modes[name if "." in name else f"public.{name}"] = mode
+        return modes
 
     @field_validator("plugin_paths", mode="before")
     @classmethod

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
 import orjson
 
 from realtime_bridge.change import Change, Row
@@ -122,6 +123,11 @@ async def take_snapshot(
     # before the reads below start, so it is in what they find.
     seq = bridge.hub.head
     if isinstance(bridge.source, SupabaseSource):
+        if target.viewer is not None:
+            # PostgREST is read with the service key here: it would show every row.
+            raise SnapshotUnavailable(
+                "a snapshot of a row-secured table needs the database (DATABASE_URL)"
+            )
         rest = bridge.source.rest
 
         async def read_rest(table: str, target: Target, after: Any, limit: int) -> list[Any]:
@@ -131,6 +137,20 @@ async def take_snapshot(
         return await _pages(bridge, target, tables, start, limit, seq, read_rest)
     if bridge.pool is None:
         raise SnapshotUnavailable("the bridge has no database to read a snapshot from yet")
+    try:
+        return await _sql_snapshot(bridge, target, tables, start, limit, seq)
+    except (asyncpg.DataError, asyncpg.InsufficientPrivilegeError):
+        if target.viewer is None:
+            raise
+        # A policy that raises for this user (a sub that is no uuid reaching
+        # auth.uid()), or a role without SELECT: they see no row, as for changes.
+        return Snapshot(target.channel, seq, [], None)
+
+
+async def _sql_snapshot(
+    bridge: Bridge, target: Target, tables: list[str], start: _Cursor, limit: int, seq: int
+) -> Snapshot:
+    assert bridge.pool is not None
     durable = bridge.source is not None and bridge.source.durable
     owner_type = _owner_type(bridge, target)
     async with (
@@ -141,6 +161,20 @@ async def take_snapshot(
             # The first statement fixes the transaction's snapshot: every seq
             # up to this one was given to a row committed before it.
             seq = int(await conn.fetchval("SELECT last_seq FROM realtime_bridge.sequencer"))
+        if target.viewer is not None:
+            # Row security: the rows are read as the subscriber, so the table's
+            # own policies decide, exactly as for its changes.
+            await conn.execute(
+                """
+                SELECT set_config('role', $1, true),
+                       set_config('request.jwt.claims', $2, true),
+                       set_config('request.jwt.claim.sub',
+                                  coalesce($2::text::jsonb ->> 'sub', ''), true),
+                       set_config('request.jwt.claim.role', $1, true)
+                """,
+                target.viewer.role,
+                target.viewer.claims,
+            )
 
         async def read_sql(table: str, target: Target, after: Any, limit: int) -> list[Any]:
             rows = await conn.fetch(*_page_query(table, target, after, limit, owner_type))

@@ -78,6 +78,7 @@ def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
         ("REDIS_URL", "localhost:6379", "redis://"),
         ("HOST", "http://0.0.0.0", "address"),
         ("TABLE_ACCESS", "public.t=everyone", "owner"),
+        ("ROW_SECURITY", "public.notes=policies", "rls"),
     ],
 )
 def test_a_bad_value_names_the_variable_the_value_and_what_is_allowed(

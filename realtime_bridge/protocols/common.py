@@ -21,6 +21,7 @@ from realtime_bridge.filters import Filter, parse_filter
 from realtime_bridge.hub import Hub, Outlet, Renderer, Subscription, render_db_change
 from realtime_bridge.rooms import Room
 from realtime_bridge.topic_policies import PoliciesUnavailable
+from realtime_bridge.row_security import Viewer
 
 
 class JSONResponse(Response):
@@ -100,6 +101,8 @@ class Target:
     filter: Filter
     owner: str | None
     owner_column: str | None
+    # Row security: the role and claims the table's RLS policies are asked with.
+    viewer: Viewer | None = None
 
     def subscribe(
         self,
@@ -124,6 +127,7 @@ class Target:
             on_lag=on_lag,
             owner=self.owner,
             owner_column=self.owner_column,
+            viewer=self.viewer,
         )
 
 
@@ -153,6 +157,8 @@ async def resolve_target(
         raise denial(principal, policy)
     if access is Access.OWN_ROWS:
         return Target(name, flt, principal.user_id, policy.owner_column)
+    if access is Access.ROW_SECURITY:
+        return Target(name, flt, None, None, Viewer.of(principal))
     return Target(name, flt, None, None)
 
 

@@ -108,6 +108,7 @@ from realtime_bridge.protocols.phoenix_wire import (
 )
 from realtime_bridge.protocols.session import SocketSession
 from realtime_bridge.protocols.wire import ENCODER, write_frames
+from realtime_bridge.row_security import Viewer
 from realtime_bridge.topic_policies import Extension, PoliciesUnavailable
 
 logger = logging.getLogger(__name__)
@@ -844,6 +845,10 @@ class PhoenixSession(SocketSession):
         if identity(principal) == identity(channel.principal):
             channel.token = token
             channel.principal = principal
+            for sub in channel.subs.values():
+                if sub.viewer is not None:
+                    # Row security asks with the new claims from the next change on.
+                    sub.viewer = Viewer.of(principal)
             if reads is not None:
                 channel.reads, channel.writes = reads, {}
             self._watch_expiry(channel)

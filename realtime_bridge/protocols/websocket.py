@@ -49,6 +49,7 @@ from realtime_bridge.protocols.outlet import QueueOutlet
 from realtime_bridge.protocols.prices import max_rate_of, price_subscription_id, symbols_of
 from realtime_bridge.protocols.session import SocketSession
 from realtime_bridge.protocols.wire import ENCODER, write_batches, write_frames
+from realtime_bridge.row_security import Viewer
 from realtime_bridge.shutdown import SERVICE_RESTART, retry_after_ms
 
 logger = logging.getLogger(__name__)
@@ -269,8 +270,13 @@ class WebSocketSession(SocketSession):
         if principal.user_id != self.principal.user_id or principal.role != self.principal.role:
             # A different identity may not inherit row-scoped subscriptions.
             for sub in list(self.subscriptions.values()):
-                if sub.owner is not None or not principal.is_service:
+                if sub.owner is not None or sub.viewer is not None or not principal.is_service:
                     self._drop(sub, "the new token belongs to someone else")
+        else:
+            # The same user, new claims: row security asks with these from the next change.
+            for sub in self.subscriptions.values():
+                if sub.viewer is not None:
+                    sub.viewer = Viewer.of(principal)
         self.principal = principal
         self._watch_expiry()
         for sub in self.subscriptions.values():
