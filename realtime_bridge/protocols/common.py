@@ -20,8 +20,8 @@ from realtime_bridge.errors import ClientError, UnknownChannel
 from realtime_bridge.filters import Filter, parse_filter
 from realtime_bridge.hub import Hub, Outlet, Renderer, Subscription, render_db_change
 from realtime_bridge.rooms import Room
-from realtime_bridge.topic_policies import PoliciesUnavailable
 from realtime_bridge.row_security import Viewer
+from realtime_bridge.topic_policies import PoliciesUnavailable
 
 
 class JSONResponse(Response):
