@@ -31,6 +31,7 @@ from realtime_bridge.publish import (
     broadcast_trade_update,
     publish_prices,
 )
+from realtime_bridge.rooms import Room
 from realtime_bridge.settings import Settings
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "PluginRegistry",
     "PublishError",
     "RealtimeBridgeError",
+    "Room",
     "Settings",
     "broadcast",
     "broadcast_bot_created",

@@ -180,6 +180,7 @@ class Bridge:
         self.redis_prices: Any = None  # market_redis.RedisPrices when REDIS_URL is set
         self.feed: FeedRunner | None = None
         self.pnl: Any = None  # pnl.LivePnL once started
+        self.demo: Any = None  # demo.DemoScript with DEMO=1
         # Called with every batch of changes after the hub routed it (live P&L follows positions).
         self.change_listeners: list[Callable[[list[Change]], None]] = []
         self.limits = ConnectionLimits(settings)
@@ -605,6 +606,11 @@ class Bridge:
 
             self.pnl = LivePnL(self)
             await self.pnl.start()
+        if settings.demo and self.pool is not None:
+            from realtime_bridge.demo import DemoScript
+
+            self.demo = DemoScript(self)
+            self._own("demo", asyncio.create_task(self.demo.run(), name="demo"))
 
     def _resolve_dsn(self) -> str:
         if self.settings.database_url:

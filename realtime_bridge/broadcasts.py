@@ -12,11 +12,13 @@ from realtime_bridge.publish import broadcast
 __all__ = [
     "ActivityLogPayload",
     "BotUpdatePayload",
+    "ChallengePayload",
     "OrderUpdatePayload",
     "PnLUpdatePayload",
     "broadcast_bot_created",
     "broadcast_bot_deleted",
     "broadcast_bot_updated",
+    "broadcast_challenge_update",
     "broadcast_log_created",
     "broadcast_order_filled",
     "broadcast_order_update",
@@ -64,6 +66,30 @@ class BotUpdatePayload(TypedDict):
     last_fill_time: NotRequired[datetime | str | None]
     config: NotRequired[dict[str, Any]]
     created_at: NotRequired[datetime | str | None]
+    updated_at: NotRequired[datetime | str | None]
+
+
+class ChallengePayload(TypedDict):
+    """A challenge row: what `refresh()` reads back (the state the events move).
+
+    The payload of `challenge-updates`.
+    """
+
+    id: int
+    user_id: str
+    status: Literal["PENDING", "ACTIVE", "FAILED", "FUNDED"]
+    status_reason: NotRequired[str | None]
+    initial_balance: float
+    current_equity: float
+    max_equity_ever: float
+    daily_start_equity: float
+    daily_max_equity: float
+    daily_min_equity: float
+    total_pnl: float
+    total_trades: int
+    last_trade_at: NotRequired[datetime | str | None]
+    max_daily_loss_pct: float
+    risk_alert_fraction: float
     updated_at: NotRequired[datetime | str | None]
 
 
@@ -173,6 +199,24 @@ async def broadcast_bot_deleted(
     return await broadcast(
         "bot-updates",
         "bot_deleted",
+        dict(payload),
+        conn=conn,
+        bridge_url=bridge_url,
+        api_key=api_key,
+    )
+
+
+async def broadcast_challenge_update(
+    payload: ChallengePayload,
+    *,
+    conn: Any = None,
+    bridge_url: str | None = None,
+    api_key: str | None = None,
+) -> int | None:
+    """Publish `challenge_update` on `challenge-updates`, validated as Challenge."""
+    return await broadcast(
+        "challenge-updates",
+        "challenge_update",
         dict(payload),
         conn=conn,
         bridge_url=bridge_url,

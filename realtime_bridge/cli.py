@@ -1,4 +1,4 @@
-"""`realtime-bridge`: serve, migrate, keys, types."""
+"""`realtime-bridge`: serve, demo, migrate, keys, types."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def serve(args: argparse.Namespace) -> None:
     from realtime_bridge.app import create_app
     from realtime_bridge.server import BridgeServer, server_config
 
-    settings = _settings(host=args.host, port=args.port)
+    settings = _settings(host=args.host, port=args.port, demo=getattr(args, "demo", None))
     if (
         settings.enable_testing_api
         and not settings.allow_testing_api_public
@@ -90,6 +90,8 @@ def serve(args: argparse.Namespace) -> None:
         _fail(str(exc))
     if lock is not None:
         lock.record(sock.getsockname()[1])
+    if settings.demo:
+        _announce_demo(settings, sock.getsockname()[1])
     app = create_app(settings)
     config = server_config(app, settings, port=sock.getsockname()[1], log_config=_log_config())
     server = BridgeServer(config, app.state.bridge)
@@ -104,6 +106,31 @@ def serve(args: argparse.Namespace) -> None:
             lock.release()
     if not server.started:
         sys.exit(3)  # uvicorn's "startup failed" code; the reason is logged above
+
+
+def _announce_demo(settings: Settings, port: int) -> None:
+    """Where to watch the demo, on stdout (like `keys`: never in the logs)."""
+    from realtime_bridge.auth import Authenticator, Role, load_or_create_secret, project_keys
+    from realtime_bridge.demo import DEMO_USER
+
+    secret = settings.supabase_jwt_secret or load_or_create_secret(settings.data_dir)
+    auth = Authenticator(secret)
+    anon = project_keys(auth)["anon"]
+    token = auth.make_token(Role.AUTHENTICATED, sub=DEMO_USER, ttl=24 * 3600)
+    url = f"http://{settings.host}:{port}"
+    print(
+        f"realtime-bridge demo: the inspector is at {url}/\n"
+        "  the example dashboard (make example; then serve examples/react-dashboard/dist, e.g.\n"
+        "  python -m http.server -d examples/react-dashboard/dist 5173) with this query:\n"
+        f"  ?url={url}&apikey={anon}&token={token}",
+        flush=True,
+    )
+
+
+def demo_command(args: argparse.Namespace) -> None:
+    """`serve` with DEMO=1: the scripted trading demo on the embedded Postgres."""
+    args.demo = True
+    serve(args)
 
 
 def migrate_command(args: argparse.Namespace) -> None:
@@ -169,6 +196,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     serve_parser.add_argument("--host", default=None, help="bind address (default 127.0.0.1, HOST)")
     serve_parser.add_argument("--port", type=int, default=None, help="port (default 8000, PORT)")
     serve_parser.set_defaults(func=serve)
+    demo_parser = commands.add_parser(
+        "demo",
+        help="serve with the scripted trading demo (embedded Postgres only; DEMO=1)",
+    )
+    demo_parser.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
+    demo_parser.add_argument("--port", type=int, default=None, help="port (default 8000)")
+    demo_parser.set_defaults(func=demo_command)
     migrate_parser = commands.add_parser("migrate", help="apply pending SQL migrations")
     migrate_parser.add_argument(
         "--demo",

@@ -7,7 +7,9 @@ which column names the row's owner, and whether the channel is public.
 Plugins are found, when the app is created (never at import time), in:
 
 * every ``*.py`` file of the configured plugin paths (``plugins/`` by
-  default) that defines ``PLUGINS = [Plugin(...), ...]``;
+  default) that defines ``PLUGINS = [Plugin(...), ...]`` (rooms, channel
+  families whose ownership a SQL predicate decides, are declared in the
+  same list as ``Room(...)``: `realtime_bridge.rooms`);
 * the ``realtime_bridge.plugins`` entry-point group of installed packages,
   each entry point resolving to a `Plugin`, a list of them, or a module
   with ``PLUGINS``.
@@ -35,6 +37,7 @@ from realtime_bridge.change import Change, Row
 from realtime_bridge.errors import ConfigurationError, PayloadInvalid
 from realtime_bridge.events import Event
 from realtime_bridge.pgtypes import ColumnType, python_column_type
+from realtime_bridge.rooms import Room
 
 logger = logging.getLogger(__name__)
 
@@ -129,14 +132,23 @@ def qualify(table: str) -> str:
 class PluginRegistry:
     """The plugins of one app, indexed by channel and by table."""
 
-    def __init__(self, plugins: Iterable[Plugin] = ()) -> None:
+    def __init__(self, plugins: Iterable[Plugin | Room] = ()) -> None:
         self.by_channel: dict[str, Plugin] = {}
         self.by_table: dict[str, list[Plugin]] = {}
+        self.rooms: dict[str, Room] = {}
         self.errors: Counter[str] = Counter()
         for plugin in plugins:
             self.add(plugin)
 
-    def add(self, plugin: Plugin) -> None:
+    def add(self, plugin: Plugin | Room) -> None:
+        if isinstance(plugin, Room):
+            for prefix in self.rooms:
+                if prefix.startswith(plugin.prefix) or plugin.prefix.startswith(prefix):
+                    raise ConfigurationError(
+                        f"rooms {prefix!r} and {plugin.prefix!r} have overlapping prefixes"
+                    )
+            self.rooms[plugin.prefix] = plugin
+            return
         if plugin.channel in self.by_channel:
             raise ConfigurationError(f"two plugins declare channel {plugin.channel!r}")
         self.by_channel[plugin.channel] = plugin
@@ -146,13 +158,28 @@ class PluginRegistry:
     def __iter__(self) -> Any:
         return iter(self.by_channel.values())
 
+    def room_for(self, channel: str) -> tuple[Room, str | None] | None:
+        """The room whose prefix `channel` starts with, and its id (None: malformed).
+
+        A plugin's channel of the same name is that plugin's, never a room.
+        """
+        if channel in self.by_channel:
+            return None
+        for prefix, room in self.rooms.items():
+            if channel.startswith(prefix):
+                return room, room.room_id(channel)
+        return None
+
     def validate_broadcast(self, channel: str, event: str | None, payload: Any) -> tuple[str, Row]:
         """Check a published payload against its channel's model; return (event, data)."""
+        from realtime_bridge.errors import UnknownChannel
+
         plugin = self.by_channel.get(channel)
         if plugin is None:
-            from realtime_bridge.errors import UnknownChannel
-
-            raise UnknownChannel(f"no channel named {channel!r}", channel=channel)
+            room = self.room_for(channel)
+            if room is None or room[1] is None:
+                raise UnknownChannel(f"no channel named {channel!r}", channel=channel)
+            return self._validate_room_event(room[0], channel, event, payload)
         if not isinstance(payload, Mapping):
             raise PayloadInvalid("payload must be a JSON object")
         if event is not None and plugin.event_of is not None and event not in plugin.events:
@@ -170,6 +197,28 @@ class PluginRegistry:
                 errors=orjson_safe(exc.errors(include_url=False)),
             ) from exc
         return event or plugin.event, data
+
+    @staticmethod
+    def _validate_room_event(
+        room: Room, channel: str, event: str | None, payload: Any
+    ) -> tuple[str, Row]:
+        """A published room event: one of the room's declared events, with its model."""
+        if not isinstance(payload, Mapping):
+            raise PayloadInvalid("payload must be a JSON object")
+        model = room.events.get(event or "")
+        if model is None:
+            names = ", ".join(sorted(room.events)) or "none declared"
+            raise PayloadInvalid(
+                f"{channel} is a room of {room.name}: event must be one of {names}, not {event!r}"
+            )
+        try:
+            data = model.model_validate(dict(payload)).model_dump(mode="json")
+        except ValidationError as exc:
+            raise PayloadInvalid(
+                f"payload does not match {model.__name__}",
+                errors=orjson_safe(exc.errors(include_url=False)),
+            ) from exc
+        return str(event), data
 
     def channels_for(self, change: Change) -> tuple[str, ...]:
         """The channels a change appears on (cheap: no payload is built)."""
@@ -358,14 +407,14 @@ def _import_file(path: Path) -> Any:
     return module
 
 
-def _plugins_of(obj: Any, origin: str) -> list[Plugin]:
-    if isinstance(obj, Plugin):
+def _plugins_of(obj: Any, origin: str) -> list[Plugin | Room]:
+    if isinstance(obj, Plugin | Room):
         return [obj]
     found = getattr(obj, "PLUGINS", obj)
     if callable(found) and not isinstance(found, type):
         found = found()
-    if isinstance(found, Plugin):
+    if isinstance(found, Plugin | Room):
         return [found]
-    if isinstance(found, list | tuple) and all(isinstance(p, Plugin) for p in found):
+    if isinstance(found, list | tuple) and all(isinstance(p, Plugin | Room) for p in found):
         return list(found)
     raise ConfigurationError(f"{origin} defines no PLUGINS list of realtime_bridge.Plugin")

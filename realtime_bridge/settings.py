@@ -263,6 +263,16 @@ class Settings(BaseSettings):
     migrations_dir: Path | None = Field(
         default=None, description="Override the folder of SQL migrations."
     )
+    demo: bool = Field(
+        default=False,
+        description=(
+            "Run the scripted trading demo (realtime_bridge.demo) with the simulated feed: "
+            "the embedded Postgres only, refused with DATABASE_URL or hosted Supabase."
+        ),
+    )
+    demo_tick_interval: float = Field(
+        default=0.5, gt=0, le=10, description="Demo: seconds between two scripted ticks."
+    )
 
     auth_disabled: bool = Field(
         default=False, description="Skip authentication (local development only; logged loudly)."
@@ -295,6 +305,17 @@ class Settings(BaseSettings):
     allowed_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["*"], description="WebSocket Origin allow-list and CORS origins."
     )
+
+    @model_validator(mode="after")
+    def _demo_only_embedded(self) -> Settings:
+        if self.demo and (self.database_url or self.supabase_url):
+            raise ValueError(
+                "DEMO=1 writes demo trades and runs only on the embedded Postgres: "
+                "unset DATABASE_URL and SUPABASE_URL (it never touches your database)"
+            )
+        if self.demo and self.price_feed is None:
+            self.price_feed = "simulated"
+        return self
 
     @model_validator(mode="after")
     def _relay_needs_supabase(self) -> Settings:

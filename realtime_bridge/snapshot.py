@@ -107,6 +107,11 @@ async def take_snapshot(
 ) -> Snapshot:
     """Up to `limit` current rows of `target` (scope and filter applied), and their seq."""
     plugin = bridge.registry.by_channel.get(target.channel)
+    if plugin is None and bridge.registry.room_for(target.channel) is not None:
+        raise BadMessage(
+            f"{target.channel} is a room: its events are not rows of a table, so it has no "
+            "snapshot (read the rows on their own channel, e.g. challenge-updates)"
+        )
     tables = sorted(plugin.tables) if plugin is not None else [target.channel]
     start = _Cursor.decode(cursor) if cursor else _Cursor(0, None)
     if start.table >= len(tables):

@@ -128,6 +128,31 @@ class TopicPolicies:
                 return self._refused(exc, [extension])[extension]
         return True
 
+    async def admits(
+        self,
+        principal: Principal,
+        sql: str,
+        args: Iterable[object],
+        topic: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> bool:
+        """Whether the one-value query `sql`, run as `principal`, returns true (rooms).
+
+        False, NULL, an error in the query and no database are all "no".
+        """
+        if principal.is_service:
+            return True
+        transaction = self._transaction()
+        if transaction is None:
+            return False
+        async with transaction as conn:
+            try:
+                await self._become(conn, principal, topic, headers)
+                return bool(await conn.fetchval(sql, *args))
+            except asyncpg.PostgresError as exc:
+                logger.info("a room's ownership check on %s failed, refusing: %s", topic, exc)
+                return False
+
     # internals -----------------------------------------------------------------
 
     def _transaction(self) -> _RolledBack | None:

@@ -24,7 +24,8 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, models_json_schema
 from pydantic_core import core_schema
 
-from realtime_bridge.plugins import Plugin
+from realtime_bridge.plugins import Plugin, PluginRegistry
+from realtime_bridge.rooms import Room
 
 __all__ = [
     "channel_json_schema",
@@ -71,11 +72,30 @@ def _plugins(plugins: Iterable[Plugin]) -> list[Plugin]:
     return sorted(plugins, key=lambda plugin: plugin.channel)
 
 
-def channel_json_schema(plugins: Iterable[Plugin]) -> dict[str, Any]:
-    """One JSON Schema: an object keyed by channel whose values are the payloads."""
+def _rooms(plugins: Iterable[Plugin], rooms: Iterable[Room] | None) -> list[Room]:
+    """The rooms given, else a registry's own."""
+    if rooms is None:
+        rooms = plugins.rooms.values() if isinstance(plugins, PluginRegistry) else ()
+    return sorted(rooms, key=lambda room: room.prefix)
+
+
+def channel_json_schema(
+    plugins: Iterable[Plugin], rooms: Iterable[Room] | None = None
+) -> dict[str, Any]:
+    """One JSON Schema: an object keyed by channel whose values are the payloads.
+
+    Rooms (`x-rooms`) list, by prefix, the payload of each of their events.
+    """
     ordered = _plugins(plugins)
+    room_list = _rooms(plugins, rooms)
     inputs: list[tuple[type[BaseModel], JsonSchemaMode]] = [
         (plugin.model, "serialization") for plugin in ordered
+    ]
+    inputs += [
+        (model, "serialization")
+        for room in room_list
+        for model in room.events.values()
+        if (model, "serialization") not in inputs
     ]
     refs, document = models_json_schema(
         inputs, ref_template=REF_PREFIX + "{model}", schema_generator=_PayloadSchema
@@ -91,7 +111,7 @@ def channel_json_schema(plugins: Iterable[Plugin]) -> dict[str, Any]:
         entry["x-owner-column"] = plugin.owner_column
         entry["x-public"] = plugin.public
         properties[plugin.channel] = entry
-    return {
+    result: dict[str, Any] = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "ChannelPayloads",
         "description": "The payload (`data`) of each realtime-bridge channel, by channel name.",
@@ -99,17 +119,32 @@ def channel_json_schema(plugins: Iterable[Plugin]) -> dict[str, Any]:
         "properties": properties,
         "$defs": dict(sorted(document.get("$defs", {}).items())),
     }
+    if room_list:
+        result["x-rooms"] = {
+            room.prefix: {
+                "description": room.description,
+                "x-channel": room.name,
+                "events": {
+                    event: dict(refs[(model, "serialization")])
+                    for event, model in sorted(room.events.items())
+                },
+            }
+            for room in room_list
+        }
+    return result
 
 
-def json_schema_text(plugins: Iterable[Plugin]) -> str:
+def json_schema_text(plugins: Iterable[Plugin], rooms: Iterable[Room] | None = None) -> str:
     """`channel_json_schema` as the text `types --json-schema` writes."""
-    return json.dumps(channel_json_schema(plugins), indent=2, ensure_ascii=False) + "\n"
+    document = channel_json_schema(plugins, rooms)
+    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
 
 
-def typescript(plugins: Iterable[Plugin]) -> str:
-    """The TypeScript module `types --typescript` writes for these plugins."""
+def typescript(plugins: Iterable[Plugin], rooms: Iterable[Room] | None = None) -> str:
+    """The TypeScript module `types --typescript` writes for these plugins (and rooms)."""
+    room_list = _rooms(plugins, rooms)
     ordered = _plugins(plugins)
-    return to_typescript(channel_json_schema(ordered), ordered)
+    return to_typescript(channel_json_schema(ordered, room_list), ordered)
 
 
 def to_typescript(document: Mapping[str, Any], plugins: Sequence[Plugin]) -> str:
@@ -152,6 +187,24 @@ def to_typescript(document: Mapping[str, Any], plugins: Sequence[Plugin]) -> str
         lines.append(line)
     lines.append("} as const;\n")
     blocks.append("\n".join(lines))
+    rooms = document.get("x-rooms", {})
+    if rooms:
+        members = []
+        for prefix, room in rooms.items():
+            events = [
+                _member(None, _key(event), ts_type(schema), INDENT * 2)
+                for event, schema in room["events"].items()
+            ]
+            body = "{\n" + "\n".join(events) + "\n" + INDENT + "}"
+            doc = f"{room['x-channel']}: {room['description']}".rstrip(": ")
+            members.append(_member(_doc(doc), _key(prefix), body, INDENT))
+        blocks.append(
+            _interface(
+                "RoomEvents",
+                "Each room (by channel prefix): the payload of each of its events.",
+                members,
+            )
+        )
     return "\n".join(blocks)
 
 

@@ -258,3 +258,55 @@ async def test_the_docs_supabase_js_hook_drops_a_deleted_position(
     assert result["steps"]["update"]["rows"] == ["SBJ @ 125"]
     assert result["steps"]["delete"]["rows"] == []
     assert result["afterDelete"] == []
+
+
+async def test_the_demo_life_cycle_on_the_dashboard_and_in_the_inspector(
+    start_bridge: BridgeFactory, db: asyncpg.Connection
+) -> None:
+    """The demo's cycle: P&L moves with each tick, the stop-loss exit, the alert, the portfolio."""
+    _require_browser()
+    from realtime_bridge.demo import DEMO_USER, DemoScript
+
+    bridge = await start_bridge(demo_tick_interval=0.3, pnl_interval=0.1)
+    script = DemoScript(bridge.bridge)
+    await script._ensure_portfolio()
+    challenge = await script._active_challenge()
+    cycles: list[asyncio.Task[Any]] = []
+
+    async def cycle(request: Any) -> None:
+        assert request == {"step": "cycle"}
+        cycles.append(asyncio.create_task(script.cycle(winner=False)))
+
+    with static_site(DASHBOARD) as dashboard_url:
+        config = {
+            "bridgeUrl": bridge.url,
+            "serviceKey": bridge.service_key,
+            "anonKey": bridge.anon_key,
+            "userToken": bridge.user_token(DEMO_USER),
+            "challengeId": challenge,
+            "dashboardUrl": dashboard_url,
+        }
+        result = await drive(BROWSER_TESTS / "demo-dashboard.mjs", config, cycle)
+    (done,) = cycles
+    exit_ = await done
+    assert exit_.reason == "stop_loss"
+    assert result["pageErrors"] == []
+    # The open position's P&L moved with the ticks, up and down, before the exit.
+    pnl = result["pnl"]
+    assert len(pnl) >= 4, pnl
+    assert any(value.startswith("-") for value in pnl), pnl
+    assert any(not value.startswith("-") and value != "$0.00" for value in pnl), pnl
+    assert len(result["prices"]) >= 4, result["prices"]
+    # The exit: the trade closed at the stop, the position row closed.
+    assert "closed" in result["trade"]
+    assert "-$450.00" in result["trade"]
+    assert result["closedRows"] == 1
+    assert result["portfolioValue"] == "$9,550.00"
+    (alert,) = result["alerts"]
+    assert "Daily drawdown at 4.50% (limit: 5.00%)" in alert
+    assert result["challenge"]["equity"] == "$9,550.00"
+    assert result["challenge"]["lastTrade"] == "DEMO -450.00 → 9550.00"
+    assert result["challenge"]["status"] == "ACTIVE"
+    # The inspector, on the room, newest first.
+    assert result["inspectorEvents"][:2] == ["RISK_ALERT", "EQUITY_UPDATED"]
+    assert all(is_png(shot) for shot in result["screenshots"]), result["screenshots"]

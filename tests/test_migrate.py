@@ -172,6 +172,8 @@ DEMO_TABLES = [
     "activity_logs",
     "auto_trade_settings",
     "bots",
+    "challenge_trades",
+    "challenges",
     "exits",
     "orders",
     "portfolio_snapshots",
@@ -180,7 +182,10 @@ DEMO_TABLES = [
 ]
 
 
-DEMO_NAMES = r"\b(positions|trades|portfolio_snapshots|auto_trade|bots|orders|activity_logs)"
+DEMO_NAMES = (
+    r"\b(positions|trades|portfolio_snapshots|auto_trade|bots|orders|activity_logs"
+    r"|challenges|challenge_trades)"
+)
 
 
 async def empty_database(databases: TestDatabase, name: str) -> str:
@@ -223,6 +228,7 @@ def test_the_demo_files_are_not_in_the_migrations_folder() -> None:
         "20261123000600_auto_trade_settings.sql",
         "20261203120000_exits.sql",
         "20261203140500_bots_orders_activity_logs.sql",
+        "20261204100000_challenges.sql",
     }
     assert not migrations & demo
     for migration in discover(default_migrations_dir()):
@@ -285,7 +291,15 @@ async def test_serve_on_a_plain_database_creates_no_demo_tables_and_says_what_is
         process.wait(timeout=20)
     assert await public_tables(plain) == []
     missing = [line for line in log.read_text().splitlines() if "does not exist" in line]
-    tables = ("positions", "trades", "portfolio_snapshots", "bots", "orders", "activity_logs")
+    tables = (
+        "positions",
+        "trades",
+        "portfolio_snapshots",
+        "bots",
+        "orders",
+        "activity_logs",
+        "challenges",
+    )
     for table in tables:
         (line,) = [m for m in missing if f"table public.{table}," in m]
         assert "--demo" in line

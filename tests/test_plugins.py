@@ -63,6 +63,17 @@ def test_bundled_trading_plugins_are_discovered(registry: PluginRegistry) -> Non
     assert registry.by_table["public.trades"][0].channel == "trade-updates"
 
 
+def test_bundled_challenge_room_and_channel_are_discovered(registry: PluginRegistry) -> None:
+    assert registry.by_channel["challenge-updates"].tables == ("public.challenges",)
+    room, room_id = registry.room_for("challenge_42") or (None, None)
+    assert room is not None
+    assert room.name == "challenge_{challenge_id}"
+    assert room_id == "42"
+    assert set(room.events) == {"EQUITY_UPDATED", "CHALLENGE_STATUS_CHANGED", "RISK_ALERT"}
+    assert registry.room_for("challenge-updates") is None  # the plugin's channel, not a room
+    assert registry.room_for("position-updates") is None
+
+
 def test_computed_fields_are_derived_on_the_server(registry: PluginRegistry) -> None:
     plugin = registry.by_channel["position-updates"]
     short = plugin.payload(

@@ -53,13 +53,18 @@ def test_generated_typescript_declares_every_channel(registry: PluginRegistry) -
     assert '  "position-updates": PositionUpdate;' in text
     assert '  "trade-updates": "trade_update";' in text
     assert (
-        'export type ChannelName = "activity-logs" | "bot-updates" | "order-updates" | '
-        '"pnl-updates" | "portfolio-updates" | "position-updates" | "trade-updates";'
+        'export type ChannelName = "activity-logs" | "bot-updates" | "challenge-updates" | '
+        '"order-updates" | "pnl-updates" | "portfolio-updates" | "position-updates" | '
+        '"trade-updates";'
     ) in text
     # A channel with several events: each is named, in the plugin's order.
     assert '  "bot-updates": "bot_created" | "bot_updated" | "bot_deleted";' in text
     assert '  "order-updates": "order_update" | "order_filled";' in text
     assert 'events: ["order_update", "order_filled"] },' in text
+    # Rooms: each event's payload, by prefix.
+    assert "  challenge_: {\n    CHALLENGE_STATUS_CHANGED: ChallengeStatusChanged;" in text
+    assert "export interface RiskAlert {" in text
+    assert '  severity: "MEDIUM" | "HIGH";' in text
     # Computed fields are part of what clients receive, and cannot be set by them.
     assert "  readonly market_value: number | null;" in text
     assert "  readonly unrealized_pnl_pct: number | null;" in text
@@ -76,6 +81,7 @@ def test_json_schema_command_writes_the_serialization_schema(
     assert set(channels) == {
         "activity-logs",
         "bot-updates",
+        "challenge-updates",
         "order-updates",
         "pnl-updates",
         "portfolio-updates",
@@ -84,6 +90,9 @@ def test_json_schema_command_writes_the_serialization_schema(
     }
     assert channels["bot-updates"]["x-events"] == ["bot_created", "bot_updated", "bot_deleted"]
     assert channels["position-updates"]["x-events"] == ["position_update"]
+    room = document["x-rooms"]["challenge_"]
+    assert room["x-channel"] == "challenge_{challenge_id}"
+    assert room["events"]["EQUITY_UPDATED"] == {"$ref": "#/$defs/EquityUpdated"}
     position = channels["position-updates"]
     assert position["$ref"] == "#/$defs/PositionUpdate"
     assert position["x-event"] == "position_update"
@@ -124,6 +133,21 @@ def test_schema_marks_required_exactly_the_keys_a_client_receives(
             "total_value": 5,
             "cash": 3,
             "positions_value": 2,
+        },
+        "challenge-updates": {
+            "id": 1,
+            "user_id": "u1",
+            "status": "ACTIVE",
+            "initial_balance": 10000,
+            "current_equity": 10000,
+            "max_equity_ever": 10000,
+            "daily_start_equity": 10000,
+            "daily_max_equity": 10000,
+            "daily_min_equity": 10000,
+            "total_pnl": 0,
+            "total_trades": 0,
+            "max_daily_loss_pct": 5,
+            "risk_alert_fraction": 0.8,
         },
         "bot-updates": BOT_ROW,
         "pnl-updates": BOT_ROW,

@@ -14,12 +14,14 @@ from starlette.requests import HTTPConnection
 from starlette.responses import Response
 from starlette.websockets import WebSocket
 
-from realtime_bridge.auth import Access, Forbidden, Principal, authorize, denial
+from realtime_bridge.auth import Access, Forbidden, Principal, Unauthorized, authorize, denial
 from realtime_bridge.bridge import Bridge
-from realtime_bridge.errors import ClientError
+from realtime_bridge.errors import ClientError, UnknownChannel
 from realtime_bridge.filters import Filter, parse_filter
 from realtime_bridge.hub import Hub, Outlet, Renderer, Subscription, render_db_change
+from realtime_bridge.rooms import Room
 from realtime_bridge.row_security import Viewer
+from realtime_bridge.topic_policies import PoliciesUnavailable
 
 
 class JSONResponse(Response):
@@ -75,6 +77,7 @@ CLIENT_ERROR_STATUS = {
     "token_expired": 401,
     "forbidden": 403,
     "too_many_connections": 429,
+    "unavailable": 503,
 }
 
 
@@ -137,6 +140,9 @@ async def resolve_target(
     filter_spec: Any,
 ) -> Target:
     """Resolve, parse and authorize a subscribe request (or raise a ClientError)."""
+    room = bridge.registry.room_for(channel or "") if table is None else None
+    if room is not None:
+        return await _room_target(bridge, principal, channel or "", *room, filter_spec)
     if table is not None:
         name = await bridge.table_channel(table)
     elif channel is not None and "." in channel and channel not in bridge.hub.channels:
@@ -153,6 +159,43 @@ async def resolve_target(
         return Target(name, flt, principal.user_id, policy.owner_column)
     if access is Access.ROW_SECURITY:
         return Target(name, flt, None, None, Viewer.of(principal))
+    return Target(name, flt, None, None)
+
+
+class RoomCheckUnavailable(ClientError, PoliciesUnavailable):
+    """The database could not be asked whether a caller may join a room (retry later)."""
+
+    code = "unavailable"
+
+
+async def _room_target(
+    bridge: Bridge,
+    principal: Principal,
+    name: str,
+    room: Room,
+    room_id: str | None,
+    filter_spec: Any,
+) -> Target:
+    """A room's channel, once its ownership check admits `principal` (`rooms`)."""
+    if room_id is None:
+        raise UnknownChannel(
+            f"no channel named {name!r}: {room.name} ids must match {room.id_pattern}",
+            channel=name,
+        )
+    flt = parse_filter(filter_spec, None)
+    try:
+        admitted = await bridge.topic_policies.admits(principal, room.sql, [room_id], topic=name)
+    except PoliciesUnavailable as exc:
+        raise RoomCheckUnavailable(
+            f"could not check who may read {name!r}: {exc}", channel=name
+        ) from exc
+    if not admitted:
+        raise Unauthorized(
+            f"not allowed to read {name!r}: the ownership check of {room.name} did not admit "
+            "this token",
+            channel=name,
+        )
+    bridge.hub.add_channel(name)
     return Target(name, flt, None, None)
 
 

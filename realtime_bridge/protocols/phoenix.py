@@ -541,8 +541,9 @@ class PhoenixSession(SocketSession):
         bridge = self.bridge
         plugin: Target | None = None
         reads: dict[Extension, bool] | None = None
-        if sub_topic in bridge.registry.by_channel:
-            # A plugin channel is authorized by its plugin (row scope included), private or not.
+        if sub_topic in bridge.registry.by_channel or bridge.registry.room_for(sub_topic):
+            # A plugin channel is authorized by its plugin (row scope included), a room by its
+            # ownership check, private or not.
             plugin = await resolve_target(
                 bridge, principal, channel=sub_topic, table=None, filter_spec=None
             )

@@ -481,3 +481,5 @@ export function view<T, E extends object>(state: ChannelState<T>, extra: E): Rea
 
 // The bot hooks (bots, orders, activity log, P&L) live in their own module.
 export * from "./bot-hooks.js";
+
+export { useLiveChallenge, type LiveChallenge, type LiveChallengeOptions } from "./challenge.js";

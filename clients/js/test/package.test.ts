@@ -42,7 +42,7 @@ test("the built entry points import by package name", async () => {
     expect.arrayContaining(["portfolio-updates", "position-updates", "trade-updates", "bot-updates", "order-updates"]),
   );
   const react = (await import(names.react)) as typeof import("../src/react.js");
-  const hooks = ["useRealtimePositions", "useRealtimeTrades", "usePortfolio", "useChannel"] as const;
+  const hooks = ["useRealtimePositions", "useRealtimeTrades", "usePortfolio", "useChannel", "useLiveChallenge"] as const;
   const botHooks = ["useBotUpdates", "useOrderUpdates", "useActivityLogUpdates", "usePnLUpdates"] as const;
   for (const hook of [...hooks, ...botHooks]) {
     expect(typeof react[hook]).toBe("function");
@@ -52,11 +52,11 @@ test("the built entry points import by package name", async () => {
 
 test("the runtime code imports nothing but itself (and React, in the hooks)", () => {
   const files = ["index", "client", "backoff", "environment", "filters", "records", "protocol", "react", "poll", "snapshot"];
-  for (const file of [...files, "bot-hooks"]) {
+  for (const file of [...files, "bot-hooks", "challenge"]) {
     const source = readFileSync(new URL(`../dist/${file}.js`, import.meta.url), "utf8");
     const imports = [...source.matchAll(/from\s+"([^"]+)"/g)].map((m) => m[1]);
     for (const specifier of imports) {
-      if ((file === "react" || file === "bot-hooks") && specifier === "react") continue;
+      if ((file === "react" || file === "bot-hooks" || file === "challenge") && specifier === "react") continue;
       expect(specifier, `${file}.js imports ${specifier}`).toMatch(/^\.\//);
     }
   }

@@ -6,6 +6,7 @@ import {
   useRealtimeTrades,
 } from "@realtime-bridge/client/react";
 
+import { ChallengePanel } from "./Challenge";
 import {
   formatMoney,
   formatNumber,
@@ -151,6 +152,8 @@ export function Dashboard({ userId, bridgeUrl }: Props) {
           </ol>
         </section>
       </div>
+
+      {userId && <ChallengePanel userId={userId} />}
     </div>
   );
 }

@@ -42,6 +42,59 @@ export interface BotUpdate {
   updated_at: string | null;
 }
 
+/** A challenge row: what `refresh()` reads back (the state the events move). */
+export interface Challenge {
+  id: number;
+  user_id: string;
+  status: "PENDING" | "ACTIVE" | "FAILED" | "FUNDED";
+  status_reason: string | null;
+  initial_balance: number;
+  current_equity: number;
+  max_equity_ever: number;
+  daily_start_equity: number;
+  daily_max_equity: number;
+  daily_min_equity: number;
+  total_pnl: number;
+  total_trades: number;
+  /** Format: date-time (sent as a string). */
+  last_trade_at: string | null;
+  max_daily_loss_pct: number;
+  risk_alert_fraction: number;
+  /** Format: date-time (sent as a string). */
+  updated_at: string | null;
+}
+
+/** CHALLENGE_STATUS_CHANGED: a status transition (sent only when the status changes). */
+export interface ChallengeStatusChanged {
+  challenge_id: string;
+  user_id: string;
+  old_status: "PENDING" | "ACTIVE" | "FAILED" | "FUNDED";
+  new_status: "PENDING" | "ACTIVE" | "FAILED" | "FUNDED";
+  reason: string;
+  /** Format: date-time (sent as a string). */
+  changed_at: string;
+}
+
+/** EQUITY_UPDATED: a challenge's equity after one trade. */
+export interface EquityUpdated {
+  challenge_id: string;
+  user_id: string;
+  previous_equity: string;
+  current_equity: string;
+  max_equity_ever: string;
+  daily_start_equity: string;
+  daily_max_equity: string;
+  daily_min_equity: string;
+  total_pnl: string;
+  total_trades: number;
+  /** Format: date-time (sent as a string). */
+  last_trade_at: string;
+  trade_pnl: string;
+  trade_symbol: string;
+  /** Format: date-time (sent as a string). */
+  executed_at: string;
+}
+
 /** An order of a bot, from placement to fill or cancellation. */
 export interface OrderUpdate {
   id: number;
@@ -114,6 +167,22 @@ export interface PositionUpdate {
   readonly unrealized_pnl_pct: number | null;
 }
 
+/** RISK_ALERT: the day's drawdown crossed its alert level (once per crossing). */
+export interface RiskAlert {
+  challenge_id: string;
+  user_id: string;
+  alert_type: "HIGH_DAILY_DRAWDOWN";
+  severity: "MEDIUM" | "HIGH";
+  title: string;
+  message: string;
+  current_equity: string;
+  daily_start_equity: string;
+  drawdown_percentage: string;
+  threshold_percentage: string;
+  /** Format: date-time (sent as a string). */
+  alert_timestamp: string;
+}
+
 /** A trade from signal to close. */
 export interface TradeUpdate {
   id: number;
@@ -139,6 +208,8 @@ export interface ChannelPayloads {
   "activity-logs": ActivityLog;
   /** Bots created, updated (status, config, fills) and deleted. */
   "bot-updates": BotUpdate;
+  /** Challenge rows (equity, status, rules), each for its owner. */
+  "challenge-updates": Challenge;
   /** Orders of bots; order_filled once when an order becomes FILLED. */
   "order-updates": OrderUpdate;
   /** A bot's P&L when it is created, its pnl changes or it changes hands. */
@@ -155,6 +226,7 @@ export interface ChannelPayloads {
 export interface ChannelEvents {
   "activity-logs": "log_created";
   "bot-updates": "bot_created" | "bot_updated" | "bot_deleted";
+  "challenge-updates": "challenge_update";
   "order-updates": "order_update" | "order_filled";
   "pnl-updates": "pnl_update";
   "portfolio-updates": "portfolio_update";
@@ -163,18 +235,29 @@ export interface ChannelEvents {
 }
 
 /** A plugin channel's name. */
-export type ChannelName = "activity-logs" | "bot-updates" | "order-updates" | "pnl-updates" | "portfolio-updates" | "position-updates" | "trade-updates";
+export type ChannelName = "activity-logs" | "bot-updates" | "challenge-updates" | "order-updates" | "pnl-updates" | "portfolio-updates" | "position-updates" | "trade-updates";
 
 /** An event name of a plugin channel. */
-export type EventName = "log_created" | "bot_created" | "bot_updated" | "bot_deleted" | "order_update" | "order_filled" | "pnl_update" | "portfolio_update" | "position_update" | "trade_update";
+export type EventName = "log_created" | "bot_created" | "bot_updated" | "bot_deleted" | "challenge_update" | "order_update" | "order_filled" | "pnl_update" | "portfolio_update" | "position_update" | "trade_update";
 
 /** Every plugin channel: its (default) event, owner column and whether it is public. */
 export const CHANNELS = {
   "activity-logs": { event: "log_created", ownerColumn: "user_id", public: false },
   "bot-updates": { event: "bot_updated", ownerColumn: "user_id", public: false, events: ["bot_created", "bot_updated", "bot_deleted"] },
+  "challenge-updates": { event: "challenge_update", ownerColumn: "user_id", public: false },
   "order-updates": { event: "order_update", ownerColumn: "user_id", public: false, events: ["order_update", "order_filled"] },
   "pnl-updates": { event: "pnl_update", ownerColumn: "user_id", public: false },
   "portfolio-updates": { event: "portfolio_update", ownerColumn: "user_id", public: false },
   "position-updates": { event: "position_update", ownerColumn: "user_id", public: false },
   "trade-updates": { event: "trade_update", ownerColumn: "user_id", public: false },
 } as const;
+
+/** Each room (by channel prefix): the payload of each of its events. */
+export interface RoomEvents {
+  /** challenge_{challenge_id}: One challenge's domain events, for its owner only. */
+  challenge_: {
+    CHALLENGE_STATUS_CHANGED: ChallengeStatusChanged;
+    EQUITY_UPDATED: EquityUpdated;
+    RISK_ALERT: RiskAlert;
+  };
+}
