@@ -81,6 +81,7 @@ def serve(args: argparse.Namespace) -> None:
         )
     # Before anything is announced: one serve per embedded folder, the port
     # is free (and now ours), the database answers.
+    preflight.raise_open_file_limit()
     try:
         lock = preflight.claim_data_dir(settings.data_dir) if _embedded(settings) else None
         sock = preflight.bind(settings.host, settings.port)
