@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import Any
 
 import asyncpg
@@ -10,6 +11,8 @@ import orjson
 import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
+from websockets.extensions.permessage_deflate import PerMessageDeflate
+from websockets.frames import Frame, Opcode
 
 from realtime_bridge.protocols import wire
 from realtime_bridge.protocols.wire import Encoder, header, write_batches, write_frames
@@ -163,3 +166,85 @@ def test_uvloop_transports_count_as_transports() -> None:
     uvloop = pytest.importorskip("uvloop")
     assert wire.is_transport(uvloop.loop.TCPTransport) is True
     assert wire.is_transport(object()) is False
+
+
+# -- permessage-deflate, compress-once ------------------------------------------------
+
+
+def inflate(data: bytes, wbits: int = 15) -> bytes:
+    """What a client does with a message compressed without context takeover (RFC 7692)."""
+    client = PerMessageDeflate(
+        remote_no_context_takeover=True,
+        local_no_context_takeover=True,
+        remote_max_window_bits=wbits,
+        local_max_window_bits=wbits,
+    )
+    frame = Frame(Opcode.TEXT, data, rsv1=True)
+    return bytes(client.decode(frame).data)
+
+
+def parse(wire_bytes: bytes) -> list[tuple[int, bytes]]:
+    """Unmasked frames as (first byte, payload)."""
+    frames = []
+    at = 0
+    while at < len(wire_bytes):
+        first, length = wire_bytes[at], wire_bytes[at + 1] & 0x7F
+        at += 2
+        if length == 126:
+            length = int.from_bytes(wire_bytes[at : at + 2], "big")
+            at += 2
+        elif length == 127:
+            length = int.from_bytes(wire_bytes[at : at + 8], "big")
+            at += 8
+        frames.append((first, wire_bytes[at : at + length]))
+        at += length
+    return frames
+
+
+def test_independently_deflated_parts_inflate_as_one_message() -> None:
+    encoder = Encoder()
+    rng = random.Random(7)
+    noise = "".join(rng.choice("0123456789abcdef") for _ in range(100_000))
+    for parts in [
+        ('{"type":"db_change","subscription_id":"0001",', '"data":{"qty":"1"}}'),
+        ("é" * 3000, "", '"€"' * 500, "x"),
+        ("[" * 10_000, "]" * 10_000),
+        (noise, noise[:5000]),
+    ]:
+        for wbits in (9, 12, 15):
+            (first, payload), *rest = parse(b"".join(encoder.deflated_parts(parts, wbits)))
+            assert rest == []
+            assert first == wire.OP_TEXT | wire.RSV1
+            assert inflate(payload, wbits) == "".join(parts).encode()
+
+
+def test_a_shared_part_or_frame_is_deflated_once_per_window_size() -> None:
+    encoder = Encoder()
+    body = '"data":{"symbol":"AAPL","quantity":10}}'
+    prefixes = [f'{{"type":"db_change","subscription_id":"s{i}",' for i in range(50)]
+    for prefix in prefixes:
+        encoder.deflated_parts((prefix, body), 15)
+    assert encoder.deflations == 1 + 50  # the body once, each receiver's prefix once
+    frame = ('{"event":"broadcast",', body)
+    shared = encoder.deflated_frame(frame, 15)
+    for _ in range(100):
+        assert encoder.deflated_frame(frame, 15) is shared
+    assert encoder.deflations == 52
+    encoder.deflated_frame(frame, 12)  # another negotiated window: another compression
+    assert encoder.deflations == 53
+    ((first, payload),) = parse(shared)
+    assert first == wire.OP_TEXT | wire.RSV1
+    assert inflate(payload) == "".join(frame).encode()
+
+
+def test_deflated_batches_and_frames_round_trip() -> None:
+    encoder = Encoder()
+    frames = [('{"n":', str(i), "}") for i in range(300)] + [("\x00\x01\x02binary",)]
+    batched = parse(b"".join(write_batches(encoder, frames[:300], 15)))
+    arrays = [orjson.loads(inflate(p)) for _, p in batched]
+    assert [item["n"] for array in arrays for item in array] == list(range(300))
+    singles = parse(b"".join(write_frames(encoder, frames, shared=False, deflate=15)))
+    assert [inflate(p) for _, p in singles[:300]] == [f'{{"n":{i}}}'.encode() for i in range(300)]
+    first, payload = singles[300]
+    assert first == wire.OP_BINARY | wire.RSV1
+    assert inflate(payload) == b"\x01\x02binary"

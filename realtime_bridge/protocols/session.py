@@ -92,6 +92,8 @@ class SocketSession:
         self._reader: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
+        # Created only on shutdown (`_on_shutdown`): an idle connection keeps no task waiting.
+        self._restarting: asyncio.Task[None] | None = None
         self._draining = False
         self._link: Link | None = None
         self.client_ip = client_ip(websocket)
@@ -121,17 +123,19 @@ class SocketSession:
         self._opened()
         writer = self._writer = asyncio.create_task(self._write(), name="socket-writer")
         self._reader = asyncio.create_task(self._read(), name="socket-reader")
-        restart = asyncio.create_task(self._restart(), name="socket-restart")
-        with self.bridge.shutdown.hold():
+        with self.bridge.shutdown.hold(self._on_shutdown):
             try:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._reader
-                if self._draining:
+                if self._draining and self._restarting is not None:
                     # The reader may end first (the client answered the close, or
                     # sent something meanwhile): the goodbye still goes out.
-                    await asyncio.wait({restart}, timeout=self.bridge.settings.shutdown_timeout)
+                    await asyncio.wait(
+                        {self._restarting}, timeout=self.bridge.settings.shutdown_timeout
+                    )
             finally:
-                restart.cancel()
+                if self._restarting is not None:
+                    self._restarting.cancel()
                 counters.connections_open -= 1
                 self._closed()
                 for task in self.replays.values():
@@ -153,7 +157,7 @@ class SocketSession:
         cyclic garbage collector.
         """
         self.replays.clear()
-        self._reader = self._writer = self._closing = None
+        self._reader = self._writer = self._closing = self._restarting = None
         self._link = None
 
     async def _shut(self, code: str, close_code: int, frame: str | None = None) -> None:
@@ -179,10 +183,13 @@ class SocketSession:
             if self._reader is not None and self._reader is not asyncio.current_task():
                 self._reader.cancel()
 
+    def _on_shutdown(self) -> None:
+        if self._restarting is None and self._reader is not None:
+            self._draining = True
+            self._restarting = asyncio.create_task(self._restart(), name="socket-restart")
+
     async def _restart(self) -> None:
-        """Once shutdown is requested: goodbye, drain the queue, close 1012, end the session."""
-        await self.bridge.shutdown.wait()
-        self._draining = True
+        """Shutdown is requested: goodbye, drain the queue, close 1012, end the session."""
         for task in self.replays.values():
             task.cancel()  # before the goodbye reads the positions they would move
         self.outlet.end(self._goodbye())
@@ -230,19 +237,20 @@ class SocketSession:
                 for frame in frames:
                     await self._send_frame(frame)
                 continue
-            for data in self._buffers(frames):
+            for data in self._buffers(frames, link.deflate):
                 if link.paused:
                     await link.drained()
                 if not link.open:
                     return  # the protocol closes; nothing more may follow its close
                 link.write(data)
 
-    def _buffers(self, frames: list[Frame]) -> Iterator[bytes]:
-        """`frames` as wire bytes, in buffers of several frames each."""
+    def _buffers(self, frames: list[Frame], deflate: int | None) -> Iterator[bytes]:
+        """`frames` as wire bytes, in buffers of several frames each (`deflate`: compressed
+        with these window bits, see `wire`)."""
         raise NotImplementedError
 
     async def _send_frame(self, frame: Frame) -> None:
-        """Send one frame through the ASGI server (no `Link`: another server, or compression)."""
+        """Send one frame through the ASGI server (no `Link`: another server or extension)."""
         raise NotImplementedError
 
     def _close_outlet(self) -> None:
