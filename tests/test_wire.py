@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from typing import Any
 
 import asyncpg
+import httpx
 import orjson
 import pytest
 import websockets
@@ -248,3 +250,112 @@ def test_deflated_batches_and_frames_round_trip() -> None:
     first, payload = singles[300]
     assert first == wire.OP_BINARY | wire.RSV1
     assert inflate(payload) == b"\x01\x02binary"
+
+
+def negotiated(ws: Any) -> list[Any]:
+    """The extensions a `websockets` client connection ended up with."""
+    return list(ws.protocol.extensions)
+
+
+async def test_deflate_is_off_by_default_even_when_the_client_offers_it(
+    start_bridge: BridgeFactory, db: asyncpg.Connection
+) -> None:
+    bridge = await start_bridge()
+    async with bridge.websocket(compression="deflate") as ws:
+        assert ws.ws.response is not None
+        assert "Sec-WebSocket-Extensions" not in ws.ws.response.headers
+        assert negotiated(ws.ws) == []
+        await ws.subscribe(channel="position-updates")
+        before = wire.ENCODER.deflations
+        await db.execute(INSERT_MANY, 5)
+        assert len(await ws.changes(5)) == 5
+        assert wire.ENCODER.deflations == before
+
+
+async def test_a_broadcast_is_deflated_once_for_every_receiver_that_negotiated_it(
+    start_bridge: BridgeFactory, db: asyncpg.Connection
+) -> None:
+    bridge = await start_bridge(ws_permessage_deflate=True)
+    async with (
+        bridge.websocket(compression="deflate") as a,
+        bridge.websocket(compression="deflate") as b,
+        bridge.websocket(compression="deflate") as c,
+        bridge.websocket(compression=None) as plain,
+    ):
+        for ws in (a, b, c):
+            (ext,) = negotiated(ws.ws)
+            assert isinstance(ext, PerMessageDeflate)
+            # Both directions without context takeover: the server's frames
+            # depend on nothing but their payload.
+            assert ext.remote_no_context_takeover is True
+            assert ext.local_no_context_takeover is True
+        assert negotiated(plain.ws) == []
+        for ws in (a, b, c, plain):
+            # The client's frames are compressed too: the protocol inflates them.
+            reply = await ws.subscribe(channel="position-updates", client_id="0001")
+            assert reply["type"] == "subscribed"
+            assert reply["client_id"] == "0001"
+        before = wire.ENCODER.deflations
+        await db.execute(INSERT_MANY, 20)
+        received = [await ws.changes(20) for ws in (a, b, c, plain)]
+        # Each event's shared body once, each deflating subscription's prefix once,
+        # not once per receiver and event (3 x 20).
+        assert wire.ENCODER.deflations - before == 20 + 3
+    payloads = [[(e["seq"], e["data"]) for e in events] for events in received]
+    assert payloads[0] == payloads[1] == payloads[2] == payloads[3]
+    assert len({seq for seq, _ in payloads[0]}) == 20
+
+
+async def test_a_large_compressed_frame_round_trips_both_ways(
+    start_bridge: BridgeFactory, db: asyncpg.Connection
+) -> None:
+    bridge = await start_bridge(ws_permessage_deflate=True)
+    async with bridge.websocket(compression="deflate") as ws:
+        # Highly compressible and deep: the limits apply to the inflated frame.
+        await ws.send('{"type":"ping","pad":"' + "0" * 200_000 + '"}')
+        error = await ws.recv()
+        assert error["code"] == "too_large"
+        assert ws.ws.close_code == 1009 or await _closed(ws.ws) == 1009
+
+
+async def _closed(ws: Any) -> int | None:
+    await asyncio.wait_for(ws.wait_closed(), 5)
+    code: int | None = ws.close_code
+    return code
+
+
+async def test_phoenix_broadcasts_are_deflated_once_and_plain_members_get_plain_frames(
+    start_bridge: BridgeFactory,
+) -> None:
+    bridge = await start_bridge(ws_permessage_deflate=True)
+    url = f"ws://127.0.0.1:{bridge.port}/realtime/v1/websocket?apikey={bridge.service_key}"
+    api = f"{bridge.url}/realtime/v1/api/broadcast"
+    join = orjson.dumps(
+        {"topic": "realtime:news", "event": "phx_join", "payload": {"config": {}}, "ref": "1"}
+    ).decode()
+    async with contextlib.AsyncExitStack() as stack:
+        members = [
+            await stack.enter_async_context(
+                websockets.connect(url + "&vsn=1.0.0", compression=compression)
+            )
+            for compression in ("deflate", "deflate", "deflate", None)
+        ]
+        for ws in members:
+            await ws.send(join)
+            reply = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert reply["event"] == "phx_reply"
+            assert reply["payload"]["status"] == "ok"
+        assert [len(negotiated(ws)) for ws in members] == [1, 1, 1, 0]
+        before = wire.ENCODER.deflations
+        payload = {"symbol": "AAPL", "quantity": "0001", "nested": [[[["deep"]]]]}
+        async with httpx.AsyncClient() as http:
+            response = await http.post(
+                api,
+                json={"messages": [{"topic": "news", "event": "tick", "payload": payload}]},
+                headers={"apikey": bridge.service_key},
+            )
+        assert response.status_code == 202
+        frames = [orjson.loads(await asyncio.wait_for(ws.recv(), 5)) for ws in members]
+        assert wire.ENCODER.deflations - before == 1
+    assert all(f["event"] == "broadcast" for f in frames)
+    assert all(f["payload"]["payload"] == payload for f in frames)
