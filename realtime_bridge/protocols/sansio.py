@@ -8,8 +8,9 @@ connection keeps (measured with `python -m bench.connmem`):
   (`lean`): no deque is allocated until a message is queued or someone
   waits, where `asyncio.Queue` + `asyncio.Event` allocated four up front;
 * the parsed handshake request and the response built for it (their
-  header objects) are dropped once the response is sent: nothing reads
-  them after, the ASGI scope keeps its own copy of the headers.
+  header objects) are dropped, and the request's headers emptied, once
+  the response is sent: nothing reads them after, the ASGI scope keeps
+  its own copy of the headers.
 
 With `ws_per_message_deflate` (WS_PERMESSAGE_DEFLATE) it offers
 permessage-deflate with `server_no_context_takeover` and
@@ -65,5 +66,9 @@ class BridgeWebSocketProtocol(WebSocketsSansIOProtocol):
         await super().send(message)
         if self.handshake_complete:
             # Set in handle_connect and read only while accepting.
-            self.__dict__.pop("request", None)
+            request = self.__dict__.pop("request", None)
             self.__dict__.pop("response", None)
+            if request is not None:
+                # websockets' handshake parser keeps the request in a local of its
+                # generator for the connection's life: empty its headers at least.
+                request.headers.clear()
