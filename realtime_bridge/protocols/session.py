@@ -32,6 +32,7 @@ from realtime_bridge.bridge import Bridge
 from realtime_bridge.events import Frame
 from realtime_bridge.limits import RateLimiter, TooManyConnections
 from realtime_bridge.protocols.common import Refusal, client_ip, refuse_socket
+from realtime_bridge.protocols.lean import Flag
 from realtime_bridge.protocols.outlet import QueueOutlet
 from realtime_bridge.protocols.wire import Link, is_transport
 from realtime_bridge.shutdown import CLOSE_SERVICE_RESTART
@@ -110,8 +111,18 @@ class SocketSession:
         self.principal: Principal = UNCHECKED
         self.replays: dict[str, asyncio.Task[None]] = {}
         self._rate = RateLimiter(bridge.settings.max_messages_per_second)
+        # The ASGI task itself, which reads; `_reading` while it may be cancelled to stop.
         self._reader: asyncio.Task[None] | None = None
+        self._reading = False
+        self._stop_reading_requested = False
+        # Unlinked (another ASGI server): a writer task. Linked: no task, `_flush`
+        # runs from the outlet's callbacks; `_drainer` only while the socket is not
+        # writable; `_written` once nothing more will be written.
         self._writer: asyncio.Task[None] | None = None
+        self._flush_due = False
+        self._drainer: asyncio.Task[None] | None = None
+        self._written = False
+        self._written_flag: Flag | None = None
         self._closing: asyncio.Task[None] | None = None
         # Created only on shutdown (`_on_shutdown`): an idle connection keeps no task waiting.
         self._restarting: asyncio.Task[None] | None = None
@@ -142,12 +153,19 @@ class SocketSession:
         counters.connections_total += 1
         counters.connections_open += 1
         self._opened()
-        writer = self._writer = asyncio.create_task(self._write(), name="socket-writer")
-        self._reader = asyncio.create_task(self._read(), name="socket-reader")
+        self._start_writing()
+        reader = self._reader = asyncio.current_task()
         with self.bridge.shutdown.hold(self._on_shutdown):
             try:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._reader
+                self._reading = True
+                try:
+                    await self._read()
+                except asyncio.CancelledError:
+                    if not self._stop_reading_requested or reader is None:
+                        raise
+                    reader.uncancel()  # our own stop (`_stop_reading`), not the server's
+                finally:
+                    self._reading = False
                 if self._draining and self._restarting is not None:
                     # The reader may end first (the client answered the close, or
                     # sent something meanwhile): the goodbye still goes out.
@@ -162,9 +180,7 @@ class SocketSession:
                 for task in self.replays.values():
                     task.cancel()
                 self._close_outlet()
-                writer.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await writer
+                await self._stop_writing()
                 if self._closing is not None:
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await self._closing
@@ -179,14 +195,21 @@ class SocketSession:
         """
         self.replays.clear()
         self._reader = self._writer = self._closing = self._restarting = None
+        self._drainer = None
         self._link = None
+
+    def _stop_reading(self) -> None:
+        """End `_read` from another task: cancel the ASGI task while it reads."""
+        reader = self._reader
+        if self._reading and reader is not None and reader is not asyncio.current_task():
+            self._stop_reading_requested = True
+            reader.cancel()
 
     async def _shut(self, code: str, close_code: int, frame: str | None = None) -> None:
         """End the connection from our side: say why (`frame`) and close, within CLOSE_GRACE."""
         self._close_outlet()
         # The writer may be stuck behind a client that stopped reading.
-        if self._writer is not None and self._writer is not asyncio.current_task():
-            self._writer.cancel()
+        self._cancel_writing()
         try:
             async with asyncio.timeout(CLOSE_GRACE):
                 if frame is not None:
@@ -201,8 +224,84 @@ class SocketSession:
                 CLOSE_GRACE, lambda: abort(self.websocket, only_if_stuck=True)
             )
         finally:
-            if self._reader is not None and self._reader is not asyncio.current_task():
-                self._reader.cancel()
+            self._stop_reading()
+
+    # writing ------------------------------------------------------------------
+
+    def _start_writing(self) -> None:
+        if self._link is None:
+            self._writer = asyncio.create_task(self._write(), name="socket-writer")
+            return
+        self.outlet.on_ready(self._kick)
+        self._kick()
+
+    def _kick(self) -> None:
+        """Something to write: flush once the current callbacks are done (they coalesce)."""
+        if not self._flush_due and self._drainer is None and not self._written:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Write what the outlet holds while the socket is writable; else wait for it."""
+        self._flush_due = False
+        link = self._link
+        if link is None or self._written:
+            return
+        outlet = self.outlet
+        for _ in range(64):  # then let others run: `_kick` again
+            if link.paused:
+                self._drainer = asyncio.create_task(self._drain(link), name="socket-drain")
+                return
+            frames = outlet.take_now()
+            if not frames:
+                if outlet.closed and not len(outlet):
+                    self._finish_writing()
+                return
+            if not link.open:
+                self._finish_writing()  # the protocol closes; nothing more may follow
+                return
+            for data in self._buffers(frames, link.deflate):
+                link.write(data)
+        self._kick()
+
+    async def _drain(self, link: Link) -> None:
+        try:
+            await link.drained()
+        finally:
+            self._drainer = None
+        self._flush()
+
+    def _finish_writing(self) -> None:
+        self._written = True
+        self.outlet.on_ready(None)
+        if self._written_flag is not None:
+            self._written_flag.set()
+
+    async def _written_all(self) -> None:
+        """Until the writer has sent everything the ended outlet holds."""
+        if self._writer is not None:
+            await asyncio.wait({self._writer})
+            return
+        if self._link is None or self._written:
+            return
+        if self._written_flag is None:
+            self._written_flag = Flag()
+        await self._written_flag.wait()
+
+    def _cancel_writing(self) -> None:
+        current = asyncio.current_task()
+        for task in (self._writer, self._drainer):
+            if task is not None and task is not current:
+                task.cancel()
+        if self._link is not None and not self._written:
+            self._finish_writing()
+
+    async def _stop_writing(self) -> None:
+        tasks = [t for t in (self._writer, self._drainer) if t is not None]
+        self._cancel_writing()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
     def _on_shutdown(self) -> None:
         if self._restarting is None and self._reader is not None:
@@ -214,13 +313,11 @@ class SocketSession:
         for task in self.replays.values():
             task.cancel()  # before the goodbye reads the positions they would move
         self.outlet.end(self._goodbye())
-        if self._writer is not None:
-            # Bounded by the server: past SHUTDOWN_TIMEOUT it cancels the session.
-            await asyncio.wait({self._writer})
+        # Bounded by the server: past SHUTDOWN_TIMEOUT it cancels the session.
+        await self._written_all()
         with contextlib.suppress(Exception):
             await self.websocket.close(code=CLOSE_SERVICE_RESTART, reason="service restart")
-        if self._reader is not None:
-            self._reader.cancel()
+        self._stop_reading()
 
     def _goodbye(self) -> Frame | None:
         """Stop every subscription; the last frame to send before the restart close, if any."""
