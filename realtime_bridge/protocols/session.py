@@ -1,9 +1,17 @@
 """The lifecycle both WebSocket protocols share.
 
 Admit (origin, key, limits) or refuse the handshake; accept; count the
-connection; run one reader and one writer task until the reader ends; then
-undo all of it, whatever ended the connection. Each protocol supplies how it
-admits, reads and writes, and what it opens and closes beyond that.
+connection; read in the ASGI task itself until the client goes or we stop
+it; then undo all of it, whatever ended the connection. Each protocol
+supplies how it admits, reads and writes, and what it opens and closes
+beyond that.
+
+One task per connection. Under uvicorn's sansio protocol (a `Link`) the
+writing needs none: the outlet calls `_kick` when it has something, which
+schedules one `_flush` (everything offered in the meantime goes with it),
+and `_flush` writes while the transport is writable; only a socket above
+its high-water mark gets a task, `_drain`, waiting for it to drain. Under
+another ASGI server a writer task sends frame by frame.
 
 Ending a connection from our side (`_shut`) is bounded: the reason and the
 close frame get `CLOSE_GRACE` seconds to reach the client; a client that
