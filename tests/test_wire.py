@@ -359,3 +359,27 @@ async def test_phoenix_broadcasts_are_deflated_once_and_plain_members_get_plain_
         assert wire.ENCODER.deflations - before == 1
     assert all(f["event"] == "broadcast" for f in frames)
     assert all(f["payload"]["payload"] == payload for f in frames)
+
+
+async def test_a_failing_write_drops_the_connection_and_the_bridge_serves_on(
+    start_bridge: BridgeFactory, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from realtime_bridge.protocols import websocket
+
+    bridge = await start_bridge()
+
+    def broken(*_args: Any, **_kwargs: Any) -> Any:
+        raise RuntimeError("encoder bug")
+
+    async with bridge.websocket() as ws:
+        await ws.subscribe(channel="position-updates")
+        monkeypatch.setattr(websocket, "write_frames", broken)
+        await db.execute(INSERT_MANY, 1)
+        # Dropped (the client reconnects and resumes), never left waiting in silence.
+        with pytest.raises(websockets.ConnectionClosed):
+            await ws.recv(5)
+    monkeypatch.undo()
+    async with bridge.websocket() as ws:
+        await ws.subscribe(channel="position-updates")
+        await db.execute(INSERT_MANY, 2)
+        assert len(await ws.changes(2)) == 2

@@ -311,6 +311,8 @@ class PhoenixSession(SocketSession):
     def _buffers(self, frames: list[Frame], deflate: int | None) -> Iterator[bytes]:
         # Broadcasts are one tuple shared by every member: built (and compressed) once,
         # header included.
+        if deflate is None:
+            return write_frames(ENCODER, frames, shared=True)
         return write_frames(ENCODER, frames, shared=True, deflate=deflate)
 
     async def _send_frame(self, frame: Frame) -> None:

@@ -255,6 +255,16 @@ class SocketSession:
         link = self._link
         if link is None or self._written:
             return
+        try:
+            self._flush_to(link)
+        except Exception:
+            # A callback's exception would only reach the loop's log, and the
+            # client would wait forever: drop it, so that it reconnects and resumes.
+            logger.exception("writing to a WebSocket failed; dropping the connection")
+            self._finish_writing()
+            abort(self.websocket)
+
+    def _flush_to(self, link: Link) -> None:
         outlet = self.outlet
         for _ in range(64):  # then let others run: `_kick` again
             if link.paused:

@@ -393,7 +393,11 @@ class WebSocketSession(SocketSession):
 
     def _buffers(self, frames: list[Frame], deflate: int | None) -> Iterator[bytes]:
         if self.batch:
+            if deflate is None:
+                return write_batches(ENCODER, frames)
             return write_batches(ENCODER, frames, deflate)
+        if deflate is None:
+            return write_frames(ENCODER, frames, shared=False)
         return write_frames(ENCODER, frames, shared=False, deflate=deflate)
 
     async def _send_frame(self, frame: Frame) -> None:
