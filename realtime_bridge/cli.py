@@ -81,7 +81,6 @@ def serve(args: argparse.Namespace) -> None:
         )
     # Before anything is announced: one serve per embedded folder, the port
     # is free (and now ours), the database answers.
-    preflight.raise_open_file_limit()
     try:
         lock = preflight.claim_data_dir(settings.data_dir) if _embedded(settings) else None
         sock = preflight.bind(settings.host, settings.port)
@@ -91,6 +90,8 @@ def serve(args: argparse.Namespace) -> None:
         _fail(str(exc))
     if lock is not None:
         lock.record(sock.getsockname()[1])
+    # After the checks, whose failure is one line on its own.
+    preflight.raise_open_file_limit()
     app = create_app(settings)
     config = server_config(app, settings, port=sock.getsockname()[1], log_config=_log_config())
     server = BridgeServer(config, app.state.bridge)
