@@ -270,6 +270,9 @@ async def test_deflate_is_off_by_default_even_when_the_client_offers_it(
         await db.execute(INSERT_MANY, 5)
         assert len(await ws.changes(5)) == 5
         assert wire.ENCODER.deflations == before
+    async with httpx.AsyncClient() as http:
+        stats = await http.get(f"{bridge.url}/api/stats", headers=bridge.service_headers)
+    assert stats.json()["permessage_deflate"] is None
 
 
 async def test_a_broadcast_is_deflated_once_for_every_receiver_that_negotiated_it(
@@ -301,6 +304,11 @@ async def test_a_broadcast_is_deflated_once_for_every_receiver_that_negotiated_i
         # Each event's shared body once, each deflating subscription's prefix once,
         # not once per receiver and event (3 x 20).
         assert wire.ENCODER.deflations - before == 20 + 3
+        async with httpx.AsyncClient() as http:
+            stats = await http.get(f"{bridge.url}/api/stats", headers=bridge.service_headers)
+        counted = stats.json()["permessage_deflate"]
+        assert counted["compressions"] == wire.ENCODER.deflations
+        assert 0 < counted["bytes_out"] < counted["bytes_in"]
     payloads = [[(e["seq"], e["data"]) for e in events] for events in received]
     assert payloads[0] == payloads[1] == payloads[2] == payloads[3]
     assert len({seq for seq, _ in payloads[0]}) == 20

@@ -129,6 +129,14 @@ class Encoder:
         encoded.insert(0, header(OP_TEXT, size))
         return encoded
 
+    def deflate_stats(self) -> dict[str, int]:
+        """Compressions run and the bytes before / after (for /api/stats)."""
+        return {
+            "compressions": self.deflations,
+            "bytes_in": self.deflated_in,
+            "bytes_out": self.deflated_out,
+        }
+
     def deflate(self, data: bytes, wbits: int) -> bytes:
         """`data` as a raw deflate stream from a fresh compressor, sync-flushed (tail kept)."""
         compressor = zlib.compressobj(
