@@ -362,23 +362,14 @@ class SocketSession:
         return size if size > self.bridge.settings.max_frame_bytes else None
 
     async def _write(self) -> None:
-        """Send what the outlet holds: several frames per `write()` when linked (see `wire`)."""
+        """Unlinked (another ASGI server): send what the outlet holds, frame by frame."""
         outlet = self.outlet
-        link = self._link
         while True:
             frames = await outlet.take_frames()
             if not frames:
                 return
-            if link is None:
-                for frame in frames:
-                    await self._send_frame(frame)
-                continue
-            for data in self._buffers(frames, link.deflate):
-                if link.paused:
-                    await link.drained()
-                if not link.open:
-                    return  # the protocol closes; nothing more may follow its close
-                link.write(data)
+            for frame in frames:
+                await self._send_frame(frame)
 
     def _buffers(self, frames: list[Frame], deflate: int | None) -> Iterator[bytes]:
         """`frames` as wire bytes, in buffers of several frames each (`deflate`: compressed
