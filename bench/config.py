@@ -28,6 +28,8 @@ class BenchConfig:
     p2_multi_rates: tuple[float, ...]  # the P2 ramp driven by multi-row statements
     p2_multi_rows: int  # rows per statement on that ramp
     p3_events: int  # changes in a P3 burst
+    # P3 socket counts, each run against every server (the first: the plain P3 labels).
+    fanout_clients: tuple[int, ...]
     idle_clients: int  # P4 / P5 sockets
     hold: float  # P5: seconds the idle sockets are held (P7 is measured meanwhile)
     stretch: int  # P5: how far to try beyond idle_clients (0: do not)
@@ -107,6 +109,11 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
     parser.add_argument("--reps", type=int, help="repetitions of P1/P3/P6 (default 3; quick 1)")
     parser.add_argument("--clients", type=int, help="P1-P3 sockets (default 5000; quick 1000)")
     parser.add_argument(
+        "--fanout-clients",
+        help="comma-separated P3 socket counts, each against the floor in the same run "
+        "(default: --clients; e.g. 1000,5000)",
+    )
+    parser.add_argument(
         "--idle-clients", type=int, help="P4/P5 sockets (default 10000; quick 2000)"
     )
     parser.add_argument("--hold", type=float, help="P5 hold in seconds (default 300; quick 10)")
@@ -164,8 +171,12 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
     idle_clients = int(str(pick(args.idle_clients, 10_000, 2000)))
     hold = float(str(pick(args.hold, 300.0, 10.0)))
     stretch = int(str(pick(args.stretch, 20_000, 0)))
-    if reps < 1 or clients < 1 or idle_clients < 1:
-        parser.error("--reps, --clients and --idle-clients must be at least 1")
+    try:
+        fanout = tuple(int(n) for n in (args.fanout_clients or str(clients)).split(","))
+    except ValueError:
+        parser.error(f"--fanout-clients must be counts separated by commas: {args.fanout_clients}")
+    if reps < 1 or clients < 1 or idle_clients < 1 or min(fanout) < 1:
+        parser.error("--reps, --clients, --fanout-clients and --idle-clients must be at least 1")
     if hold < 0 or stretch < 0:
         parser.error("--hold and --stretch must not be negative")
     if args.client_processes < 1 or args.writer_connections < 1:
@@ -185,6 +196,7 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
         else (5000.0, 10000.0, 20000.0, 30000.0, 40000.0),
         p2_multi_rows=20,
         p3_events=100,
+        fanout_clients=fanout,
         idle_clients=idle_clients,
         hold=hold,
         stretch=stretch,

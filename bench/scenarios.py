@@ -492,7 +492,7 @@ def capture_session(env: Environment, capture: str) -> None:
     """
     label = f"real-{capture}"
     with env.db.sibling(label) as db:
-        db.seed(max(env.config.clients, 1))
+        db.seed(max(env.config.clients, *env.config.fanout_clients, 1))
         with Writer(env.ctx, db.dsn, env.config.writer_connections, env.place.load) as writer:
             main_db, main_writer = env.db, env.writer
             env.db, env.writer = db, writer
@@ -606,9 +606,20 @@ def _ramp(
 
 
 def fan_out(env: Environment, server: ServerProcess, kind: str) -> None:
+    """P3 at each of `fanout_clients` (the naive approach: the first only)."""
+    sizes = env.config.fanout_clients
+    for index, n in enumerate(sizes[:1] if kind == "naive" else sizes):
+        _fan_out(env, server, kind, n, p3_key(kind, n) if index else kind)
+
+
+def p3_key(kind: str, clients: int) -> str:
+    """Where P3 runs at a further socket count are kept (`real-wal@5000`, `floor@5000`)."""
+    return f"{kind}@{clients}"
+
+
+def _fan_out(env: Environment, server: ServerProcess, kind: str, n: int, key: str) -> None:
     config = env.config
-    n = config.clients
-    if not _open(env, server, table_specs(server, n), f"{kind} fan-out"):
+    if not _open(env, server, table_specs(server, n), f"{kind} fan-out {n:,}"):
         env.fleet.close_sockets()
         return
     time.sleep(0.5)
@@ -624,8 +635,8 @@ def fan_out(env: Environment, server: ServerProcess, kind: str) -> None:
         )
         profile = f"P3-{kind}" if config.profile and is_real(kind) and rep == 0 else None
         run = run_load(env, server, plan, n, kind=kind, profile=profile)
-        env.results.p3.setdefault(kind, []).append(run)
-        say(f"{kind} P3 #{rep + 1}", _describe(run))
+        env.results.p3.setdefault(key, []).append(run)
+        say(f"{kind} P3 {n:,} #{rep + 1}", _describe(run))
         time.sleep(0.5)
     env.fleet.close_sockets()
 

@@ -22,6 +22,14 @@ from realtime_bridge.protocols.common import error_response, install_handshake_l
 from realtime_bridge.protocols.session import TransportScope
 from realtime_bridge.settings import Settings
 
+#: The WebSocket endpoints, routed by `TransportScope` ahead of Starlette's router.
+SOCKETS = {
+    "/ws/db_subscriptions": websocket.db_subscriptions,
+    # The Supabase Realtime protocol (supabase-js, the Python `realtime` client).
+    "/realtime/v1/websocket": phoenix.socket,
+    "/socket/websocket": phoenix.socket,
+}
+
 
 def create_app(
     settings: Settings | None = None, registry: PluginRegistry | None = None
@@ -61,10 +69,7 @@ def create_app(
         Route("/api/prices", prices.get_prices, methods=["GET"]),
         Route("/sse/price-updates", prices.sse_prices),  # before /sse/{channel}
         Route("/sse/{channel}", sse.sse_stream),
-        WebSocketRoute("/ws/db_subscriptions", websocket.db_subscriptions),
-        # The Supabase Realtime protocol (supabase-js, the Python `realtime` client).
-        WebSocketRoute("/realtime/v1/websocket", phoenix.socket),
-        WebSocketRoute("/socket/websocket", phoenix.socket),
+        *(WebSocketRoute(path, endpoint) for path, endpoint in SOCKETS.items()),
         Route("/realtime/v1/api/broadcast", phoenix_rest.broadcast_batch, methods=["POST"]),
         Route(
             "/realtime/v1/api/broadcast/{topic}/events/{event}",
@@ -76,8 +81,9 @@ def create_app(
         ),
     ]
     middleware = [
-        # First: it must see uvicorn's own `receive` (see TransportScope).
-        Middleware(TransportScope),
+        # First: it must see uvicorn's own `receive`, and it serves SOCKETS itself
+        # (see TransportScope).
+        Middleware(TransportScope, endpoints=SOCKETS),
         Middleware(
             CORSMiddleware,
             allow_origins=settings.allowed_origins,

@@ -90,6 +90,8 @@ def serve(args: argparse.Namespace) -> None:
         _fail(str(exc))
     if lock is not None:
         lock.record(sock.getsockname()[1])
+    # After the checks, whose failure is one line on its own.
+    preflight.raise_open_file_limit()
     if settings.demo:
         _announce_demo(settings, sock.getsockname()[1])
     app = create_app(settings)

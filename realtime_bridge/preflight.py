@@ -5,6 +5,9 @@
 * `bind`: the listening socket, bound here and handed to uvicorn, so a port
   in use is reported before the bridge starts (and cannot be taken between
   the check and the start).
+* `raise_open_file_limit`: the open-file soft limit goes up to the hard
+  limit (every socket is a file: the default soft limit of 1024 would cap
+  the bridge near 1,000 connections whatever the machine allows).
 * `check_database`: DATABASE_URL answers, with which setting, which
   host:port, what Postgres said and what to check when it does not.
 """
@@ -14,7 +17,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import os
+import resource
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +31,42 @@ import asyncpg
 from realtime_bridge.errors import ConfigurationError
 from realtime_bridge.redact import redact
 
+logger = logging.getLogger(__name__)
+
 
 class PreflightError(ConfigurationError):
     """A start-up check failed; the message is the one line to show."""
+
+
+# open files ------------------------------------------------------------------
+
+
+def raise_open_file_limit() -> tuple[int, int]:
+    """Raise RLIMIT_NOFILE's soft limit to its hard limit; return (before, after), logged.
+
+    Only the soft limit: raising the hard one needs privileges a service
+    should not have. An unlimited hard limit is not a value the soft one
+    may take on every kernel, so it is capped at fs.nr_open there.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if hard == resource.RLIM_INFINITY:
+        try:
+            target = int(Path("/proc/sys/fs/nr_open").read_text().strip())
+        except (OSError, ValueError):
+            target = 1_048_576
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        logger.info("open-file limit %s, already as high as allowed", soft)
+        return soft, soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        logger.warning(
+            "open-file limit stays %d (hard %d): %s; each connection needs one", soft, hard, exc
+        )
+        return soft, soft
+    logger.info("open-file limit raised from %d to %d (the hard limit)", soft, target)
+    return soft, target
 
 
 # data folder ---------------------------------------------------------------

@@ -24,6 +24,7 @@ from typing import Any
 import uvicorn
 
 from realtime_bridge.bridge import Bridge
+from realtime_bridge.protocols.sansio import BridgeWebSocketProtocol
 from realtime_bridge.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -45,10 +46,12 @@ def server_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Con
         "log_level": settings.log_level.lower(),
         # Above both protocols' limits, so an oversized message is read and refused
         # on its channel; only frames beyond this close the socket (1009).
-        # The implementation whose transport `protocols.wire.Link` writes to directly.
-        "ws": "websockets-sansio",
+        # uvicorn's websockets-sansio, leaner per connection (`protocols.sansio`):
+        # the implementation whose transport `protocols.wire.Link` writes to directly.
+        "ws": BridgeWebSocketProtocol,
         "ws_max_size": ws_max_size(settings),
-        "ws_per_message_deflate": False,
+        # Off unless WS_PERMESSAGE_DEFLATE: then without context takeover (`protocols.sansio`).
+        "ws_per_message_deflate": settings.ws_permessage_deflate,
         "proxy_headers": bool(settings.trusted_proxies),
         # A list, never None: None would make uvicorn read FORWARDED_ALLOW_IPS itself.
         "forwarded_allow_ips": list(settings.trusted_proxies),

@@ -189,6 +189,13 @@ class Settings(BaseSettings):
         ge=256,
         description="Largest frame of the JSON protocol (/ws/db_subscriptions); larger closes it.",
     )
+    ws_permessage_deflate: bool = Field(
+        default=False,
+        description=(
+            "Offer permessage-deflate to WebSocket clients that ask for it, without context "
+            "takeover, so each broadcast frame is compressed once for all its receivers."
+        ),
+    )
     max_message_bytes: int = Field(
         default=256 * 1024,
         ge=256,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 #: The WebSocket close code for "the service is restarting; reconnect" (RFC 6455 registry).
 CLOSE_SERVICE_RESTART = 1012
@@ -39,6 +39,8 @@ class Shutdown:
         self._idle = asyncio.Event()
         self._idle.set()
         self._active = 0
+        # Told synchronously on request: a held connection need not keep a task waiting.
+        self._callbacks: set[Callable[[], None]] = set()
 
     @property
     def requested(self) -> bool:
@@ -51,20 +53,35 @@ class Shutdown:
 
     def request(self) -> None:
         """Tell every held connection to send its notice and end."""
+        if self._requested.is_set():
+            return
         self._requested.set()
+        for callback in list(self._callbacks):
+            callback()
 
     async def wait(self) -> None:
         """Return once shutdown is requested."""
         await self._requested.wait()
 
     @contextlib.contextmanager
-    def hold(self) -> Iterator[None]:
-        """One client connection being served: `drained()` waits for it to end."""
+    def hold(self, on_request: Callable[[], None] | None = None) -> Iterator[None]:
+        """One client connection being served: `drained()` waits for it to end.
+
+        `on_request` is called once shutdown is requested (at once, soon, if it
+        already is), instead of the connection keeping a task in `wait()`.
+        """
         self._active += 1
         self._idle.clear()
+        if on_request is not None:
+            if self._requested.is_set():
+                asyncio.get_running_loop().call_soon(on_request)
+            else:
+                self._callbacks.add(on_request)
         try:
             yield
         finally:
+            if on_request is not None:
+                self._callbacks.discard(on_request)
             self._active -= 1
             if self._active == 0:
                 self._idle.set()

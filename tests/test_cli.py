@@ -263,3 +263,56 @@ async def test_a_second_serve_in_the_same_folder_says_one_is_running(tmp_path: P
             one_clear_line(again, "already running")
     finally:
         EmbeddedPostgres(tmp_path / ".realtime-bridge").stop("immediate")
+
+
+def _lower_open_file_limit() -> None:
+    """In the child before exec: the soft limit a default shell gives (1024), or lower."""
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+
+
+def _open_file_limits(pid: int) -> tuple[int, int]:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return int(soft), int(hard)
+    raise AssertionError("no 'Max open files' in /proc/<pid>/limits")
+
+
+async def test_serve_raises_the_open_file_soft_limit_to_the_hard_limit(
+    tmp_path: Path, dsn: str
+) -> None:
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert hard > 256, "the test needs a hard limit above 256 to see the soft one move"
+    (tmp_path / "plugins").symlink_to(ROOT / "plugins")
+    port = free_port()
+    process = subprocess.Popen(
+        [*CLI, "serve", "--port", str(port)],
+        cwd=tmp_path,
+        env=clean_env(DATABASE_URL=dsn),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=_lower_open_file_limit,
+    )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            for _ in range(300):
+                assert process.poll() is None, process.stdout.read() if process.stdout else ""
+                try:
+                    if (await http.get("/health")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("serve never became healthy")
+        assert _open_file_limits(process.pid) == (hard, hard)
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=15)
+    assert f"open-file limit raised from 256 to {hard}" in output, output

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 from typing import Any
 
 import asyncpg
+import httpx
 import orjson
 import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
+from websockets.extensions.permessage_deflate import PerMessageDeflate
+from websockets.frames import Frame, Opcode
 
 from realtime_bridge.protocols import wire
 from realtime_bridge.protocols.wire import Encoder, header, write_batches, write_frames
@@ -163,3 +168,226 @@ def test_uvloop_transports_count_as_transports() -> None:
     uvloop = pytest.importorskip("uvloop")
     assert wire.is_transport(uvloop.loop.TCPTransport) is True
     assert wire.is_transport(object()) is False
+
+
+# -- permessage-deflate, compress-once ------------------------------------------------
+
+
+def inflate(data: bytes, wbits: int = 15) -> bytes:
+    """What a client does with a message compressed without context takeover (RFC 7692)."""
+    client = PerMessageDeflate(
+        remote_no_context_takeover=True,
+        local_no_context_takeover=True,
+        remote_max_window_bits=wbits,
+        local_max_window_bits=wbits,
+    )
+    frame = Frame(Opcode.TEXT, data, rsv1=True)
+    return bytes(client.decode(frame).data)
+
+
+def parse(wire_bytes: bytes) -> list[tuple[int, bytes]]:
+    """Unmasked frames as (first byte, payload)."""
+    frames = []
+    at = 0
+    while at < len(wire_bytes):
+        first, length = wire_bytes[at], wire_bytes[at + 1] & 0x7F
+        at += 2
+        if length == 126:
+            length = int.from_bytes(wire_bytes[at : at + 2], "big")
+            at += 2
+        elif length == 127:
+            length = int.from_bytes(wire_bytes[at : at + 8], "big")
+            at += 8
+        frames.append((first, wire_bytes[at : at + length]))
+        at += length
+    return frames
+
+
+def test_independently_deflated_parts_inflate_as_one_message() -> None:
+    encoder = Encoder()
+    rng = random.Random(7)
+    noise = "".join(rng.choice("0123456789abcdef") for _ in range(100_000))
+    for parts in [
+        ('{"type":"db_change","subscription_id":"0001",', '"data":{"qty":"1"}}'),
+        ("é" * 3000, "", '"€"' * 500, "x"),
+        ("[" * 10_000, "]" * 10_000),
+        (noise, noise[:5000]),
+    ]:
+        for wbits in (9, 12, 15):
+            (first, payload), *rest = parse(b"".join(encoder.deflated_parts(parts, wbits)))
+            assert rest == []
+            assert first == wire.OP_TEXT | wire.RSV1
+            assert inflate(payload, wbits) == "".join(parts).encode()
+
+
+def test_a_shared_part_or_frame_is_deflated_once_per_window_size() -> None:
+    encoder = Encoder()
+    body = '"data":{"symbol":"AAPL","quantity":10}}'
+    prefixes = [f'{{"type":"db_change","subscription_id":"s{i}",' for i in range(50)]
+    for prefix in prefixes:
+        encoder.deflated_parts((prefix, body), 15)
+    assert encoder.deflations == 1 + 50  # the body once, each receiver's prefix once
+    frame = ('{"event":"broadcast",', body)
+    shared = encoder.deflated_frame(frame, 15)
+    for _ in range(100):
+        assert encoder.deflated_frame(frame, 15) is shared
+    assert encoder.deflations == 52
+    encoder.deflated_frame(frame, 12)  # another negotiated window: another compression
+    assert encoder.deflations == 53
+    ((first, payload),) = parse(shared)
+    assert first == wire.OP_TEXT | wire.RSV1
+    assert inflate(payload) == "".join(frame).encode()
+
+
+def test_deflated_batches_and_frames_round_trip() -> None:
+    encoder = Encoder()
+    frames = [('{"n":', str(i), "}") for i in range(300)] + [("\x00\x01\x02binary",)]
+    batched = parse(b"".join(write_batches(encoder, frames[:300], 15)))
+    arrays = [orjson.loads(inflate(p)) for _, p in batched]
+    assert [item["n"] for array in arrays for item in array] == list(range(300))
+    singles = parse(b"".join(write_frames(encoder, frames, shared=False, deflate=15)))
+    assert [inflate(p) for _, p in singles[:300]] == [f'{{"n":{i}}}'.encode() for i in range(300)]
+    first, payload = singles[300]
+    assert first == wire.OP_BINARY | wire.RSV1
+    assert inflate(payload) == b"\x01\x02binary"
+
+
+def negotiated(ws: Any) -> list[Any]:
+    """The extensions a `websockets` client connection ended up with."""
+    return list(ws.protocol.extensions)
+
+
+async def test_deflate_is_off_by_default_even_when_the_client_offers_it(
+    start_bridge: BridgeFactory, db: asyncpg.Connection
+) -> None:
+    bridge = await start_bridge()
+    async with bridge.websocket(compression="deflate") as ws:
+        assert ws.ws.response is not None
+        assert "Sec-WebSocket-Extensions" not in ws.ws.response.headers
+        assert negotiated(ws.ws) == []
+        await ws.subscribe(channel="position-updates")
+        before = wire.ENCODER.deflations
+        await db.execute(INSERT_MANY, 5)
+        assert len(await ws.changes(5)) == 5
+        assert wire.ENCODER.deflations == before
+    async with httpx.AsyncClient() as http:
+        stats = await http.get(f"{bridge.url}/api/stats", headers=bridge.service_headers)
+    assert stats.json()["permessage_deflate"] is None
+
+
+async def test_a_broadcast_is_deflated_once_for_every_receiver_that_negotiated_it(
+    start_bridge: BridgeFactory, db: asyncpg.Connection
+) -> None:
+    bridge = await start_bridge(ws_permessage_deflate=True)
+    async with (
+        bridge.websocket(compression="deflate") as a,
+        bridge.websocket(compression="deflate") as b,
+        bridge.websocket(compression="deflate") as c,
+        bridge.websocket(compression=None) as plain,
+    ):
+        for ws in (a, b, c):
+            (ext,) = negotiated(ws.ws)
+            assert isinstance(ext, PerMessageDeflate)
+            # Both directions without context takeover: the server's frames
+            # depend on nothing but their payload.
+            assert ext.remote_no_context_takeover is True
+            assert ext.local_no_context_takeover is True
+        assert negotiated(plain.ws) == []
+        for ws in (a, b, c, plain):
+            # The client's frames are compressed too: the protocol inflates them.
+            reply = await ws.subscribe(channel="position-updates", client_id="0001")
+            assert reply["type"] == "subscribed"
+            assert reply["client_id"] == "0001"
+        before = wire.ENCODER.deflations
+        await db.execute(INSERT_MANY, 20)
+        received = [await ws.changes(20) for ws in (a, b, c, plain)]
+        # Each event's shared body once, each deflating subscription's prefix once,
+        # not once per receiver and event (3 x 20).
+        assert wire.ENCODER.deflations - before == 20 + 3
+        async with httpx.AsyncClient() as http:
+            stats = await http.get(f"{bridge.url}/api/stats", headers=bridge.service_headers)
+        counted = stats.json()["permessage_deflate"]
+        assert counted["compressions"] == wire.ENCODER.deflations
+        assert 0 < counted["bytes_out"] < counted["bytes_in"]
+    payloads = [[(e["seq"], e["data"]) for e in events] for events in received]
+    assert payloads[0] == payloads[1] == payloads[2] == payloads[3]
+    assert len({seq for seq, _ in payloads[0]}) == 20
+
+
+async def test_a_large_compressed_frame_round_trips_both_ways(
+    start_bridge: BridgeFactory, db: asyncpg.Connection
+) -> None:
+    bridge = await start_bridge(ws_permessage_deflate=True)
+    async with bridge.websocket(compression="deflate") as ws:
+        # Highly compressible and deep: the limits apply to the inflated frame.
+        await ws.send('{"type":"ping","pad":"' + "0" * 200_000 + '"}')
+        error = await ws.recv()
+        assert error["code"] == "too_large"
+        assert ws.ws.close_code == 1009 or await _closed(ws.ws) == 1009
+
+
+async def _closed(ws: Any) -> int | None:
+    await asyncio.wait_for(ws.wait_closed(), 5)
+    code: int | None = ws.close_code
+    return code
+
+
+async def test_phoenix_broadcasts_are_deflated_once_and_plain_members_get_plain_frames(
+    start_bridge: BridgeFactory,
+) -> None:
+    bridge = await start_bridge(ws_permessage_deflate=True)
+    url = f"ws://127.0.0.1:{bridge.port}/realtime/v1/websocket?apikey={bridge.service_key}"
+    api = f"{bridge.url}/realtime/v1/api/broadcast"
+    join = orjson.dumps(
+        {"topic": "realtime:news", "event": "phx_join", "payload": {"config": {}}, "ref": "1"}
+    ).decode()
+    async with contextlib.AsyncExitStack() as stack:
+        members = [
+            await stack.enter_async_context(
+                websockets.connect(url + "&vsn=1.0.0", compression=compression)
+            )
+            for compression in ("deflate", "deflate", "deflate", None)
+        ]
+        for ws in members:
+            await ws.send(join)
+            reply = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert reply["event"] == "phx_reply"
+            assert reply["payload"]["status"] == "ok"
+        assert [len(negotiated(ws)) for ws in members] == [1, 1, 1, 0]
+        before = wire.ENCODER.deflations
+        payload = {"symbol": "AAPL", "quantity": "0001", "nested": [[[["deep"]]]]}
+        async with httpx.AsyncClient() as http:
+            response = await http.post(
+                api,
+                json={"messages": [{"topic": "news", "event": "tick", "payload": payload}]},
+                headers={"apikey": bridge.service_key},
+            )
+        assert response.status_code == 202
+        frames = [orjson.loads(await asyncio.wait_for(ws.recv(), 5)) for ws in members]
+        assert wire.ENCODER.deflations - before == 1
+    assert all(f["event"] == "broadcast" for f in frames)
+    assert all(f["payload"]["payload"] == payload for f in frames)
+
+
+async def test_a_failing_write_drops_the_connection_and_the_bridge_serves_on(
+    start_bridge: BridgeFactory, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from realtime_bridge.protocols import websocket
+
+    bridge = await start_bridge()
+
+    def broken(*_args: Any, **_kwargs: Any) -> Any:
+        raise RuntimeError("encoder bug")
+
+    async with bridge.websocket() as ws:
+        await ws.subscribe(channel="position-updates")
+        monkeypatch.setattr(websocket, "write_frames", broken)
+        await db.execute(INSERT_MANY, 1)
+        # Dropped (the client reconnects and resumes), never left waiting in silence.
+        with pytest.raises(websockets.ConnectionClosed):
+            await ws.recv(5)
+    monkeypatch.undo()
+    async with bridge.websocket() as ws:
+        await ws.subscribe(channel="position-updates")
+        await db.execute(INSERT_MANY, 2)
+        assert len(await ws.changes(2)) == 2

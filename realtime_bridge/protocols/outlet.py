@@ -11,11 +11,11 @@ never holds up the fan-out to anyone else.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
 from realtime_bridge.events import Frame
+from realtime_bridge.protocols.lean import Flag
 
 
 class Puller(Protocol):
@@ -41,16 +41,20 @@ class QueueOutlet:
         self.limit = limit
         self.stall_timeout = stall_timeout
         self.overflowed: str | None = None
-        self._frames: deque[Frame] = deque()
-        self._ready = asyncio.Event()
-        self._space = asyncio.Event()
-        self._space.set()
+        # A list, not a deque: an empty list holds no storage (a deque's first
+        # block of ~600 bytes is allocated up front), and the writer takes
+        # everything queued at once far more often than a part of it.
+        self._frames: list[Frame] = []
+        self._ready = Flag()
+        self._space = Flag(True)
         self._closed = False
         self._ending = False
         self._on_overflow = on_overflow
         # Told how many frames wait each time the writer takes some (the depth histogram).
         self._on_take = on_take
         self._pullers: list[Puller] = []
+        # A writer driven by callbacks (`on_ready`), told whenever there is work.
+        self._wake_writer: Callable[[], None] | None = None
 
     @property
     def closed(self) -> bool:
@@ -67,6 +71,8 @@ class QueueOutlet:
             return False
         self._frames.append(frame)
         self._ready.set()
+        if self._wake_writer is not None:
+            self._wake_writer()
         return True
 
     async def put(self, frame: Frame) -> None:
@@ -80,6 +86,8 @@ class QueueOutlet:
             return
         self._frames.append(frame)
         self._ready.set()
+        if self._wake_writer is not None:
+            self._wake_writer()
 
     def overflow(self, reason: str) -> None:
         if self.overflowed is not None:
@@ -98,6 +106,8 @@ class QueueOutlet:
         self._ending = True
         self._ready.set()
         self._space.set()
+        if self._wake_writer is not None:
+            self._wake_writer()
 
     def attach(self, puller: Puller) -> None:
         """Let `take` pull frames from `puller` whenever the queue leaves room."""
@@ -110,6 +120,13 @@ class QueueOutlet:
     def wake(self) -> None:
         """A puller has something: wake the writer if it waits."""
         self._ready.set()
+        if self._wake_writer is not None:
+            self._wake_writer()
+
+    def on_ready(self, callback: Callable[[], None] | None) -> None:
+        """Call `callback` whenever there is something for the writer (frames, a puller's
+        wake-up, the end or the close), instead of waking a waiting `take_frames`."""
+        self._wake_writer = callback
 
     def close(self) -> None:
         self._closed = True
@@ -122,6 +139,9 @@ class QueueOutlet:
         # by reference counting instead of waiting for the cyclic collector.
         self._on_overflow = None
         self._on_take = None
+        wake_writer, self._wake_writer = self._wake_writer, None
+        if wake_writer is not None:
+            wake_writer()  # it learns that nothing more comes
 
     async def take(self, max_frames: int = 256) -> list[str]:
         """Wait for frames and return up to `max_frames` of them, joined ([] once closed)."""
@@ -129,32 +149,39 @@ class QueueOutlet:
 
     async def take_frames(self, max_frames: int = 256) -> list[Frame]:
         """Wait for frames and return up to `max_frames` of them, as queued ([] once closed)."""
-        frames = self._frames
         while True:
-            while not frames and not any(self._pullers):
+            while not self._frames and not any(self._pullers):
                 if self.closed:
                     return []
                 self._ready.clear()
                 await self._ready.wait()
-            # Closed with frames still queued: they are handed out (a long-poll's answer).
-            waiting = len(frames)
-            if self._on_take is not None and waiting:
-                self._on_take(waiting)
-            if waiting <= max_frames:
-                taken = list(frames)
-                frames.clear()
-            else:
-                taken = [frames.popleft() for _ in range(max_frames)]
-            self._space.set()
-            # Pulled last and only now: what waited while the socket was busy is the latest.
-            for puller in self._pullers:
-                if len(taken) >= max_frames:
-                    break
-                if puller:
-                    taken.extend((frame,) for frame in puller.pull(max_frames - len(taken)))
+            taken = self.take_now(max_frames)
             if taken:
                 return taken
             # else a rate-capped puller had nothing due yet: wait again
+
+    def take_now(self, max_frames: int = 256) -> list[Frame]:
+        """Up to `max_frames` frames ready now, as queued ([]: nothing yet, or closed).
+
+        Closed with frames still queued: they are handed out (a long-poll's answer).
+        """
+        frames = self._frames
+        waiting = len(frames)
+        if self._on_take is not None and waiting:
+            self._on_take(waiting)
+        if waiting <= max_frames:
+            taken, self._frames = frames, []
+        else:
+            taken = frames[:max_frames]
+            del frames[:max_frames]
+        self._space.set()
+        # Pulled last and only now: what waited while the socket was busy is the latest.
+        for puller in self._pullers:
+            if len(taken) >= max_frames:
+                break
+            if puller:
+                taken.extend((frame,) for frame in puller.pull(max_frames - len(taken)))
+        return taken
 
 
 class CollectOutlet:

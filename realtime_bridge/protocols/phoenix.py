@@ -309,9 +309,12 @@ class PhoenixSession(SocketSession):
             if self.outlet.closed:
                 return
 
-    def _buffers(self, frames: list[Frame]) -> Iterator[bytes]:
-        # Broadcasts are one tuple shared by every member: built once, header included.
-        return write_frames(ENCODER, frames, shared=True)
+    def _buffers(self, frames: list[Frame], deflate: int | None) -> Iterator[bytes]:
+        # Broadcasts are one tuple shared by every member: built (and compressed) once,
+        # header included.
+        if deflate is None:
+            return write_frames(ENCODER, frames, shared=True)
+        return write_frames(ENCODER, frames, shared=True, deflate=deflate)
 
     async def _send_frame(self, frame: Frame) -> None:
         text = "".join(frame)

@@ -32,6 +32,7 @@ from realtime_bridge.protocols.common import (
 from realtime_bridge.protocols.messages import BroadcastRequest, SimulateSignal
 from realtime_bridge.protocols.outlet import CollectOutlet
 from realtime_bridge.protocols.sse import parse_since
+from realtime_bridge.protocols.wire import ENCODER
 from realtime_bridge.snapshot import DEFAULT_LIMIT, MAX_LIMIT, SnapshotUnavailable, take_snapshot
 
 MAX_BODY = 1024 * 1024
@@ -293,7 +294,9 @@ async def stats(request: Request) -> Response:
     except ClientError as exc:
         return client_error_response(exc)
     await bridge.log_head()
-    return JSONResponse(bridge.stats())
+    # Counted once per compression, not per receiver (`wire.Encoder`).
+    deflate = ENCODER.deflate_stats() if bridge.settings.ws_permessage_deflate else None
+    return JSONResponse({**bridge.stats(), "permessage_deflate": deflate})
 
 
 async def metrics(request: Request) -> Response:

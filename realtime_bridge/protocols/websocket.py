@@ -397,10 +397,14 @@ class WebSocketSession(SocketSession):
         if not self.outlet.offer((dumps(frame),)):
             self.outlet.overflow("slow_consumer")
 
-    def _buffers(self, frames: list[Frame]) -> Iterator[bytes]:
+    def _buffers(self, frames: list[Frame], deflate: int | None) -> Iterator[bytes]:
         if self.batch:
-            return write_batches(ENCODER, frames)
-        return write_frames(ENCODER, frames, shared=False)
+            if deflate is None:
+                return write_batches(ENCODER, frames)
+            return write_batches(ENCODER, frames, deflate)
+        if deflate is None:
+            return write_frames(ENCODER, frames, shared=False)
+        return write_frames(ENCODER, frames, shared=False, deflate=deflate)
 
     async def _send_frame(self, frame: Frame) -> None:
         await self.websocket.send_text("".join(frame))

@@ -12,17 +12,34 @@ per shared frame and keeps them while the hub's fan-out reuses them.
 
 `Link` is the direct line to the socket under uvicorn's websockets-sansio
 protocol: `websocket.send` would re-frame and write each message on its
-own. Only complete, unfragmented, uncompressed data frames go this way,
-and only while the protocol says the connection is open; the handshake,
-pings, the close handshake and flow control stay the protocol's.
+own. Only complete, unfragmented data frames go this way, and only while
+the protocol says the connection is open; the handshake, pings, the close
+handshake and flow control stay the protocol's.
+
+permessage-deflate (WS_PERMESSAGE_DEFLATE, RFC 7692) is negotiated without
+context takeover in either direction, so every message is compressed on
+its own, from a fresh compressor: the compressed bytes of a frame depend
+only on its payload and the window size, not on the connection. `Encoder`
+therefore deflates a shared frame once per window size and every receiver
+that negotiated it gets the same bytes (RSV1 set). A per-receiver frame
+(the JSON protocol's subscription prefix + the event's shared body) is
+deflated part by part, each part once: a raw deflate stream ended with a
+sync flush stops on a byte boundary and refers to nothing before it, so
+independently compressed parts concatenate into one valid stream (the
+empty block the last flush adds is removed, as the RFC asks). Client
+frames are decompressed by websockets' own extension, in the protocol.
 """
 
 from __future__ import annotations
 
 import asyncio
 import struct
+import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.extensions.permessage_deflate import PerMessageDeflate
 
 from realtime_bridge.events import Frame
 
@@ -33,6 +50,10 @@ BATCH_BYTES = 64 * 1024
 
 OP_TEXT = 0x81  # FIN + text
 OP_BINARY = 0x82  # FIN + binary
+RSV1 = 0x40  # set on a compressed message's first frame (RFC 7692 §6)
+#: zlib's settings for every compressed frame (its defaults: level 6, memLevel 8).
+DEFLATE_SETTINGS: dict[str, int] = {"memLevel": 8}
+_SYNC_TAIL = b"\x00\x00\xff\xff"  # the empty stored block a sync flush ends with
 BINARY_MARK = "\x00"  # a frame whose first part starts with it is binary (see phoenix_wire)
 
 _SHORT = struct.Struct("!BB")
@@ -63,6 +84,13 @@ class Encoder:
         self.size = 0
         self._parts: dict[int, tuple[str, bytes]] = {}
         self._frames: dict[int, tuple[Frame, bytes]] = {}
+        # (id, window bits) → (key, deflated bytes): parts keep their sync tail.
+        self._deflated: dict[tuple[int, int], tuple[object, bytes]] = {}
+        #: Compressions run (each part or shared frame once per window size).
+        self.deflations = 0
+        #: Bytes compressed and what they became.
+        self.deflated_in = 0
+        self.deflated_out = 0
 
     def text(self, part: str) -> bytes:
         entry = self._parts.get(id(part))
@@ -101,11 +129,68 @@ class Encoder:
         encoded.insert(0, header(OP_TEXT, size))
         return encoded
 
+    def deflate_stats(self) -> dict[str, int]:
+        """Compressions run and the bytes before / after (for /api/stats)."""
+        return {
+            "compressions": self.deflations,
+            "bytes_in": self.deflated_in,
+            "bytes_out": self.deflated_out,
+        }
+
+    def deflate(self, data: bytes, wbits: int) -> bytes:
+        """`data` as a raw deflate stream from a fresh compressor, sync-flushed (tail kept)."""
+        compressor = zlib.compressobj(
+            zlib.Z_DEFAULT_COMPRESSION,
+            zlib.DEFLATED,
+            -wbits,
+            DEFLATE_SETTINGS["memLevel"],
+        )
+        out = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        self.deflations += 1
+        self.deflated_in += len(data)
+        self.deflated_out += len(out) - len(_SYNC_TAIL)
+        return out
+
+    def deflated_part(self, part: str, wbits: int) -> bytes:
+        """A shared string, deflated once per window size (ends with the sync tail)."""
+        key = (id(part), wbits)
+        entry = self._deflated.get(key)
+        if entry is not None and entry[0] is part:
+            return entry[1]
+        data = self.deflate(self.text(part), wbits)
+        self._remember(len(data))
+        self._deflated[key] = (part, data)
+        return data
+
+    def deflated_frame(self, frame: Frame, wbits: int) -> bytes:
+        """The whole compressed wire frame (RSV1), built once for a shared frame tuple."""
+        key = (id(frame), wbits)
+        entry = self._deflated.get(key)
+        if entry is not None and entry[0] is frame:
+            return entry[1]
+        data = self.deflate(self.payload(frame), wbits)[: -len(_SYNC_TAIL)]
+        opcode = OP_BINARY if frame[0].startswith(BINARY_MARK) else OP_TEXT
+        wire = header(opcode | RSV1, len(data)) + data
+        self._remember(len(wire))
+        self._deflated[key] = (frame, wire)
+        return wire
+
+    def deflated_parts(self, parts: Sequence[str], wbits: int) -> list[bytes]:
+        """A compressed text frame of `parts` as [header, deflated parts...], each part once."""
+        encoded = [self.deflated_part(part, wbits) for part in parts]
+        encoded[-1] = encoded[-1][: -len(_SYNC_TAIL)]
+        size = 0
+        for data in encoded:
+            size += len(data)
+        encoded.insert(0, header(OP_TEXT | RSV1, size))
+        return encoded
+
     def _remember(self, size: int) -> None:
         self.size += size
         if self.size > self.limit:
             self._parts.clear()
             self._frames.clear()
+            self._deflated.clear()
             self.size = size
 
 
@@ -130,13 +215,35 @@ def batches(frames: Sequence[Frame], limit: int = BATCH_BYTES) -> Iterator[list[
         yield run
 
 
-def write_batches(encoder: Encoder, frames: Sequence[Frame]) -> Iterator[bytes]:
-    """Buffers for the socket: runs of two or more frames as one JSON array frame each."""
+_OPEN, _COMMA, _CLOSE = "[", ",", "]"
+
+
+def write_batches(
+    encoder: Encoder, frames: Sequence[Frame], deflate: int | None = None
+) -> Iterator[bytes]:
+    """Buffers for the socket: runs of two or more frames as one JSON array frame each.
+
+    `deflate`: the window bits of a negotiated permessage-deflate (compressed frames).
+    """
     text = encoder.text
     pending: list[bytes] = []
     pending_size = 0
     for run in batches(frames):
-        if len(run) == 1:
+        if deflate is not None:
+            if len(run) == 1:
+                parts = encoder.deflated_parts(run[0], deflate)
+            else:
+                joined: list[str] = [_OPEN]
+                for index, frame in enumerate(run):
+                    if index:
+                        joined.append(_COMMA)
+                    joined.extend(frame)
+                joined.append(_CLOSE)
+                parts = encoder.deflated_parts(joined, deflate)
+            pending.extend(parts)
+            for data in parts:
+                pending_size += len(data)
+        elif len(run) == 1:
             parts = encoder.parts(run[0])
             pending.extend(parts)
             for data in parts:
@@ -164,12 +271,27 @@ def write_batches(encoder: Encoder, frames: Sequence[Frame]) -> Iterator[bytes]:
         yield b"".join(pending)
 
 
-def write_frames(encoder: Encoder, frames: Sequence[Frame], shared: bool) -> Iterator[bytes]:
-    """Buffers for the socket, each several whole frames (`shared`: frame tuples recur)."""
+def write_frames(
+    encoder: Encoder, frames: Sequence[Frame], shared: bool, deflate: int | None = None
+) -> Iterator[bytes]:
+    """Buffers for the socket, each several whole frames (`shared`: frame tuples recur).
+
+    `deflate`: the window bits of a negotiated permessage-deflate (compressed frames).
+    """
     pending: list[bytes] = []
     size = 0
     for frame in frames:
-        if shared or frame[0].startswith(BINARY_MARK):
+        if deflate is not None:
+            if shared or frame[0].startswith(BINARY_MARK):
+                data = encoder.deflated_frame(frame, deflate)
+                pending.append(data)
+                size += len(data)
+            else:
+                parts = encoder.deflated_parts(frame, deflate)
+                pending.extend(parts)
+                for data in parts:
+                    size += len(data)
+        elif shared or frame[0].startswith(BINARY_MARK):
             data = encoder.frame(frame)
             pending.append(data)
             size += len(data)
@@ -198,30 +320,43 @@ def is_transport(transport: object) -> bool:
 class Link:
     """Writes pre-built data frames straight to the transport of one uvicorn WebSocket."""
 
-    __slots__ = ("_protocol", "_transport")
+    __slots__ = ("_protocol", "_transport", "deflate")
 
-    def __init__(self, protocol: Any, transport: Any) -> None:
+    def __init__(self, protocol: Any, transport: Any, deflate: int | None = None) -> None:
         self._protocol = protocol
         self._transport = transport
+        #: The window bits our frames are compressed with (None: uncompressed).
+        self.deflate = deflate
 
     @classmethod
     def of(cls, protocol: Any) -> Link | None:
         """A link to `protocol` (uvicorn's `receive.__self__`), if it can carry our frames.
 
         Only uvicorn's websockets-sansio protocol, after the handshake, with
-        no extension negotiated (a compressed connection must frame through
-        the protocol's deflate state).
+        no extension negotiated or permessage-deflate without context takeover
+        on our side (with it, each frame would need the connection's own
+        compressor: such a connection frames through the protocol).
         """
-        if type(protocol).__name__ != "WebSocketsSansIOProtocol":
+        if not isinstance(protocol, WebSocketsSansIOProtocol):
             return None
         conn = getattr(protocol, "conn", None)
         transport: Any = getattr(protocol, "transport", None)
         writable = getattr(protocol, "writable", None)
         if conn is None or not is_transport(transport):
             return None
-        if not isinstance(writable, asyncio.Event) or getattr(conn, "extensions", None) != []:
+        if not callable(getattr(writable, "wait", None)):
             return None
-        return cls(protocol, transport)
+        extensions = getattr(conn, "extensions", None)
+        if extensions == []:
+            return cls(protocol, transport)
+        if (
+            isinstance(extensions, list)
+            and len(extensions) == 1
+            and isinstance(extensions[0], PerMessageDeflate)
+            and extensions[0].local_no_context_takeover
+        ):
+            return cls(protocol, transport, extensions[0].local_max_window_bits or 15)
+        return None
 
     @property
     def open(self) -> bool:
