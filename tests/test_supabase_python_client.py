@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 from realtime import AsyncRealtimeChannel, AsyncRealtimeClient
+from realtime import RealtimePostgresChangesListenEvent as Listen
 
 from realtime_bridge.testing import RunningBridge
 from tests.conftest import BOTH_CAPTURES, BridgeFactory
@@ -300,35 +301,42 @@ async def test_private_channels_follow_realtime_messages_policies_with_the_pytho
         assert len(heard) == 2
 
 
+def listen(
+    channel: AsyncRealtimeChannel,
+    event: Listen,
+    table: str,
+    into: list[dict[str, Any]],
+    filter: str | None = None,
+) -> None:
+    """Collect the `data` of each change of a postgres_changes binding into `into`."""
+
+    def received(payload: Any) -> None:
+        into.append(dict(payload["data"]))
+
+    channel.on_postgres_changes(event, table=table, filter=filter, callback=received)
+
+
 async def test_the_python_client_filter_operators_receive_what_postgres_selects(
     start_bridge: BridgeFactory, db: asyncpg.Connection
 ) -> None:
     await db.execute(FILTER_TABLE)
     bridge = await start_bridge()
     async with client(bridge, bridge.service_key) as ops:
-        received: dict[str, list[int]] = {spec: [] for spec in FILTER_CASES}
-        everything: list[int] = []
+        rows: list[dict[str, Any]] = []
         system: list[Any] = []
-        channel = ops.channel("filters", {"config": {"private": False}})
+        channel = ops.channel("filters")
+        inserted: dict[str, list[dict[str, Any]]] = {spec: [] for spec in FILTER_CASES}
         for spec in FILTER_CASES:
-            channel.on_postgres_changes(
-                "INSERT",
-                table="filter_compat",
-                filter=spec,
-                callback=lambda p, spec=spec: received[spec].append(p["data"]["record"]["id"]),
-            )
+            listen(channel, Listen.Insert, "filter_compat", inserted[spec], spec)
         # Joined last, on the same socket: once it has every row, so have the others.
-        channel.on_postgres_changes(
-            "INSERT",
-            table="filter_compat",
-            callback=lambda p: everything.append(p["data"]["record"]["id"]),
-        )
+        listen(channel, Listen.Insert, "filter_compat", rows)
         channel.on_system(system.append)
         assert await subscribe(channel) == [("SUBSCRIBED", None)]
         await until(lambda: bool(system), 8, what="Subscribed to PostgreSQL")
         assert [s.status for s in system] == ["ok"]
         ids = await insert_filter_rows(db)
-        await until(lambda: len(everything) == len(ids), 10, what="every insert")
+        await until(lambda: len(rows) == len(ids), 10, what="every insert")
+        received = {spec: [c["record"]["id"] for c in got] for spec, got in inserted.items()}
         assert received == await filter_expectations(db)
 
 
@@ -358,23 +366,11 @@ async def test_old_records_timestamps_and_rows_leaving_a_filter_as_on_supabase(
         changes: dict[str, list[dict[str, Any]]] = {
             "keyed": [], "full_rows": [], "kept": [], "kept_updates": []
         }  # fmt: skip
-        channel = ops.channel("payloads", {"config": {"private": False}})
-        for table in ("keyed", "full_rows"):
-            channel.on_postgres_changes(
-                "*", table=table, callback=lambda p, t=table: changes[t].append(p["data"])
-            )
-        channel.on_postgres_changes(
-            "*",
-            table="full_rows",
-            filter="name=eq.keep",
-            callback=lambda p: changes["kept"].append(p["data"]),
-        )
-        channel.on_postgres_changes(
-            "UPDATE",
-            table="full_rows",
-            filter="name=eq.keep",
-            callback=lambda p: changes["kept_updates"].append(p["data"]),
-        )
+        channel = ops.channel("payloads")
+        listen(channel, Listen.All, "keyed", changes["keyed"])
+        listen(channel, Listen.All, "full_rows", changes["full_rows"])
+        listen(channel, Listen.All, "full_rows", changes["kept"], "name=eq.keep")
+        listen(channel, Listen.Update, "full_rows", changes["kept_updates"], "name=eq.keep")
         assert await subscribe(channel) == [("SUBSCRIBED", None)]
 
         # One transaction over both tables: one commit_timestamp for all its rows.
