@@ -227,14 +227,15 @@ class Filter:
 
         The conditions that narrow a subscription to known values (`eq`, `in`,
         `is`, a like without wildcards) can be; `prefer` (the channel's owner
-        column) wins when present. A NULL row value is keyed `NULL_KEY`.
+        column) wins when present, and a value over an `is`. A NULL row value
+        is keyed `NULL_KEY`.
         """
         candidates = [(c, keys) for c in self.conditions if (keys := c.index_keys()) is not None]
         if not candidates:
             return None
-        chosen, keys = next(
-            ((c, keys) for c, keys in candidates if c.column == prefer), candidates[0]
-        )
+        # The owner column first, then values over `is` (NULL, true and false are
+        # keys many rows share), then the order written.
+        chosen, keys = min(candidates, key=lambda ck: (ck[0].column != prefer, ck[0].op == "is"))
         return chosen.column, keys
 
     def describe(self) -> str:

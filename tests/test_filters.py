@@ -189,7 +189,36 @@ def test_index_keys_of_the_new_operators() -> None:
     assert parse_filter("closed=is.null", TYPES).index_key() == ("closed", (NULL_KEY,))
     assert parse_filter("flag=is.true", TYPES).index_key() == ("flag", (True,))
     assert parse_filter("flag=is.unknown", TYPES).index_key() == ("flag", (NULL_KEY,))
+    # A value narrows more than is.null, which many rows share.
+    assert parse_filter("closed=is.null,user_id=eq.u1", TYPES).index_key() == ("user_id", ("u1",))
+    assert parse_filter("closed=is.null,user_id=eq.u1", TYPES).index_key(prefer="closed") == (
+        "closed",
+        (NULL_KEY,),
+    )
     # A like pattern without wildcards is equality (escapes read).
     assert parse_filter("status=like.a\\_b", TYPES).index_key() == ("status", ("a_b",))
     for unindexed in ("status=like.a_b", "status=like.a*", "status=ilike.open", "status=not.eq.x"):
         assert parse_filter(unindexed, TYPES).index_key() is None, unindexed
+
+
+def test_the_client_package_matches_the_new_operators_with_sqls_nulls() -> None:
+    # The Python client's own filters (text comparison, no column types) agree on
+    # the operators and on NULL: what the bridge sends, the client keeps.
+    from realtime_bridge_client.filters import parse_filter as client_filter
+
+    row = {"name": "xABCx", "note": None, "flag": None, "qty": 3}
+    cases = {
+        "name=ilike.*abc*": True,
+        "name=like.*abc*": False,
+        "name=like.x___x": True,
+        "note=not.eq.x": False,
+        "note=is.null": True,
+        "note=not.is.null": False,
+        "flag=not.is.true": True,
+        "flag=is.unknown": True,
+        "qty=not.in.(1,2)": True,
+        "qty=not.in.(1,null)": False,
+    }
+    for spec, expected in cases.items():
+        assert client_filter(spec).matches(row) is expected, spec
+        assert parse_filter(spec).matches(row) is expected, spec

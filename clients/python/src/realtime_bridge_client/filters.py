@@ -101,6 +101,8 @@ def fold(text: str) -> str:
     (Python's `str.lower` applies context rules, a final sigma becomes ς, and
     turns İ into two code points; Postgres maps each code point on its own.)
     """
+    if text.isascii():
+        return text.lower()
     out = []
     for char in text:
         lowered = char.lower()
