@@ -8,7 +8,10 @@
  *   delivers such an UPDATE precisely so the client learns it left).
  *
  * Values compare in the server's canonical text form: `5`, `5.0` and `"5"`
- * are equal; numbers order as numbers, other text as text.
+ * are equal; numbers order as numbers, other text as text. The operators are
+ * the server's: eq, neq, lt, lte, gt, gte, in, is (null, true, false,
+ * unknown), like and ilike (`*` or `%`, `_`, `\` escapes), each negatable
+ * with `not.` (map form: `{ not: ... }`), with SQL's NULL rules.
  */
 
 import type { FilterCondition, FilterMap, FilterOperator, FilterValue } from "./protocol.js";
