@@ -38,6 +38,7 @@ from realtime_bridge_client.filters import (
     MAX_FILTER_CHARS,
     MAX_IN_VALUES,
     OPERATORS,
+    LikePattern,
     Op,
     clauses,
     describe,
@@ -105,7 +106,7 @@ class Condition:
     negated: bool = False
     type: ColumnType = UNKNOWN
     values: tuple[Key | None, ...] = field(init=False, repr=False)
-    pattern: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
+    pattern: LikePattern | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         pattern = None
@@ -162,7 +163,7 @@ class Condition:
             text = text_form(raw)
             if self.op == "ilike" or self.type.name == "citext":
                 text = fold(text)
-            return self.pattern.fullmatch(text) is not None
+            return self.pattern.fullmatch(text)
         key = self.type.key(raw)
         if key is None:
             return None

@@ -67,32 +67,71 @@ def canonical(value: Any) -> str | None:
     return str(value)
 
 
+@dataclass(frozen=True, slots=True)
+class LikePattern:
+    """A compiled LIKE pattern, matched in time linear in the text's length.
+
+    The pattern is cut at its ``%`` runs into segments of fixed length (each a
+    literal character or ``_``). The first segment must match at the start,
+    the last at the end, and each one between at its leftmost place after the
+    previous: leftmost is always right when any run may come between them. A
+    regular expression with one ``.*`` per ``%`` would backtrack: ``%a%a…%b``
+    against a long text of ``a`` takes years, and it would stop every
+    subscriber's events while it ran.
+    """
+
+    segments: tuple[re.Pattern[str], ...]
+    lengths: tuple[int, ...]
+    runs: bool  # whether the pattern has any % at all
+
+    def fullmatch(self, text: str) -> bool:
+        if not self.runs:
+            return len(text) == self.lengths[0] and self.segments[0].fullmatch(text) is not None
+        first, last = self.segments[0], self.segments[-1]
+        tail = len(text) - self.lengths[-1]
+        if tail < self.lengths[0] or first.match(text, 0, self.lengths[0]) is None:
+            return False
+        if last.match(text, tail) is None:
+            return False
+        pos = self.lengths[0]
+        for segment, length in zip(self.segments[1:-1], self.lengths[1:-1], strict=True):
+            found = segment.search(text, pos, tail) if length else None
+            if length and found is None:
+                return False
+            pos = found.end() if found is not None else pos
+        return True
+
+
 @functools.lru_cache(maxsize=4096)
-def like_pattern(pattern: str, *, insensitive: bool = False) -> re.Pattern[str]:
-    """A LIKE pattern (``%`` any run, ``_`` one character, ``\\`` escapes) as a regex.
+def like_pattern(pattern: str, *, insensitive: bool = False) -> LikePattern:
+    """A LIKE pattern (``%`` any run, ``_`` one character, ``\\`` escapes), compiled.
 
     Raises `InvalidFilter` for a pattern ending in the escape character, as
     Postgres does. `insensitive` compares as ILIKE: both sides `fold`ed.
     """
     if insensitive:
         pattern = fold(pattern)
-    parts: list[str] = []
+    segments: list[list[str]] = [[]]
     escaped = False
     for char in pattern:
         if escaped:
-            parts.append(re.escape(char))
+            segments[-1].append(re.escape(char))
             escaped = False
         elif char == "\\":
             escaped = True
         elif char == "%":
-            parts.append(".*")
+            segments.append([])
         elif char == "_":
-            parts.append(".")
+            segments[-1].append(".")
         else:
-            parts.append(re.escape(char))
+            segments[-1].append(re.escape(char))
     if escaped:
         raise InvalidFilter(f"a like pattern must not end with the escape character: {pattern!r}")
-    return re.compile("".join(parts), re.DOTALL)
+    return LikePattern(
+        tuple(re.compile("".join(parts), re.DOTALL) for parts in segments),
+        tuple(len(parts) for parts in segments),
+        len(segments) > 1,
+    )
 
 
 def fold(text: str) -> str:
@@ -170,7 +209,7 @@ class Condition:
             return None if None in self.keys else False
         if self.op in ("like", "ilike"):
             pattern = like_pattern(self.keys[0] or "", insensitive=self.op == "ilike")
-            return pattern.fullmatch(fold(key) if self.op == "ilike" else key) is not None
+            return pattern.fullmatch(fold(key) if self.op == "ilike" else key)
         if self.keys[0] is None:
             return None
         return _ordered(key, self.keys[0], self.op)
