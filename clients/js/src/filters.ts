@@ -41,7 +41,7 @@ interface Condition {
   op: FilterOperator;
   keys: (string | null)[];
   negated: boolean;
-  pattern?: RegExp;
+  pattern?: LikePattern;
 }
 
 /** A row's or a filter's value in the form the server compares. */
@@ -83,23 +83,68 @@ export function fold(text: string): string {
   return out;
 }
 
-/** A LIKE pattern (`%` any run, `_` one character, `\` escapes) as a RegExp. */
-function likePattern(pattern: string, column: string): RegExp {
-  let source = "";
+/**
+ * A LIKE pattern (`%` any run, `_` one character, `\` escapes), matched in
+ * linear time: cut at `%` into fixed-length segments, the first matched at the
+ * start, the last at the end, each between at its leftmost place. (One RegExp
+ * with `[\s\S]*` per `%` backtracks for ages on `%a%a…%b`.)
+ */
+interface LikePattern {
+  segments: RegExp[];
+  lengths: number[];
+}
+
+function likePattern(pattern: string, column: string): LikePattern {
+  const parts: string[][] = [[]];
   let escaped = false;
   for (const char of pattern) {
+    const current = parts[parts.length - 1] ?? [];
     if (escaped) {
-      source += escapeRegExp(char);
+      current.push(escapeRegExp(char));
       escaped = false;
     } else if (char === "\\") escaped = true;
-    else if (char === "%") source += "[\\s\\S]*";
-    else if (char === "_") source += "[\\s\\S]";
-    else source += escapeRegExp(char);
+    else if (char === "%") parts.push([]);
+    else if (char === "_") current.push("[\\s\\S]");
+    else current.push(escapeRegExp(char));
   }
   if (escaped) {
     throw new FilterError(`a like pattern for ${column} must not end with the escape character`);
   }
-  return new RegExp(`^${source}$`, "u");
+  return {
+    segments: parts.map((tokens) => new RegExp(tokens.join(""), "uy")),
+    lengths: parts.map((tokens) => tokens.length),
+  };
+}
+
+function likeMatches(pattern: LikePattern, text: string): boolean {
+  const chars = [...text]; // code points, as the pattern's tokens are
+  const at = (segment: RegExp, index: number, length: number): boolean => {
+    segment.lastIndex = 0;
+    return segment.test(chars.slice(index, index + length).join(""));
+  };
+  const { segments, lengths } = pattern;
+  const first = segments[0] as RegExp;
+  const firstLength = lengths[0] ?? 0;
+  if (segments.length === 1) return chars.length === firstLength && at(first, 0, firstLength);
+  const lastLength = lengths[lengths.length - 1] ?? 0;
+  const tail = chars.length - lastLength;
+  if (tail < firstLength || !at(first, 0, firstLength)) return false;
+  if (!at(segments[segments.length - 1] as RegExp, tail, lastLength)) return false;
+  let pos = firstLength;
+  for (let i = 1; i < segments.length - 1; i++) {
+    const length = lengths[i] ?? 0;
+    if (length === 0) continue;
+    let found = -1;
+    for (let start = pos; start + length <= tail; start++) {
+      if (at(segments[i] as RegExp, start, length)) {
+        found = start;
+        break;
+      }
+    }
+    if (found < 0) return false;
+    pos = found + length;
+  }
+  return true;
 }
 
 function escapeRegExp(char: string): string {
@@ -309,7 +354,8 @@ function truth(condition: Condition, value: unknown): boolean | null {
     case "like":
     case "ilike": {
       const text = typeof value === "string" ? value : key;
-      return condition.pattern?.test(condition.op === "ilike" ? fold(text) : text) ?? false;
+      const subject = condition.op === "ilike" ? fold(text) : text;
+      return condition.pattern !== undefined && likeMatches(condition.pattern, subject);
     }
     default:
       if (first === null) return null;

@@ -124,6 +124,14 @@ describe("like, ilike, is and not., with SQL's null semantics", () => {
     ["flag=is.unknown", { flag: null }, true],
     ["flag=is.false", { flag: false }, true],
     ["qty=not.gt.5", { qty: 3 }, true],
+    ["name=like.*ab_*d", { name: "abcabd" }, true],
+    ["name=like.a*c*a*", { name: "abcabd" }, true],
+    ["name=like.*ab*ab*", { name: "ab" }, false],
+    ["name=like.%", { name: "" }, true],
+    ["name=like._", { name: "é" }, true],
+    // Backtracking would take ages here; the segment matcher answers at once.
+    [`name=like.${"*a".repeat(200)}*b`, { name: "a".repeat(1000) }, false],
+    [`name=like.${"*a".repeat(200)}*`, { name: "a".repeat(1000) }, true],
   ])("%s on %j → %s", (filter, row, expected) => {
     expect(compileFilter(filter)(row)).toBe(expected);
   });
