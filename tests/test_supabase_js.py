@@ -22,7 +22,7 @@ import pytest
 
 from realtime_bridge.testing import RunningBridge
 from tests.conftest import ROOT, BridgeFactory
-from tests.helpers import FILTER_CASES, FILTER_ROWS, FILTER_TABLE, filter_expectations
+from tests.filter_compat import FILTER_CASES, FILTER_ROWS, FILTER_TABLE, filter_expectations
 
 JS_DIR = ROOT / "tests" / "js"
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")

@@ -18,13 +18,13 @@ from realtime import RealtimePostgresChangesListenEvent as Listen
 
 from realtime_bridge.testing import RunningBridge
 from tests.conftest import BOTH_CAPTURES, BridgeFactory
-from tests.helpers import (
+from tests.filter_compat import (
     FILTER_CASES,
     FILTER_TABLE,
     filter_expectations,
     insert_filter_rows,
-    until,
 )
+from tests.helpers import until
 
 INSERT = (
     "INSERT INTO positions (user_id, symbol, quantity, entry_price, current_price) "
