@@ -50,7 +50,7 @@ from typing import Any, Protocol
 
 from realtime_bridge.errors import SinceAhead, UnknownChannel
 from realtime_bridge.events import Event, Frame, LogEntry
-from realtime_bridge.filters import Columns, Filter, column_types
+from realtime_bridge.filters import NULL_KEY, Columns, Filter, column_types
 from realtime_bridge.pgtypes import UNKNOWN, ColumnType, Key
 
 logger = logging.getLogger(__name__)
@@ -274,7 +274,8 @@ class Channel:
                 for view in (event.view, event.old_view):
                     if view is None:
                         continue
-                    key = kind.key(view.get(column))
+                    value = view.get(column)
+                    key = NULL_KEY if value is None else kind.key(value)
                     members = table.get(key) if key is not None else None
                     if members:
                         found.update(dict.fromkeys(members))

@@ -71,6 +71,33 @@ def test_equality_filters_are_found_by_lookup_not_by_scanning() -> None:
     assert sum(len(o.frames) for o in outlets.values()) == 1
 
 
+def test_is_null_and_like_literals_are_found_by_lookup_too() -> None:
+    hub = Hub()
+    hub.add_channel("pos", columns={"id": "int8", "user_id": "text"})
+    nulls, exact, pattern = ListOutlet(), ListOutlet(), ListOutlet()
+    specs = {"user_id=is.null": nulls, "user_id=like.u\\_7": exact, "user_id=like.u_*": pattern}
+    filters = {}
+    for spec, outlet in specs.items():
+        filters[spec] = CountingFilter(parse_filter(spec, {"user_id": "text"}).conditions)
+        live(hub, filters[spec], outlet)
+    others = [ListOutlet() for _ in range(100)]
+    for i, outlet in enumerate(others):
+        live(hub, CountingFilter(parse_filter({"user_id": f"x{i}"}).conditions), outlet)
+    CountingFilter.calls = 0
+    null_row = {"id": 1, "user_id": None}
+    hub.publish(1, [Event(
+        seq=1, channel="pos", event="e", operation="INSERT", table="public.t",
+        data=null_row, old=None, timestamp="t", user_id=None, view=null_row,
+    )])  # fmt: skip
+    hub.publish(2, [event(2, "u_7")])
+    hub.publish(3, [event(3, "uu7")])
+    # The is.null and like-literal subscriptions were looked up, the wildcard
+    # pattern tested on each event: 1 + 1 + 3, none of the 100 others.
+    assert CountingFilter.calls == 5
+    assert [len(nulls.frames), len(exact.frames), len(pattern.frames)] == [1, 1, 2]
+    assert all(not o.frames for o in others)
+
+
 def test_each_event_is_encoded_once_for_all_receivers() -> None:
     hub = Hub()
     hub.add_channel("pos")

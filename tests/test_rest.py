@@ -223,7 +223,8 @@ async def test_poll_bad_parameters_are_rejected(bridge: RunningBridge) -> None:
         ({"since": "-1"}, 400, "bad_message"),
         ({"since": "abc"}, 400, "bad_message"),
         ({"filter": "no_such_column=eq.1"}, 400, "invalid_filter"),
-        ({"filter": "user_id=like.u1"}, 400, "invalid_filter"),
+        ({"filter": "user_id=match.u1"}, 400, "invalid_filter"),
+        ({"filter": "user_id=not.in.(a"}, 400, "invalid_filter"),
     ]
     async with http(bridge) as client:
         for params, status, code in bad:
@@ -238,7 +239,7 @@ async def test_poll_bad_parameters_are_rejected(bridge: RunningBridge) -> None:
         stats = (await client.get("/api/stats")).json()
     assert stats["subscriptions"] == {}
     assert stats["errors_sent"]["bad_message"] == 9
-    assert stats["errors_sent"]["invalid_filter"] == 2
+    assert stats["errors_sent"]["invalid_filter"] == 3
 
 
 async def test_poll_older_than_retention_answers_409_resync_required(

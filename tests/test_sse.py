@@ -365,7 +365,8 @@ async def test_bad_requests_get_a_json_error_instead_of_a_stream(bridge: Running
         ("/sse/public.no_such_table", {}, {}, 404, "unknown_table"),
         ("/sse/position-updates", {"filter": "no_such_column=eq.1"}, {}, 400, "invalid_filter"),
         ("/sse/position-updates", {"filter": "user_id"}, {}, 400, "invalid_filter"),
-        ("/sse/position-updates", {"filter": "user_id=like.u%"}, {}, 400, "invalid_filter"),
+        ("/sse/position-updates", {"filter": "user_id=match.u%"}, {}, 400, "invalid_filter"),
+        ("/sse/position-updates", {"filter": "user_id=like.u\\"}, {}, 400, "invalid_filter"),
         ("/sse/position-updates", {"since": "abc"}, {}, 400, "bad_message"),
         ("/sse/position-updates", {"since": "-1"}, {}, 400, "bad_message"),
         ("/sse/position-updates", {"since": "1.5"}, {}, 400, "bad_message"),
@@ -393,7 +394,7 @@ async def test_bad_requests_get_a_json_error_instead_of_a_stream(bridge: Running
     assert stats["connections_total"] == 0
     assert stats["subscriptions"] == {}
     assert stats["errors_sent"]["bad_message"] == 5
-    assert stats["errors_sent"]["invalid_filter"] == 3
+    assert stats["errors_sent"]["invalid_filter"] == 4
 
 
 async def test_closing_the_stream_removes_its_subscription(bridge: RunningBridge) -> None:

@@ -22,6 +22,7 @@ import pytest
 
 from realtime_bridge.testing import RunningBridge
 from tests.conftest import ROOT, BridgeFactory
+from tests.filter_compat import FILTER_CASES, FILTER_ROWS, FILTER_TABLE, filter_expectations
 
 JS_DIR = ROOT / "tests" / "js"
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -216,3 +217,27 @@ async def test_supabase_auth_stays_hosted_and_only_realtime_points_at_the_bridge
     assert result["states"] == ["SUBSCRIBED"]
     assert result["updates"] == ["SPLIT"]
     assert result["endpoint"].startswith(f"ws://127.0.0.1:{bridge.port}/realtime/v1/websocket")
+
+
+@pytest.mark.parametrize("vsn", ["2.0.0", "1.0.0"])
+async def test_supabase_js_filter_operators_receive_what_postgres_selects(
+    start_bridge: BridgeFactory, db: asyncpg.Connection, vsn: str
+) -> None:
+    await db.execute(FILTER_TABLE)
+    bridge = await start_bridge()
+    rows = [dict(zip(("name", "note", "qty", "flag"), row, strict=True)) for row in FILTER_ROWS]
+    result = await run_node(
+        "filters.mjs", bridge, db, vsn, orjson.dumps(list(FILTER_CASES)).decode(),
+        orjson.dumps(rows).decode(),
+    )  # fmt: skip
+    assert result["status"] == "SUBSCRIBED"
+    assert result["system"] == ["ok"]  # no "Error parsing `filter` params"
+    expected = await filter_expectations(db)
+    assert all(expected.values()), expected  # every case selects something…
+    assert any(len(ids) < len(FILTER_ROWS) for ids in expected.values())  # …and not all
+    assert result["received"] == expected
+    # One transaction, one commit_timestamp, in Supabase's format.
+    stamps = {change["commit_timestamp"] for change in result["all"]}
+    assert len(result["all"]) == len(FILTER_ROWS)
+    assert len(stamps) == 1
+    assert TIMESTAMP.match(stamps.pop())

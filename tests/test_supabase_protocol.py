@@ -334,8 +334,11 @@ async def test_what_cannot_be_served_answers_like_supabase(
     positions = {"event": "*", "schema": "public", "table": "positions"}
     async with phx(bridge) as service, phx(bridge, key=bridge.anon_key) as anon:
         assert (
-            await system_error(service, "realtime:a", {**positions, "filter": "symbol=like.A%"})
-        ).startswith("Error parsing `filter` params: unknown operator 'like'")
+            await system_error(service, "realtime:a", {**positions, "filter": "symbol=match.A"})
+        ).startswith("Error parsing `filter` params: unknown operator 'match'")
+        assert (
+            await system_error(service, "realtime:a2", {**positions, "filter": "quantity=like.1*"})
+        ) == "Error parsing `filter` params: 'like' applies to text columns; 'quantity' is numeric"
         assert (
             await system_error(service, "realtime:b", {**positions, "filter": "colour=eq.red"})
         ).startswith("Error parsing `filter` params: unknown column 'colour'")

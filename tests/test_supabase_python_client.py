@@ -8,14 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 from realtime import AsyncRealtimeChannel, AsyncRealtimeClient
+from realtime import RealtimePostgresChangesListenEvent as Listen
 
 from realtime_bridge.testing import RunningBridge
-from tests.conftest import BridgeFactory
+from tests.conftest import BOTH_CAPTURES, BridgeFactory
+from tests.filter_compat import (
+    FILTER_CASES,
+    FILTER_TABLE,
+    filter_expectations,
+    insert_filter_rows,
+)
 from tests.helpers import until
 
 INSERT = (
@@ -291,3 +299,120 @@ async def test_private_channels_follow_realtime_messages_policies_with_the_pytho
         await asyncio.sleep(0.3)
         assert own.is_closed
         assert len(heard) == 2
+
+
+def listen(
+    channel: AsyncRealtimeChannel,
+    event: Listen,
+    table: str,
+    into: list[dict[str, Any]],
+    filter: str | None = None,
+) -> None:
+    """Collect the `data` of each change of a postgres_changes binding into `into`."""
+
+    def received(payload: Any) -> None:
+        into.append(dict(payload["data"]))
+
+    channel.on_postgres_changes(event, table=table, filter=filter, callback=received)
+
+
+async def test_the_python_client_filter_operators_receive_what_postgres_selects(
+    start_bridge: BridgeFactory, db: asyncpg.Connection
+) -> None:
+    await db.execute(FILTER_TABLE)
+    bridge = await start_bridge()
+    async with client(bridge, bridge.service_key) as ops:
+        rows: list[dict[str, Any]] = []
+        system: list[Any] = []
+        channel = ops.channel("filters")
+        inserted: dict[str, list[dict[str, Any]]] = {spec: [] for spec in FILTER_CASES}
+        for spec in FILTER_CASES:
+            listen(channel, Listen.Insert, "filter_compat", inserted[spec], spec)
+        # Joined last, on the same socket: once it has every row, so have the others.
+        listen(channel, Listen.Insert, "filter_compat", rows)
+        channel.on_system(system.append)
+        assert await subscribe(channel) == [("SUBSCRIBED", None)]
+        await until(lambda: bool(system), 8, what="Subscribed to PostgreSQL")
+        assert [s.status for s in system] == ["ok"]
+        ids = await insert_filter_rows(db)
+        await until(lambda: len(rows) == len(ids), 10, what="every insert")
+        received = {spec: [c["record"]["id"] for c in got] for spec, got in inserted.items()}
+        assert received == await filter_expectations(db)
+
+
+IDENTITY_TABLES = """
+CREATE TABLE public.keyed (id bigint PRIMARY KEY, name text, qty integer);
+CREATE TABLE public.full_rows (id bigint PRIMARY KEY, name text, qty integer);
+SELECT realtime_bridge.track('public.keyed');
+SELECT realtime_bridge.track('public.full_rows');
+"""
+# (WAL capture sets REPLICA IDENTITY FULL on the tables it captures when it starts:
+# the table's identity is chosen once the bridge runs.)
+IDENTITIES = """
+ALTER TABLE public.keyed REPLICA IDENTITY DEFAULT;
+ALTER TABLE public.full_rows REPLICA IDENTITY FULL;
+"""
+SUPABASE_TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+@BOTH_CAPTURES
+async def test_old_records_timestamps_and_rows_leaving_a_filter_as_on_supabase(
+    start_bridge: BridgeFactory, db: asyncpg.Connection
+) -> None:
+    await db.execute(IDENTITY_TABLES)
+    bridge = await start_bridge()
+    await db.execute(IDENTITIES)
+    async with client(bridge, bridge.service_key) as ops:
+        changes: dict[str, list[dict[str, Any]]] = {
+            "keyed": [], "full_rows": [], "kept": [], "kept_updates": []
+        }  # fmt: skip
+        channel = ops.channel("payloads")
+        listen(channel, Listen.All, "keyed", changes["keyed"])
+        listen(channel, Listen.All, "full_rows", changes["full_rows"])
+        listen(channel, Listen.All, "full_rows", changes["kept"], "name=eq.keep")
+        listen(channel, Listen.Update, "full_rows", changes["kept_updates"], "name=eq.keep")
+        assert await subscribe(channel) == [("SUBSCRIBED", None)]
+
+        # One transaction over both tables: one commit_timestamp for all its rows.
+        async with db.transaction():
+            for table in ("keyed", "full_rows"):
+                await db.execute(
+                    f"INSERT INTO {table} (id, name, qty) VALUES (1, 'keep', 1), (2, 'keep', 2)"
+                )
+                await db.execute(f"UPDATE {table} SET qty = qty + 10 WHERE id = 1")
+            await asyncio.sleep(0.05)  # the transaction spans time: its rows still agree
+        await db.execute("UPDATE keyed SET name = 'gone' WHERE id = 2")
+        await db.execute("UPDATE full_rows SET name = 'gone' WHERE id = 2")  # leaves the filter
+        await db.execute("UPDATE full_rows SET name = 'keep' WHERE id = 2")  # comes back
+        await db.execute("DELETE FROM keyed WHERE id = 1")
+        await db.execute("DELETE FROM full_rows WHERE id = 1")
+        await until(lambda: len(changes["full_rows"]) == 6, 10, what="every full_rows change")
+        await until(lambda: len(changes["keyed"]) == 5, 10, what="every keyed change")
+
+    keyed, full = changes["keyed"], changes["full_rows"]
+    assert [c["type"] for c in keyed] == ["INSERT", "INSERT", "UPDATE", "UPDATE", "DELETE"]
+    # The replica identity: the primary key by default, the whole old row under FULL.
+    assert keyed[2]["old_record"] == {"id": 1}
+    assert keyed[3]["old_record"] == {"id": 2}
+    assert keyed[4]["old_record"] == {"id": 1}
+    assert full[2]["old_record"] == {"id": 1, "name": "keep", "qty": 1}
+    assert full[5]["old_record"] == {"id": 1, "name": "keep", "qty": 11}
+    assert keyed[2]["record"] == {"id": 1, "name": "keep", "qty": 11}
+
+    stamps = [c["commit_timestamp"] for c in (*keyed[:3], *full[:3])]
+    assert len(set(stamps)) == 1, stamps
+    assert all(SUPABASE_TIMESTAMP.match(c["commit_timestamp"]) for c in (*keyed, *full))
+    assert keyed[3]["commit_timestamp"] >= stamps[0]
+
+    # name=eq.keep on a '*' binding: the row leaving the filter arrives as a DELETE of
+    # its old row (Supabase would send nothing); coming back, as an UPDATE.
+    kept = changes["kept"]
+    assert [(c["type"], (c.get("record") or c["old_record"])["id"]) for c in kept] == [
+        ("INSERT", 1), ("INSERT", 2), ("UPDATE", 1), ("DELETE", 2), ("UPDATE", 2), ("DELETE", 1),
+    ]  # fmt: skip
+    assert kept[3]["old_record"] == {"id": 2, "name": "keep", "qty": 2}
+    assert "record" not in kept[3]
+    # An UPDATE-only binding gets nothing for the row that left, as on Supabase.
+    assert [(c["record"]["id"], c["record"]["name"]) for c in changes["kept_updates"]] == [
+        (1, "keep"), (2, "keep"),
+    ]  # fmt: skip

@@ -137,9 +137,19 @@ async def test_unsubscribe_and_ping(start_bridge: BridgeFactory, db: asyncpg.Con
         ('{"type": "subscribe", "channel": "nope"}', "unknown_channel", "nope"),
         ('{"type": "subscribe", "table": "public.missing"}', "unknown_table", "not tracked"),
         (
-            '{"type": "subscribe", "channel": "position-updates", "filter": "user_id=like.x"}',
+            '{"type": "subscribe", "channel": "position-updates", "filter": "user_id=match.x"}',
             "invalid_filter",
-            "unknown operator",
+            "unknown operator 'match'",
+        ),
+        (
+            '{"type": "subscribe", "channel": "position-updates", "filter": "quantity=like.1*"}',
+            "invalid_filter",
+            "'like' applies to text columns; 'quantity' is numeric",
+        ),
+        (
+            '{"type": "subscribe", "table": "public.positions", "filter": "user_id=not.is.true"}',
+            "invalid_filter",
+            "'is.true' applies to boolean columns",
         ),
         (
             '{"type": "subscribe", "channel": "position-updates", "filters": {"colour": "red"}}',

@@ -62,34 +62,69 @@ class EncodeCache:
         return value
 
 
+@dataclass(frozen=True)
+class TableShape:
+    """What a `postgres_changes` message shows of a table.
+
+    `columns`: the `{name, type}` list (pg `typname`). `identity`: the columns
+    its replica identity holds, which is what Supabase puts in `old_record`
+    (the primary key by default, an index's columns with `USING INDEX`);
+    None for `REPLICA IDENTITY FULL`, or a table with no key: the whole old row.
+    """
+
+    columns: list[dict[str, str]]
+    identity: tuple[str, ...] | None
+
+
 class ColumnTypes:
-    """The `{name, type}` list of each tracked table (pg `typname`), cached per column set."""
+    """Each tracked table's `TableShape`, cached per column set."""
 
     def __init__(self) -> None:
-        self._cache: dict[str, tuple[frozenset[str], list[dict[str, str]]]] = {}
+        self._cache: dict[str, tuple[frozenset[str], TableShape]] = {}
 
-    async def get(self, bridge: Bridge, table: str) -> list[dict[str, str]]:
+    async def get(self, bridge: Bridge, table: str) -> TableShape:
         names = frozenset(bridge.tables.get(table, ()))
         cached = self._cache.get(table)
         if cached is not None and cached[0] == names:
             return cached[1]
         assert bridge.pool is not None
         schema, _, name = table.partition(".")
+        relation = "format('%I.%I', $1::text, $2::text)::regclass"
         rows = await bridge.pool.fetch(
-            """
+            f"""
             SELECT a.attname::text AS name, t.typname::text AS type
             FROM pg_catalog.pg_attribute a
             JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
-            WHERE a.attrelid = format('%I.%I', $1::text, $2::text)::regclass
+            WHERE a.attrelid = {relation}
               AND a.attnum > 0 AND NOT a.attisdropped
             ORDER BY a.attnum
             """,
             schema,
             name,
         )
-        columns = [{"name": r["name"], "type": r["type"]} for r in rows]
-        self._cache[table] = (names, columns)
-        return columns
+        identity = await bridge.pool.fetchrow(
+            f"""
+            SELECT c.relreplident::text AS kind,
+                   (SELECT array_agg(a.attname::text ORDER BY k.n)
+                    FROM pg_catalog.pg_index i
+                    CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)
+                    JOIN pg_catalog.pg_attribute a
+                      ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                    WHERE i.indrelid = c.oid
+                      AND CASE c.relreplident WHEN 'd' THEN i.indisprimary
+                                              WHEN 'i' THEN i.indisreplident
+                                              ELSE false END) AS key
+            FROM pg_catalog.pg_class c WHERE c.oid = {relation}
+            """,
+            schema,
+            name,
+        )
+        key = None
+        if identity is not None and identity["kind"] != "f" and identity["key"]:
+            key = tuple(identity["key"])
+        shape = TableShape([{"name": r["name"], "type": r["type"]} for r in rows], key)
+        self._cache[table] = (names, shape)
+        return shape
 
 
 class BindingError(Exception):
@@ -109,6 +144,7 @@ class TableSource:
     schema: str
     table: str
     columns: list[dict[str, str]]
+    identity: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -211,9 +247,10 @@ async def _sources(
         except ClientError as exc:
             raise BindingError(f"{exc.code}: {exc.message}", exc.code) from exc
         try:
-            table_columns = await columns.get(bridge, target.channel)
+            shape = await columns.get(bridge, target.channel)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise _unable(spec, f"could not read the columns of {table}: {exc}") from exc
+        table_columns = shape.columns
         if spec.select:
             known = {c["name"] for c in table_columns}
             unknown = [c for c in spec.select if c not in known]
@@ -224,7 +261,7 @@ async def _sources(
                 )
             table_columns = [c for c in table_columns if c["name"] in spec.select]
         schema, _, name = target.channel.partition(".")
-        sources.append(TableSource(target, schema, name, table_columns))
+        sources.append(TableSource(target, schema, name, table_columns, shape.identity))
     if not sources:
         raise _unable(spec, "no tracked table matches that this token may read")
     return sources
@@ -248,6 +285,20 @@ def _project(row: dict[str, Any] | None, select: tuple[str, ...] | None) -> dict
     return {k: row[k] for k in select if k in row}
 
 
+def old_record(event: Event, identity: tuple[str, ...] | None) -> dict[str, Any] | None:
+    """What Supabase sends as `old_record`: the old row's replica identity columns.
+
+    (An UPDATE captured from the WAL without an old tuple kept its key: the new
+    row's key columns are the old ones.)
+    """
+    if identity is None:
+        return event.old
+    row = event.old if event.old is not None else event.data
+    if row is None:
+        return None
+    return {k: row[k] for k in identity if k in row}
+
+
 def change_data(event: Event, source: TableSource, select: tuple[str, ...] | None) -> str:
     """The `data` object of one change, as JSON."""
     data: dict[str, Any] = {
@@ -261,7 +312,7 @@ def change_data(event: Event, source: TableSource, select: tuple[str, ...] | Non
     if event.operation in ("INSERT", "UPDATE"):
         data["record"] = _project(event.data, select)
     if event.operation in ("UPDATE", "DELETE"):
-        data["old_record"] = _project(event.old, select)
+        data["old_record"] = _project(old_record(event, source.identity), select)
     return orjson.dumps(data).decode()
 
 
@@ -275,7 +326,17 @@ def changes_renderer(
     operation = binding.spec.operation
     select = binding.select
 
+    flt = source.target.filter
+
     def render(event: Event, _prefix: str) -> Frame:
+        if event.operation == "UPDATE" and flt.conditions and not flt.matches(event.view):
+            # The row left the filter (the hub routes an UPDATE that matched before
+            # or after). Supabase tests only the new row and sends nothing, which
+            # leaves the row on the app's screen; a `*` binding gets a DELETE of
+            # the old row instead, so a list kept by id drops it.
+            if operation is not None:
+                return NOTHING
+            event = event.departure()
         if operation is not None and event.operation != operation:
             return NOTHING
         body = cache.get(

@@ -8,10 +8,13 @@
  *   delivers such an UPDATE precisely so the client learns it left).
  *
  * Values compare in the server's canonical text form: `5`, `5.0` and `"5"`
- * are equal; numbers order as numbers, other text as text.
+ * are equal; numbers order as numbers, other text as text. The operators are
+ * the server's: eq, neq, lt, lte, gt, gte, in, is (null, true, false,
+ * unknown), like and ilike (`*` or `%`, `_`, `\` escapes), each negatable
+ * with `not.` (map form: `{ not: ... }`), with SQL's NULL rules.
  */
 
-import type { FilterMap, FilterOperator, FilterValue } from "./protocol.js";
+import type { FilterCondition, FilterMap, FilterOperator, FilterValue } from "./protocol.js";
 
 const OPERATORS: ReadonlySet<string> = new Set([
   "eq",
@@ -22,9 +25,12 @@ const OPERATORS: ReadonlySet<string> = new Set([
   "gte",
   "in",
   "is",
+  "like",
+  "ilike",
 ]);
+const IS_VALUES: ReadonlySet<string> = new Set(["null", "true", "false", "unknown"]);
 const NUMBER = /^-?\d+(\.\d+)?$/;
-const CLAUSE = /^([A-Za-z_][A-Za-z0-9_]*)=([a-z]+)\.([\s\S]*)$/;
+const CLAUSE = /^([A-Za-z_][A-Za-z0-9_]*)=(not\.)?([a-z]+)(\.?)([\s\S]*)$/;
 
 export class FilterError extends Error {
   override name = "FilterError";
@@ -34,6 +40,8 @@ interface Condition {
   column: string;
   op: FilterOperator;
   keys: (string | null)[];
+  negated: boolean;
+  pattern?: LikePattern;
 }
 
 /** A row's or a filter's value in the form the server compares. */
@@ -62,30 +70,132 @@ function canonicalNumber(text: string): string {
   return `${negative ? "-" : ""}${integer}.${decimals}`;
 }
 
-/** An equality map as a Supabase filter string (`user_id=eq.u1,status=in.(a,b)`). */
+/**
+ * `text` lowercased one code point at a time, as Postgres's ILIKE does
+ * (a whole-string `toLowerCase` would turn a final Σ into ς, and İ into two).
+ */
+export function fold(text: string): string {
+  let out = "";
+  for (const char of text) {
+    const lowered = char.toLowerCase();
+    out += [...lowered].length === 1 ? lowered : char === "\u0130" ? "i" : char;
+  }
+  return out;
+}
+
+/**
+ * A LIKE pattern (`%` any run, `_` one character, `\` escapes), matched in
+ * linear time: cut at `%` into fixed-length segments, the first matched at the
+ * start, the last at the end, each between at its leftmost place. (One RegExp
+ * with `[\s\S]*` per `%` backtracks for ages on `%a%a…%b`.)
+ */
+interface LikePattern {
+  segments: RegExp[];
+  lengths: number[];
+}
+
+function likePattern(pattern: string, column: string): LikePattern {
+  const parts: string[][] = [[]];
+  let escaped = false;
+  for (const char of pattern) {
+    const current = parts[parts.length - 1] ?? [];
+    if (escaped) {
+      current.push(escapeRegExp(char));
+      escaped = false;
+    } else if (char === "\\") escaped = true;
+    else if (char === "%") parts.push([]);
+    else if (char === "_") current.push("[\\s\\S]");
+    else current.push(escapeRegExp(char));
+  }
+  if (escaped) {
+    throw new FilterError(`a like pattern for ${column} must not end with the escape character`);
+  }
+  return {
+    segments: parts.map((tokens) => new RegExp(tokens.join(""), "uy")),
+    lengths: parts.map((tokens) => tokens.length),
+  };
+}
+
+function likeMatches(pattern: LikePattern, text: string): boolean {
+  const chars = [...text]; // code points, as the pattern's tokens are
+  const at = (segment: RegExp, index: number, length: number): boolean => {
+    segment.lastIndex = 0;
+    return segment.test(chars.slice(index, index + length).join(""));
+  };
+  const { segments, lengths } = pattern;
+  const first = segments[0] as RegExp;
+  const firstLength = lengths[0] ?? 0;
+  if (segments.length === 1) return chars.length === firstLength && at(first, 0, firstLength);
+  const lastLength = lengths[lengths.length - 1] ?? 0;
+  const tail = chars.length - lastLength;
+  if (tail < firstLength || !at(first, 0, firstLength)) return false;
+  if (!at(segments[segments.length - 1] as RegExp, tail, lastLength)) return false;
+  let pos = firstLength;
+  for (let i = 1; i < segments.length - 1; i++) {
+    const length = lengths[i] ?? 0;
+    if (length === 0) continue;
+    let found = -1;
+    for (let start = pos; start + length <= tail; start++) {
+      if (at(segments[i] as RegExp, start, length)) {
+        found = start;
+        break;
+      }
+    }
+    if (found < 0) return false;
+    pos = found + length;
+  }
+  return true;
+}
+
+function escapeRegExp(char: string): string {
+  return /[\\^$.*+?()[\]{}|/-]/.test(char) ? `\\${char}` : char;
+}
+
+/** An equality map as a Supabase filter string (`user_id=eq.u1,status=not.in.(a,b)`). */
 export function filterToString(filters: FilterMap): string {
   return Object.entries(filters)
     .map(([column, value]) => {
-      if (Array.isArray(value)) return `${column}=in.(${value.map(spell).join(",")})`;
-      if (value === null) return `${column}=is.null`;
-      if (typeof value === "object") {
-        const entries = Object.entries(value);
-        const [entry] = entries;
-        if (entries.length !== 1 || entry === undefined) {
-          throw new FilterError(`filter for ${column} must name exactly one operator`);
-        }
-        const [op, operand] = entry;
-        if (!OPERATORS.has(op)) throw new FilterError(`unknown operator ${op} for ${column}`);
-        if (op === "in") {
-          if (!Array.isArray(operand)) throw new FilterError(`'in' for ${column} needs a list`);
-          return `${column}=in.(${operand.map(spell).join(",")})`;
-        }
-        if (op === "is") return `${column}=is.${operand === null ? "null" : String(operand)}`;
-        return `${column}=${op}.${spell(operand as FilterValue)}`;
-      }
-      return `${column}=eq.${spell(value)}`;
+      if (isNegation(value)) return spellCondition(column, value.not, "not.");
+      return spellCondition(column, value, "");
     })
     .join(",");
+}
+
+function isNegation(value: FilterMap[string]): value is { not: FilterCondition } {
+  return (
+    typeof value === "object" &&
+    value !== null &&
+    !Array.isArray(value) &&
+    Object.keys(value).length === 1 &&
+    "not" in value
+  );
+}
+
+function spellCondition(column: string, value: FilterCondition, not: string): string {
+  if (Array.isArray(value)) return `${column}=${not}in.(${value.map(spellItem).join(",")})`;
+  if (value === null) return `${column}=${not}is.null`;
+  if (typeof value === "object") {
+    if ("not" in value) throw new FilterError(`filter for ${column} negates twice`);
+    const entries = Object.entries(value);
+    const [entry] = entries;
+    if (entries.length !== 1 || entry === undefined) {
+      throw new FilterError(`filter for ${column} must name exactly one operator`);
+    }
+    const [op, operand] = entry;
+    if (!OPERATORS.has(op)) throw new FilterError(`unknown operator ${op} for ${column}`);
+    if (op === "in") {
+      if (!Array.isArray(operand)) throw new FilterError(`'in' for ${column} needs a list`);
+      return `${column}=${not}in.(${operand.map(spellItem).join(",")})`;
+    }
+    if (op === "is") return `${column}=${not}is.${operand === null ? "null" : String(operand)}`;
+    return `${column}=${not}${op}.${spell(operand as FilterValue)}`;
+  }
+  return `${column}=${not}eq.${spell(value)}`;
+}
+
+function spellItem(value: FilterValue): string {
+  // In a list an unquoted null is NULL, as in a Postgres array literal.
+  return value === null ? "null" : spell(value);
 }
 
 function spell(value: FilterValue | undefined): string {
@@ -96,13 +206,16 @@ function spell(value: FilterValue | undefined): string {
   if (text.includes('"')) {
     throw new FilterError(`a filter string cannot carry a double quote: ${JSON.stringify(text)}`);
   }
-  return /[,()]/.test(text) || text.trim() !== text || text === "" ? `"${text}"` : text;
+  const quote = /[,()]/.test(text) || text.trim() !== text || text === "";
+  return quote || text.toLowerCase() === "null" ? `"${text}"` : text;
 }
 
 /**
  * A predicate for `filter`: true / false when the row has every column the
  * filter names, undefined when it lacks one (the server also matched columns
  * of the raw row that the payload may not carry, so the client cannot tell).
+ * A row matches when the filter, read as SQL, is true: `not.eq.x` does not
+ * match a null (unknown), `not.is.true` does.
  */
 export function compileFilter(
   filter: FilterMap | string | undefined | null,
@@ -112,7 +225,8 @@ export function compileFilter(
     if (row === null || row === undefined) return false;
     for (const condition of conditions) {
       if (!(condition.column in row)) return undefined;
-      if (!test(condition, row[condition.column])) return false;
+      const answer = truth(condition, row[condition.column]);
+      if (answer === null || answer === condition.negated) return false;
     }
     return true;
   };
@@ -121,13 +235,16 @@ export function compileFilter(
 export function parseFilter(filter: FilterMap | string | undefined | null): Condition[] {
   if (filter === undefined || filter === null || filter === "") return [];
   if (typeof filter === "string") return splitTopLevel(filter).map(parseClause);
-  return Object.entries(filter).map(([column, value]) => fromMapEntry(column, value));
+  return Object.entries(filter).map(([column, value]) =>
+    isNegation(value) ? fromMapEntry(column, value.not, true) : fromMapEntry(column, value, false),
+  );
 }
 
-function fromMapEntry(column: string, value: FilterMap[string]): Condition {
-  if (Array.isArray(value)) return { column, op: "in", keys: value.map(canonical) };
-  if (value === null) return { column, op: "is", keys: [null] };
+function fromMapEntry(column: string, value: FilterCondition, negated: boolean): Condition {
+  if (Array.isArray(value)) return { column, op: "in", keys: value.map(canonical), negated };
+  if (value === null) return { column, op: "is", keys: [null], negated };
   if (typeof value === "object") {
+    if ("not" in value) throw new FilterError(`filter for ${column} negates twice`);
     const entries = Object.entries(value);
     const [entry] = entries;
     if (entries.length !== 1 || entry === undefined || !OPERATORS.has(entry[0])) {
@@ -136,37 +253,62 @@ function fromMapEntry(column: string, value: FilterMap[string]): Condition {
     const [op, operand] = entry as [FilterOperator, FilterValue | FilterValue[]];
     if (op === "in") {
       if (!Array.isArray(operand)) throw new FilterError(`'in' for ${column} needs a list`);
-      return { column, op, keys: operand.map(canonical) };
+      return { column, op, keys: operand.map(canonical), negated };
     }
-    if (op === "is") return isCondition(column, operand === null ? "null" : String(operand));
-    return { column, op, keys: [canonical(operand)] };
+    if (op === "is") return isCondition(column, operand === null ? "null" : String(operand), negated);
+    if (op === "like" || op === "ilike") {
+      if (typeof operand !== "string") {
+        throw new FilterError(`'${op}' for ${column} needs a pattern string`);
+      }
+      return likeCondition(column, op, operand, negated);
+    }
+    return { column, op, keys: [canonical(operand)], negated };
   }
-  return { column, op: "eq", keys: [canonical(value)] };
+  return { column, op: "eq", keys: [canonical(value)], negated };
 }
 
-function isCondition(column: string, word: string): Condition {
+function likeCondition(
+  column: string,
+  op: "like" | "ilike",
+  operand: string,
+  negated: boolean,
+): Condition {
+  // PostgREST reads `*` as `%`.
+  const written = operand.replaceAll("*", "%");
+  const pattern = likePattern(op === "ilike" ? fold(written) : written, column);
+  return { column, op, keys: [written], negated, pattern };
+}
+
+function isCondition(column: string, word: string, negated: boolean): Condition {
   const lower = word.toLowerCase();
-  if (lower !== "null" && lower !== "true" && lower !== "false") {
-    throw new FilterError(`'is' for ${column} takes null, true or false`);
+  if (!IS_VALUES.has(lower)) {
+    throw new FilterError(`'is' for ${column} takes null, true, false or unknown`);
   }
-  return { column, op: "is", keys: [lower === "null" ? null : lower] };
+  return { column, op: "is", keys: [lower === "null" ? null : lower], negated };
 }
 
 function parseClause(clause: string): Condition {
   const match = CLAUSE.exec(clause);
   if (match === null) throw new FilterError(`cannot parse filter clause ${clause}`);
-  const [, column = "", op = "", raw = ""] = match;
+  const [, column = "", not, op = "", dot, raw = ""] = match;
   if (!OPERATORS.has(op)) throw new FilterError(`unknown operator ${op} in ${clause}`);
+  if (dot === "") throw new FilterError(`cannot parse filter clause ${clause}: no value`);
+  const negated = not !== undefined;
   if (op === "in") {
     if (!raw.startsWith("(") || !raw.endsWith(")")) {
       throw new FilterError(`'in' needs a parenthesised list in ${clause}`);
     }
     const inner = raw.slice(1, -1);
-    const items = inner.trim() === "" ? [] : splitTopLevel(inner).map(unquote);
-    return { column, op: "in", keys: items.map(canonical) };
+    const items = inner.trim() === "" ? [] : splitTopLevel(inner).map(listItem);
+    return { column, op: "in", keys: items.map(canonical), negated };
   }
-  if (op === "is") return isCondition(column, raw);
-  return { column, op: op as FilterOperator, keys: [canonical(unquote(raw))] };
+  if (op === "is") return isCondition(column, raw, negated);
+  if (op === "like" || op === "ilike") return likeCondition(column, op, unquote(raw), negated);
+  return { column, op: op as FilterOperator, keys: [canonical(unquote(raw))], negated };
+}
+
+function listItem(value: string): string | null {
+  return value.trim().toLowerCase() === "null" ? null : unquote(value);
 }
 
 function splitTopLevel(text: string): string[] {
@@ -195,20 +337,28 @@ function unquote(value: string): string {
   return text.length >= 2 && text.startsWith('"') && text.endsWith('"') ? text.slice(1, -1) : text;
 }
 
-function test(condition: Condition, value: unknown): boolean {
+/** The un-negated test in SQL's three-valued logic: null is unknown. */
+function truth(condition: Condition, value: unknown): boolean | null {
   const key = canonical(value);
   const [first = null] = condition.keys;
+  if (condition.op === "is") return first === null || first === "unknown" ? key === null : key === first;
+  if (key === null) return null;
   switch (condition.op) {
     case "eq":
-      return key !== null && key === first;
-    case "neq":
-      return key !== null && key !== first;
-    case "in":
-      return key !== null && condition.keys.includes(key);
-    case "is":
       return key === first;
+    case "neq":
+      return key !== first;
+    case "in":
+      if (condition.keys.includes(key)) return true;
+      return condition.keys.includes(null) ? null : false;
+    case "like":
+    case "ilike": {
+      const text = typeof value === "string" ? value : key;
+      const subject = condition.op === "ilike" ? fold(text) : text;
+      return condition.pattern !== undefined && likeMatches(condition.pattern, subject);
+    }
     default:
-      if (key === null || first === null) return false;
+      if (first === null) return null;
       return ordered(key, first, condition.op);
   }
 }

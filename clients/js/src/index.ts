@@ -44,6 +44,7 @@ export type {
   ChangeEvent,
   ClientFrame,
   ErrorFrame,
+  FilterCondition,
   FilterMap,
   FilterOperator,
   FilterValue,

@@ -43,11 +43,24 @@ export interface ChangeEvent<T = TableRow> {
  * Supabase filter string (`user_id=eq.u1,status=in.(open,pending)`).
  */
 export type FilterValue = string | number | boolean | null;
-export type FilterOperator = "eq" | "neq" | "lt" | "lte" | "gt" | "gte" | "in" | "is";
-export type FilterMap = Record<
-  string,
-  FilterValue | FilterValue[] | { [op in FilterOperator]?: FilterValue | FilterValue[] }
->;
+export type FilterOperator =
+  | "eq"
+  | "neq"
+  | "lt"
+  | "lte"
+  | "gt"
+  | "gte"
+  | "in"
+  | "is"
+  | "like"
+  | "ilike";
+/** One column's test: a scalar is `eq`, a list `in`, null `is null`, or `{ op: value }`. */
+export type FilterCondition =
+  | FilterValue
+  | FilterValue[]
+  | { [op in FilterOperator]?: FilterValue | FilterValue[] };
+/** Column → condition; `{ not: condition }` negates it (`not.eq`, `not.in`, `not.is.null`…). */
+export type FilterMap = Record<string, FilterCondition | { not: FilterCondition }>;
 
 export interface SubscribeFrame {
   type: "subscribe";

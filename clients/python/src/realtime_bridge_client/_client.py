@@ -116,7 +116,7 @@ from websockets.asyncio.client import connect as open_websocket
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from realtime_bridge_client import protocol as errors
-from realtime_bridge_client.filters import Condition, parse_filter
+from realtime_bridge_client.filters import Condition, parse_filter, spell
 from realtime_bridge_client.protocol import ClientError, RealtimeBridgeError
 
 __all__ = [
@@ -401,7 +401,6 @@ class Snapshot(Generic[D]):
 # filters -----------------------------------------------------------------------
 
 _COLUMN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_QUOTE_WORTHY = re.compile(r"[,()]")
 
 
 def filter_string(filters: Mapping[str, Any] | str | None) -> str | None:
@@ -432,30 +431,23 @@ def _clause(condition: Condition) -> str:
         raise errors.InvalidFilter(
             f"column {column!r} cannot be named in a filter string", column=column
         )
+    op = f"not.{condition.op}" if condition.negated else condition.op
     if condition.op == "is":
-        return f"{column}=is.{condition.keys[0] or 'null'}"
+        return f"{column}={op}.{condition.keys[0] or 'null'}"
     values = [_spell(column, key) for key in condition.keys]
     if condition.op == "in":
-        return f"{column}=in.({','.join(values)})"
-    return f"{column}={condition.op}.{values[0]}"
+        return f"{column}={op}.({','.join(values)})"
+    return f"{column}={op}.{values[0]}"
 
 
 def _spell(column: str, key: str | None) -> str:
     """A value (in the bridge's canonical text form) as a filter string writes it."""
-    if key is None:
-        raise errors.InvalidFilter(
-            f"a null in the list for {column!r} has no filter-string form; "
-            "match nulls with None (is.null)",
-            column=column,
-        )
-    if '"' in key:
+    if key is not None and '"' in key:
         raise errors.InvalidFilter(
             f"a filter string cannot carry a double quote (the value for {column!r})",
             column=column,
         )
-    if not key or key.strip() != key or _QUOTE_WORTHY.search(key):
-        return f'"{key}"'
-    return key
+    return spell(key)
 
 
 class Subscription(Generic[D]):

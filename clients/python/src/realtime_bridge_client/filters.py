@@ -5,7 +5,14 @@ Two spellings arrive from clients and become the same `Filter`:
 * the equality map of our own protocol: ``{"user_id": "u1", "status": ["open", "pending"]}``
   (a scalar is ``eq``, a list is ``in``, null is ``is null``; ``{"gte": 10}`` picks an operator);
 * Supabase filter strings: ``user_id=eq.u1,status=in.(open,pending)`` with the operators
-  eq, neq, lt, lte, gt, gte, in and is; a comma means AND.
+  eq, neq, lt, lte, gt, gte, in, is (null, true, false, unknown), like and ilike
+  (PostgREST patterns: ``*`` or ``%`` any run, ``_`` one character, ``\\`` escapes), each
+  of them negated by a ``not.`` prefix (``status=not.in.(a,b)``); a comma means AND.
+  In the map, ``{"not": <any of the above>}`` negates: ``{"closed": {"not": None}}``.
+
+A row matches when the filter, read as the SQL ``WHERE`` clause it spells,
+is true: a NULL makes every operator but ``is`` unknown, and so does its
+negation (``not.eq.x`` does not match NULL; ``not.is.true`` does).
 
 Values are spelled in text as written (numbers in their shortest form); the
 bridge compares them in each column's type.
@@ -13,25 +20,32 @@ bridge compares them in each column's type.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import orjson
 
 from realtime_bridge_client.protocol import InvalidFilter
 
-Op = Literal["eq", "neq", "lt", "lte", "gt", "gte", "in", "is"]
-OPERATORS: frozenset[str] = frozenset({"eq", "neq", "lt", "lte", "gt", "gte", "in", "is"})
-IS_VALUES: frozenset[str] = frozenset({"null", "true", "false"})
+Op = Literal["eq", "neq", "lt", "lte", "gt", "gte", "in", "is", "like", "ilike"]
+OPERATORS: frozenset[str] = frozenset(
+    {"eq", "neq", "lt", "lte", "gt", "gte", "in", "is", "like", "ilike"}
+)
+#: What `is` takes (`unknown` is SQL's NULL boolean: `is.unknown` = `is.null`).
+IS_VALUES: frozenset[str] = frozenset({"null", "true", "false", "unknown"})
+#: The negation prefix: ``not.eq.x`` is ``NOT (column = 'x')``.
+NOT = "not"
 MAX_IN_VALUES = 100
 MAX_CONDITIONS = 16
 MAX_FILTER_CHARS = 4000
 
-#: One parsed `column op values` test, values in text as written (None: null).
-Clause = tuple[str, Op, tuple[str | None, ...]]
+#: One parsed `[NOT] column op values` test, values in text as written (None: null;
+#: a like pattern with `*` already read as `%`); the last item says whether it is negated.
+Clause = tuple[str, Op, tuple[str | None, ...], bool]
 
 _NUMBER = re.compile(r"-?\d+(\.\d+)?")
 
@@ -53,6 +67,97 @@ def canonical(value: Any) -> str | None:
     return str(value)
 
 
+@dataclass(frozen=True, slots=True)
+class LikePattern:
+    """A compiled LIKE pattern, matched in time linear in the text's length.
+
+    The pattern is cut at its ``%`` runs into segments of fixed length (each a
+    literal character or ``_``). The first segment must match at the start,
+    the last at the end, and each one between at its leftmost place after the
+    previous: leftmost is always right when any run may come between them. A
+    regular expression with one ``.*`` per ``%`` would backtrack: ``%a%a…%b``
+    against a long text of ``a`` takes years, and it would stop every
+    subscriber's events while it ran.
+    """
+
+    segments: tuple[re.Pattern[str], ...]
+    lengths: tuple[int, ...]
+    runs: bool  # whether the pattern has any % at all
+
+    def fullmatch(self, text: str) -> bool:
+        if not self.runs:
+            return len(text) == self.lengths[0] and self.segments[0].fullmatch(text) is not None
+        first, last = self.segments[0], self.segments[-1]
+        tail = len(text) - self.lengths[-1]
+        if tail < self.lengths[0] or first.match(text, 0, self.lengths[0]) is None:
+            return False
+        if last.match(text, tail) is None:
+            return False
+        pos = self.lengths[0]
+        for segment, length in zip(self.segments[1:-1], self.lengths[1:-1], strict=True):
+            found = segment.search(text, pos, tail) if length else None
+            if length and found is None:
+                return False
+            pos = found.end() if found is not None else pos
+        return True
+
+
+@functools.lru_cache(maxsize=4096)
+def like_pattern(pattern: str, *, insensitive: bool = False) -> LikePattern:
+    """A LIKE pattern (``%`` any run, ``_`` one character, ``\\`` escapes), compiled.
+
+    Raises `InvalidFilter` for a pattern ending in the escape character, as
+    Postgres does. `insensitive` compares as ILIKE: both sides `fold`ed.
+    """
+    if insensitive:
+        pattern = fold(pattern)
+    segments: list[list[str]] = [[]]
+    escaped = False
+    for char in pattern:
+        if escaped:
+            segments[-1].append(re.escape(char))
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == "%":
+            segments.append([])
+        elif char == "_":
+            segments[-1].append(".")
+        else:
+            segments[-1].append(re.escape(char))
+    if escaped:
+        raise InvalidFilter(f"a like pattern must not end with the escape character: {pattern!r}")
+    return LikePattern(
+        tuple(re.compile("".join(parts), re.DOTALL) for parts in segments),
+        tuple(len(parts) for parts in segments),
+        len(segments) > 1,
+    )
+
+
+def fold(text: str) -> str:
+    """`text` lowercased one code point at a time, as Postgres's ILIKE and lower() do.
+
+    (Python's `str.lower` applies context rules, a final sigma becomes ς, and
+    turns İ into two code points; Postgres maps each code point on its own.)
+    """
+    if text.isascii():
+        return text.lower()
+    out = []
+    for char in text:
+        lowered = char.lower()
+        out.append(lowered if len(lowered) == 1 else _SIMPLE_LOWER.get(char, char))
+    return "".join(out)
+
+
+# Code points whose full lowercase mapping is longer than one (simple mapping here).
+_SIMPLE_LOWER = {"\u0130": "i"}
+
+
+def like_operand(value: str) -> str:
+    """A PostgREST like operand as the LIKE pattern it stands for (``*`` is ``%``)."""
+    return value.replace("*", "%")
+
+
 def _number_key(number: Decimal) -> str:
     if number == number.to_integral_value():
         return str(int(number))
@@ -70,26 +175,43 @@ def _as_number(key: str) -> Decimal | None:
 
 @dataclass(frozen=True, slots=True)
 class Condition:
-    """One `column op value` test."""
+    """One `[NOT] column op value` test."""
 
     column: str
     op: Op
     keys: tuple[str | None, ...]
+    negated: bool = False
 
     def test(self, row: Mapping[str, Any]) -> bool:
+        """Whether the row passes (the SQL test is true: unknown is no)."""
         if self.column not in row:
             return False
-        key = canonical(row[self.column])
-        if self.op == "eq":
-            return key is not None and key == self.keys[0]
-        if self.op == "neq":
-            return key is not None and key != self.keys[0]
-        if self.op == "in":
-            return key is not None and key in self.keys
-        if self.op == "is":
-            return key == self.keys[0]
-        if key is None or self.keys[0] is None:
+        answer = self.truth(canonical(row[self.column]))
+        if answer is None:
             return False
+        return answer is not self.negated
+
+    def truth(self, key: str | None) -> bool | None:
+        """The un-negated test in SQL's three-valued logic (None: unknown)."""
+        if self.op == "is":
+            if self.keys[0] in (None, "unknown"):
+                return key is None
+            return key == self.keys[0]
+        if key is None:
+            return None
+        if self.op == "eq":
+            return key == self.keys[0]
+        if self.op == "neq":
+            return key != self.keys[0]
+        if self.op == "in":
+            if key in self.keys:
+                return True
+            return None if None in self.keys else False
+        if self.op in ("like", "ilike"):
+            pattern = like_pattern(self.keys[0] or "", insensitive=self.op == "ilike")
+            return pattern.fullmatch(fold(key) if self.op == "ilike" else key)
+        if self.keys[0] is None:
+            return None
         return _ordered(key, self.keys[0], self.op)
 
 
@@ -124,7 +246,7 @@ class Filter:
         Only `eq` and `in` narrow a subscription to known values; `prefer`
         (the channel's owner column) wins when present.
         """
-        candidates = [c for c in self.conditions if c.op in ("eq", "in")]
+        candidates = [c for c in self.conditions if c.op in ("eq", "in") and not c.negated]
         if not candidates:
             return None
         chosen = next((c for c in candidates if c.column == prefer), candidates[0])
@@ -132,13 +254,39 @@ class Filter:
 
     def describe(self) -> str:
         """The filter in Supabase's string form (for logs and echoes)."""
-        parts = []
-        for c in self.conditions:
-            if c.op == "in":
-                parts.append(f"{c.column}=in.({','.join(k or 'null' for k in c.keys)})")
-            else:
-                parts.append(f"{c.column}={c.op}.{c.keys[0] if c.keys[0] is not None else 'null'}")
-        return ",".join(parts)
+        return describe(self.conditions)
+
+
+class _Spelled(Protocol):
+    @property
+    def column(self) -> str: ...
+    @property
+    def op(self) -> Op: ...
+    @property
+    def keys(self) -> tuple[str | None, ...]: ...
+    @property
+    def negated(self) -> bool: ...
+
+
+def describe(conditions: Iterable[_Spelled]) -> str:
+    """Conditions in Supabase's string form (for logs and echoes; parses back the same)."""
+    parts = []
+    for c in conditions:
+        op = f"not.{c.op}" if c.negated else c.op
+        if c.op == "in":
+            parts.append(f"{c.column}={op}.({','.join(_echo(k) for k in c.keys)})")
+        elif c.op == "is":
+            parts.append(f"{c.column}={op}.{c.keys[0] or 'null'}")
+        else:
+            parts.append(f"{c.column}={op}.{_echo(c.keys[0])}")
+    return ",".join(parts)
+
+
+def _echo(value: str | None) -> str:
+    try:
+        return spell(value)
+    except InvalidFilter:  # not spellable; a log line still shows it
+        return value or ""
 
 
 def parse_filter(spec: Any, columns: Collection[str] | None = None) -> Filter:
@@ -168,7 +316,7 @@ def clauses(spec: Any, columns: Collection[str] | None = None) -> list[Clause]:
     if len(found) > MAX_CONDITIONS:
         raise InvalidFilter(f"a filter may have at most {MAX_CONDITIONS} conditions")
     if columns is not None:
-        unknown = sorted({column for column, _, _ in found} - set(columns))
+        unknown = sorted({clause[0] for clause in found} - set(columns))
         if unknown:
             raise InvalidFilter(
                 f"unknown column {unknown[0]!r}; filterable columns: {', '.join(sorted(columns))}",
@@ -202,7 +350,7 @@ def _split_top_level(text: str) -> list[str]:
     return [p.strip() for p in parts]
 
 
-_CLAUSE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=([a-z]+)\.(.*)$", re.DOTALL)
+_CLAUSE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(not\.)?([a-z]+)(\.?)(.*)$", re.DOTALL)
 
 
 def _parse_clause(clause: str) -> Clause:
@@ -212,21 +360,52 @@ def _parse_clause(clause: str) -> Clause:
             f"cannot parse filter clause {clause!r}; "
             "expected column=operator.value, e.g. user_id=eq.u1"
         )
-    column, op, raw = match.groups()
+    column, negation, op, dot, raw = match.groups()
     if op not in OPERATORS:
         raise InvalidFilter(
             f"unknown operator {op!r} in {clause!r}; use one of {', '.join(sorted(OPERATORS))}"
+            ", each also after not. (not.eq)"
         )
+    if not dot:
+        raise InvalidFilter(f"cannot parse filter clause {clause!r}; expected a value after {op}.")
+    negated = negation is not None
     if op == "in":
         if not (raw.startswith("(") and raw.endswith(")")):
             raise InvalidFilter(
                 f"'in' needs a parenthesised list, e.g. {column}=in.(a,b); got {raw!r}"
             )
-        items = [_unquote(v) for v in _split_top_level(raw[1:-1])] if raw[1:-1].strip() else []
-        return _condition(column, "in", items)
+        inner = raw[1:-1]
+        items = [_list_item(v) for v in _split_top_level(inner)] if inner.strip() else []
+        return _condition(column, "in", items, negated)
     if op == "is":
-        return _condition(column, "is", [raw])
-    return _condition(column, op, [_unquote(raw)])
+        return _condition(column, "is", [raw], negated)
+    if op in ("like", "ilike"):
+        return _condition(column, op, [like_operand(_unquote(raw))], negated)
+    return _condition(column, op, [_unquote(raw)], negated)
+
+
+def _list_item(value: str) -> str | None:
+    """An in-list item; an unquoted ``null`` is NULL, as in a Postgres array literal."""
+    return None if value.strip().lower() == "null" else _unquote(value)
+
+
+def spell(value: str | None) -> str:
+    """A value as a filter string writes it: quoted where the grammar needs it."""
+    if value is None:
+        return "null"
+    if '"' in value:
+        raise InvalidFilter(f"a filter string cannot carry a double quote: {value!r}")
+    if (
+        not value
+        or value.strip() != value
+        or _QUOTE_WORTHY.search(value)
+        or value.lower() == "null"
+    ):
+        return f'"{value}"'
+    return value
+
+
+_QUOTE_WORTHY = re.compile(r"[,()]")
 
 
 def _unquote(value: str) -> str:
@@ -236,33 +415,42 @@ def _unquote(value: str) -> str:
     return value
 
 
-def _from_map_entry(column: Any, value: Any) -> Clause:
+def _from_map_entry(column: Any, value: Any, negated: bool = False) -> Clause:
     if not isinstance(column, str) or not column:
         raise InvalidFilter("filter keys must be column names")
     if isinstance(value, list):
-        return _condition(column, "in", value)
+        return _condition(column, "in", value, negated)
     if value is None:
-        return _condition(column, "is", ["null"])
+        return _condition(column, "is", ["null"], negated)
     if isinstance(value, Mapping):
         if len(value) != 1:
             raise InvalidFilter(
                 f'filter for {column!r} must name exactly one operator, e.g. {{"gte": 10}}'
             )
         ((op, operand),) = value.items()
+        if op == NOT:
+            if negated:
+                raise InvalidFilter(f"filter for {column!r} negates twice; drop both 'not's")
+            return _from_map_entry(column, operand, negated=True)
         if op not in OPERATORS:
             raise InvalidFilter(
-                f"unknown operator {op!r} for {column!r}; use one of {', '.join(sorted(OPERATORS))}"
+                f"unknown operator {op!r} for {column!r}; use one of "
+                f"{', '.join(sorted(OPERATORS))} or not"
             )
         operands = operand if op == "in" else [operand]
         if op == "in" and not isinstance(operand, list):
             raise InvalidFilter(f"'in' for {column!r} needs a list")
         if op == "is":
             operands = ["null" if operand is None else str(operand).lower()]
-        return _condition(column, op, operands)
-    return _condition(column, "eq", [value])
+        if op in ("like", "ilike"):
+            if not isinstance(operand, str):
+                raise InvalidFilter(f"'{op}' for {column!r} needs a pattern string")
+            operands = [like_operand(operand)]
+        return _condition(column, op, operands, negated)
+    return _condition(column, "eq", [value], negated)
 
 
-def _condition(column: str, op: str, values: Iterable[Any]) -> Clause:
+def _condition(column: str, op: str, values: Iterable[Any], negated: bool = False) -> Clause:
     items = list(values)
     if op == "in":
         if not items:
@@ -272,11 +460,17 @@ def _condition(column: str, op: str, values: Iterable[Any]) -> Clause:
     if op == "is":
         word = str(items[0]).lower()
         if word not in IS_VALUES:
-            raise InvalidFilter(f"'is' for {column!r} takes null, true or false; got {items[0]!r}")
-        return (column, "is", (None if word == "null" else word,))
+            raise InvalidFilter(
+                f"'is' for {column!r} takes null, true, false or unknown; got {items[0]!r}"
+            )
+        # `is unknown` tests for NULL as `is null` does, on boolean columns only.
+        return (column, "is", (None if word == "null" else word,), negated)
     for item in items:
         if isinstance(item, dict | list):
             raise InvalidFilter(f"filter value for {column!r} must be a scalar")
         if item is None and op != "in":
             raise InvalidFilter(f"use is.null to match nulls in {column!r}")
-    return (column, op, tuple(canonical(item) for item in items))  # type: ignore[return-value]
+    if op in ("like", "ilike"):
+        like_pattern(str(items[0]))  # refuses a pattern Postgres would refuse
+    keys = tuple(canonical(item) for item in items)
+    return (column, op, keys, negated)  # type: ignore[return-value]
