@@ -195,6 +195,21 @@ async def test_event_is_framed_with_seq_id_event_name_and_db_change_json(
     assert sse.head < seq
 
 
+async def test_text_with_unicode_line_separators_arrives_whole(
+    bridge: RunningBridge, db: asyncpg.Connection
+) -> None:
+    # httpx's aiter_lines (like str.splitlines) also ends a line at U+0085, U+2028
+    # and U+2029: in the JSON they travel escaped, and decode to the same text.
+    symbol = "A\x85B\u2028C\u2029D"
+    async with http(bridge) as client, open_sse(client, "/sse/position-updates") as sse:
+        await insert_position(db, "u\x85", symbol)
+        (message,) = await sse.events(1)
+    assert len(message.data_lines) == 1
+    frame = message.json()
+    assert frame["data"]["symbol"] == symbol
+    assert frame["user_id"] == "u\x85"
+
+
 async def test_update_is_delivered_with_old_and_new_typed_rows(
     bridge: RunningBridge, db: asyncpg.Connection
 ) -> None:

@@ -32,8 +32,29 @@ from realtime_bridge.protocols.outlet import QueueOutlet
 from realtime_bridge.shutdown import SERVICE_RESTART, retry_after_ms
 
 
+# Characters some line readers split on besides CR and LF (Python's str.splitlines,
+# httpx's aiter_lines): inside JSON strings they may be escaped, so they are.
+_LINE_BREAKERS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+def line_safe(text: str) -> str:
+    """`text` with no character that a line reader could take for a line end."""
+    if "\x85" in text or "\u2028" in text or "\u2029" in text:
+        return text.translate(_LINE_BREAKERS)
+    return text
+
+
+def _field(text: str | None) -> str:
+    """A one-line SSE field value (an event name is any text a publisher chose)."""
+    return line_safe(str(text)).replace("\r", " ").replace("\n", " ")
+
+
 def render_sse(event: Event, prefix: str) -> Frame:
-    return (f"id: {event.seq}\nevent: {event.event}\ndata: {prefix}", event.body, "\n\n")
+    return (
+        f"id: {event.seq}\nevent: {_field(event.event)}\ndata: {prefix}",
+        line_safe(event.body),
+        "\n\n",
+    )
 
 
 def parse_since(value: str | None, name: str) -> int | None:
