@@ -31,7 +31,6 @@ from realtime_bridge.protocols.common import (
 from realtime_bridge.protocols.outlet import QueueOutlet
 from realtime_bridge.shutdown import SERVICE_RESTART, retry_after_ms
 
-
 # Characters some line readers split on besides CR and LF (Python's str.splitlines,
 # httpx's aiter_lines): inside JSON strings they may be escaped, so they are.
 _LINE_BREAKERS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
