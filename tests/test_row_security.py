@@ -400,7 +400,20 @@ async def test_a_check_that_cannot_run_holds_back_only_its_own_subscribers(
             tx = locker.transaction()
             await tx.start()
             await locker.execute("LOCK TABLE orgs_members IN ACCESS EXCLUSIVE MODE")
+            waiting = (
+                "SELECT pid FROM pg_stat_activity WHERE query LIKE '%visible_rows(%' "
+                "AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'"
+            )
+            pids: list[int] = []
+
+            async def check_waits() -> bool:
+                pids[:] = [r["pid"] for r in await db.fetch(waiting)]
+                return bool(pids)
+
             await db.execute("INSERT INTO notes VALUES ('1', $1, NULL, 'a')", ALICE)
+            # The check of the first change waits on the lock before the rest are
+            # written, so they pass the window (4) behind it: catch-up must serve them.
+            await until_async(check_waits, 10, what="the first check waiting on the lock")
             await db.execute(INSERT_POSITION, "u1", "AAPL")
             for row_id, owner in [("2", BOB), ("3", ALICE), ("4", BOB), ("5", ALICE)]:
                 await db.execute("INSERT INTO notes VALUES ($1, $2, NULL, 'b')", row_id, owner)
@@ -413,16 +426,6 @@ async def test_a_check_that_cannot_run_holds_back_only_its_own_subscribers(
             assert await alice.silent(0.5)
             # The database drops the check's connection: it fails, is retried, and
             # still nothing reaches Alice (fail closed).
-            waiting = (
-                "SELECT pid FROM pg_stat_activity WHERE query LIKE '%visible_rows(%' "
-                "AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'"
-            )
-            pids: list[int] = []
-
-            async def check_waits() -> bool:
-                pids[:] = [r["pid"] for r in await db.fetch(waiting)]
-                return bool(pids)
-
             await until_async(check_waits, 10, what="the check waiting on the lock")
             await db.execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid", pids)
             failures = bridge.bridge.hub.stats.secured_failures
