@@ -152,6 +152,10 @@ async def _sql_snapshot(
 ) -> Snapshot:
     assert bridge.pool is not None
     durable = bridge.source is not None and bridge.source.durable
+    if durable:
+        # The WAL leader hands changes on a moment before it logs them: once the
+        # log holds what the hub has routed, the snapshot's seq is the head.
+        await bridge.wait_logged(bridge.hub.head)
     owner_type = _owner_type(bridge, target)
     async with (
         bridge.pool.acquire() as conn,

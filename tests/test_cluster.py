@@ -718,8 +718,10 @@ async def test_a_follower_that_missed_trimmed_entries_reads_them_from_postgres(
     assert got == missed + after
     seqs = [c["seq"] for c in changes]
     assert seqs == list(range(seqs[0], seqs[0] + 45))
-    assert body["change_stream"]["gaps_filled"] >= 1
-    assert body["change_stream"]["delivered_changes"] >= 5
+    # Woken, the follower finds the hole before the next entry (gaps_filled), or its
+    # NOTIFY fallback is due first (fallback_reads): either way Postgres filled it.
+    read_postgres = body["change_stream"]["gaps_filled"] + body["change_stream"]["fallback_reads"]
+    assert read_postgres >= 1
     assert ids
 
 
