@@ -608,20 +608,8 @@ class WalSource(OutboxSource):
 
     async def _hand_on_changes(self, changes: list[Change]) -> None:
         # After a reconnect the replay repeats, with the same seqs, what was handed on.
-        fresh = [c for c in changes if c.seq > self.status.last_seq]
-        if not fresh:
-            return
-        self.status.last_lag_ms = (
-            datetime.now(UTC) - fresh[-1].committed_at
-        ).total_seconds() * 1000
-        # Routing a large batch to many subscribers is long CPU work: hand it on in
-        # slices and let sockets, heartbeats and /health run in between.
-        for start in range(0, len(fresh), HAND_ON_SLICE):
-            part = fresh[start : start + HAND_ON_SLICE]
-            self.status.last_seq = part[-1].seq
-            self.deliver(part)
-            if start + HAND_ON_SLICE < len(fresh):
-                await asyncio.sleep(0)
+        # Not to the change stream yet: followers get only what the log holds.
+        await self._pass_on([c for c in changes if c.seq > self.status.last_seq])
 
     def _detach_unlogged(self) -> _Unlogged:
         batch = self._unlogged
