@@ -152,9 +152,10 @@ async def _sql_snapshot(
 ) -> Snapshot:
     assert bridge.pool is not None
     durable = bridge.source is not None and bridge.source.durable
-    if durable:
+    if durable and start.table == 0 and start.after is None:
         # The WAL leader hands changes on a moment before it logs them: once the
-        # log holds what the hub has routed, the snapshot's seq is the head.
+        # log holds what the hub has routed, the first page's seq (the one a client
+        # follows from) is the head. Later pages do not wait: paging must outrun writers.
         await bridge.wait_logged(bridge.hub.head)
     owner_type = _owner_type(bridge, target)
     async with (
