@@ -699,7 +699,12 @@ async def test_a_follower_that_missed_trimmed_entries_reads_them_from_postgres(
         follower.process.send_signal(signal.SIGSTOP)
         try:
             published = stream.published_changes
-            missed = [await db.fetchval(INSERT, "u1", f"M{n}", 1) for n in range(40)]
+            missed = []
+            for n in range(40):
+                # Apart by more than WAL_LOG_INTERVAL: one stream entry each, so the
+                # XREAD the follower was blocked in can hold only the first of them.
+                missed.append(await db.fetchval(INSERT, "u1", f"M{n}", 1))
+                await asyncio.sleep(0.05)
             await until(lambda: stream.published_changes >= published + 40, timeout=10)
             redis = Redis.from_url(redis_server)
             try:
