@@ -207,8 +207,7 @@ class WalSource(OutboxSource):
         self._pending = _Pending()
         self._unlogged = _Unlogged()
         self._writing: asyncio.Task[None] | None = None
-        self._writing_size = 0
-        self._writing_since: datetime | None = None  # commit time of its first change
+        self._written: _Unlogged | None = None  # the batch `_writing` appends
         self._conn_lock = asyncio.Lock()  # the log writes and the type lookups share `conn`
         self._ready = asyncio.Event()
         self._log_grew = asyncio.Event()
@@ -407,7 +406,7 @@ class WalSource(OutboxSource):
                 # Not logged, so not acknowledged: the next leader replays it.
                 self._writing.cancel()
                 self._writing = None
-                self._writing_size = 0
+                self._written = None
 
     async def wait_logged(self, seq: int, timeout: float) -> bool:
         """Is everything handed on up to `seq` in the log (within `timeout` s)?
@@ -426,7 +425,8 @@ class WalSource(OutboxSource):
 
     def _held(self) -> int:
         """Changes read and not yet logged (the batch being written included)."""
-        return len(self._pending.changes) + len(self._unlogged.changes) + self._writing_size
+        written = len(self._written.changes) if self._written is not None else 0
+        return len(self._pending.changes) + len(self._unlogged.changes) + written
 
     def _log_due(self) -> bool:
         unlogged = self._unlogged
@@ -600,16 +600,13 @@ class WalSource(OutboxSource):
             unlogged.changes.extend(changes)
             unlogged.commit_lsn = pending.commit_lsn
             unlogged.logged = pending.logged
-            await self._hand_on_changes(changes)
+            # After a reconnect the replay repeats, with the same seqs, what was handed
+            # on. Not to the change stream yet: followers get only what the log holds.
+            await self._pass_on([c for c in changes if c.seq > self.status.last_seq])
         unlogged.ack_lsn = max(unlogged.ack_lsn, pending.ack_lsn)
         unlogged.switch_pending = pending.switch_pending
         if self._held() < MAX_HELD:
             self._resume()
-
-    async def _hand_on_changes(self, changes: list[Change]) -> None:
-        # After a reconnect the replay repeats, with the same seqs, what was handed on.
-        # Not to the change stream yet: followers get only what the log holds.
-        await self._pass_on([c for c in changes if c.seq > self.status.last_seq])
 
     def _detach_unlogged(self) -> _Unlogged:
         batch = self._unlogged
@@ -617,9 +614,7 @@ class WalSource(OutboxSource):
         return batch
 
     def _start_write(self, conn: asyncpg.Connection) -> None:
-        batch = self._detach_unlogged()
-        self._writing_size = len(batch.changes)
-        self._writing_since = batch.changes[0].committed_at
+        self._written = batch = self._detach_unlogged()
         self._writing = asyncio.ensure_future(self._write_log(conn, batch))
         self._writing.add_done_callback(lambda _task: self._ready.set())
 
@@ -628,7 +623,7 @@ class WalSource(OutboxSource):
         task = self._writing
         if task is not None and task.done():
             self._writing = None
-            self._writing_size = 0
+            self._written = None
             task.result()
             if self._held() < MAX_HELD:
                 self._resume()
@@ -693,8 +688,8 @@ class WalSource(OutboxSource):
     def _slot_lag_seconds(self) -> float:
         """How long ago the oldest change read but not yet acknowledged committed."""
         oldest: datetime | None = None
-        if self._writing is not None:
-            oldest = self._writing_since
+        if self._written is not None:
+            oldest = self._written.changes[0].committed_at
         elif self._unlogged.changes:
             oldest = self._unlogged.changes[0].committed_at
         elif self._pending.changes:
