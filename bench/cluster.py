@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import socket
-import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,12 +24,12 @@ import httpx
 
 from bench.clients import SocketSpec
 from bench.database import host_port, via_port
-from bench.lifecycle import Managed
 from bench.pgproxy import CountingProxy
 from bench.report import Record, detail
 from bench.scenarios import Environment, Run, run_load, say
-from bench.servers import BridgeServer, ServerProcess, cpu_seconds, free_port
+from bench.servers import BridgeServer, ServerProcess, cpu_seconds
 from bench.writer import UpdatePlan
+from realtime_bridge.testing import real_redis
 
 # (instances, fan-out) in the order they run; a single instance has no followers.
 LAYOUTS: tuple[tuple[int, str], ...] = (
@@ -49,47 +46,6 @@ def _find(name: str) -> str:
     if found is None:
         raise RuntimeError(f"P9 needs {name} on PATH (Debian: apt-get install {name})")
     return found
-
-
-class RedisServer(Managed):
-    """A throwaway redis-server on a loopback port (no persistence)."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-        self._dir = tempfile.TemporaryDirectory(prefix="rb-bench-redis-")
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                *(_find("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1"),
-                *("--save", "", "--appendonly", "no", "--dir", self._dir.name),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock,
-            ):
-                sock.sendall(b"PING\r\n")
-                if sock.recv(16).startswith(b"+PONG"):
-                    return
-            time.sleep(0.05)
-        raise RuntimeError("redis-server did not answer")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-        self.process = None
-        self._dir.cleanup()
 
 
 class ClusterBridge(BridgeServer):
@@ -185,7 +141,7 @@ def cluster_session(env: Environment) -> list[Layout]:
     clients = min(config.clients, 1000)
     layouts: list[Layout] = []
     with (
-        RedisServer() as redis,
+        real_redis() as redis_url,
         CountingProxy(env.ctx, host_port(env.db.dsn), env.place.load) as proxy,
     ):
         dsn = via_port(env.db.dsn, proxy.port)
@@ -198,7 +154,7 @@ def cluster_session(env: Environment) -> list[Layout]:
                 ClusterBridge(
                     dsn,
                     env.workdir / f"p9-{n}-{fanout}-{i}.log",
-                    redis.url,
+                    redis_url,
                     secret,
                     fanout == "stream",
                     f"p9-{n}-{fanout}",
