@@ -427,8 +427,10 @@ async def test_a_check_that_cannot_run_holds_back_only_its_own_subscribers(
             # The database drops the check's connection: it fails, is retried, and
             # still nothing reaches Alice (fail closed).
             await until_async(check_waits, 10, what="the check waiting on the lock")
-            await db.execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid", pids)
+            # Read before terminating: the bridge runs in this event loop and may count the
+            # failure while the terminate's reply is still on its way back to us.
             failures = bridge.bridge.hub.stats.secured_failures
+            await db.execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid", pids)
             await until(
                 lambda: bridge.bridge.hub.stats.secured_failures > failures,
                 10,
