@@ -8,7 +8,9 @@
  * after its starting point exactly once and in seq order, across reconnects,
  * bridge restarts and switches between the socket and polling. Every
  * transport resumes from the subscription's cursor (the last delivered seq),
- * and anything at or below the cursor is dropped as a duplicate.
+ * and anything at or below the cursor is dropped as a duplicate. Started
+ * from a snapshot with its token (`since: seq, snapshotToken`), it also skips
+ * the changes after `seq` that the snapshot's rows already hold.
  *
  * Transport states:
  *
@@ -106,6 +108,14 @@ export interface SubscribeOptions {
   filters?: FilterMap | undefined;
   /** Deliver events after this seq first (what you last processed). */
   since?: number | undefined;
+  /**
+   * The `snapshotToken` of the snapshot whose `seq` is `since`: the bridge then
+   * skips the changes after `seq` that the snapshot's rows already hold, so each
+   * change reaches you exactly once. Needs `since`. Sent again on every resume
+   * of this subscription (reconnect, polling); forgotten on `resync_required`,
+   * after which it no longer applies. Null (no database log) sends nothing.
+   */
+  snapshotToken?: string | null | undefined;
   /** The retained log no longer reaches back to the cursor: reload a snapshot. */
   onResync?: ((info: ResyncInfo) => void) | undefined;
   /** The bridge refused or ended this subscription. */
@@ -128,10 +138,16 @@ export interface SnapshotOptions {
   signal?: AbortSignal | undefined;
 }
 
-/** A channel's current rows, and the seq to subscribe from (`since: seq`). */
+/** A channel's current rows, the seq to subscribe from (`since: seq`) and its token. */
 export interface Snapshot<T> {
   /** Every change up to this seq is in `records`; subscribe with `since: seq` for the rest. */
   seq: number;
+  /**
+   * Subscribe with `snapshotToken` = this beside `since: seq` and no change in
+   * `records` arrives again. Null when the bridge has no database log (polling,
+   * hosted Supabase mode): then some changes after `seq` may be in `records`.
+   */
+  snapshotToken: string | null;
   records: T[];
 }
 
@@ -201,6 +217,8 @@ interface Sub {
   onEvent: (event: ChangeEvent<never>) => void;
   /** The last seq delivered (or the starting point); undefined: live from subscribe. */
   cursor: number | undefined;
+  /** Sent with every (re)subscribe until a resync voids it. */
+  snapshotToken: string | null;
   state: SubState;
   failure: string | null;
   serverId: string | null;
@@ -382,12 +400,17 @@ export class RealtimeClient {
     if (options.filter !== undefined && options.filters !== undefined) {
       throw new TypeError("subscribe: give `filter` or `filters`, not both");
     }
+    const snapshotToken = options.snapshotToken ?? null;
+    if (snapshotToken !== null && options.since === undefined) {
+      throw new TypeError("subscribe: `snapshotToken` needs `since` (the snapshot's seq)");
+    }
     const sub: Sub = {
       key: `sub-${this.nextKey++}`,
       channel,
       options,
       onEvent: onEvent as (event: ChangeEvent<never>) => void,
       cursor: options.since,
+      snapshotToken,
       state: "idle",
       failure: null,
       serverId: null,
@@ -402,10 +425,12 @@ export class RealtimeClient {
 
   /**
    * `channel`'s current rows (the same row scope and filter as a subscription),
-   * every page of them, and the seq they were read at: subscribe with
-   * `since: seq` to follow them with nothing missed. Apply each event as
-   * "this row is now `data`" (DELETE: "is gone"); a few events after `seq` may
-   * already be in the rows, which that rule makes harmless.
+   * every page of them, the seq they were read at and the first page's
+   * `snapshotToken`: subscribe with `since: seq, snapshotToken` and each change
+   * arrives exactly once, none of them already in the rows. Without a token
+   * (null: the bridge has no database log) a few events after `seq` may already
+   * be in the rows: apply each as state, "this row is now `data`" (DELETE: "is
+   * gone"), which makes them harmless.
    *
    * Uses the current access token (renewed through `getAccessToken` when the
    * bridge says it expired). Rejects with a `RealtimeError` carrying the
@@ -424,6 +449,7 @@ export class RealtimeClient {
     const { signal } = options;
     const records: PayloadOf<C>[] = [];
     let seq: number | undefined;
+    let snapshotToken: string | null = null;
     let cursor: string | null = null;
     let authRetries = 0;
     for (;;) {
@@ -455,10 +481,14 @@ export class RealtimeClient {
       }
       if (outcome.kind === "page") {
         authRetries = 0;
-        seq ??= outcome.body.seq; // the first page's seq covers every page
+        if (seq === undefined) {
+          // The first page's seq and token cover every page.
+          seq = outcome.body.seq;
+          snapshotToken = outcome.body.snapshot_token ?? null;
+        }
         for (const record of outcome.body.records) records.push(record as PayloadOf<C>);
         cursor = outcome.body.next_cursor;
-        if (cursor === null) return { seq, records };
+        if (cursor === null) return { seq, snapshotToken, records };
         continue;
       }
       const { status, code, body } = outcome;
@@ -699,7 +729,10 @@ export class RealtimeClient {
     if (filters !== undefined) frame.filters = filters;
     else if (typeof filter === "string") frame.filter = filter;
     else if (filter !== undefined) frame.filters = filter;
-    if (sub.cursor !== undefined) frame.since = sub.cursor;
+    if (sub.cursor !== undefined) {
+      frame.since = sub.cursor;
+      if (sub.snapshotToken !== null) frame.snapshot_token = sub.snapshotToken;
+    }
     sub.state = "subscribing";
     this.send(frame, { kind: "subscribe", sub });
   }
@@ -847,6 +880,8 @@ export class RealtimeClient {
     // where the bridge continues, or the next resume would resync again.
     const next = typeof nextSeq === "number" ? nextSeq : null;
     if (next !== null && (sub.cursor === undefined || next > sub.cursor)) sub.cursor = next;
+    // The token no longer applies (the bridge has dropped it too): resumes go without it.
+    sub.snapshotToken = null;
     const info: ResyncInfo = { channel: sub.channel, earliestSeq, nextSeq: next };
     sub.options.onResync?.(info);
     for (const listener of this.listeners.resync) listener(info);
@@ -979,6 +1014,7 @@ export class RealtimeClient {
           apiKey: this.options.apiKey,
           channel: sub.channel,
           since: sub.cursor,
+          snapshotToken: sub.snapshotToken,
           wait,
           limit: this.pollLimit,
           filter: sub.options.filters ?? sub.options.filter,

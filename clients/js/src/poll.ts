@@ -14,6 +14,8 @@ export interface PollQuery {
   apiKey: string;
   channel: string;
   since: number | undefined;
+  /** A snapshot's token, sent only with `since` (the bridge refuses it alone). */
+  snapshotToken?: string | null | undefined;
   /** Seconds the bridge may wait for a first event. */
   wait: number;
   limit: number;
@@ -28,7 +30,10 @@ export type PollOutcome =
 /** The request URL; throws `FilterError` for a map the string syntax cannot spell. */
 export function pollUrl(query: PollQuery): string {
   const params = new URLSearchParams();
-  if (query.since !== undefined) params.set("since", String(query.since));
+  if (query.since !== undefined) {
+    params.set("since", String(query.since));
+    if (typeof query.snapshotToken === "string") params.set("snapshot_token", query.snapshotToken);
+  }
   params.set("wait", String(query.wait));
   params.set("limit", String(query.limit));
   const { filter } = query;

@@ -69,6 +69,8 @@ export interface SubscribeFrame {
   filter?: string;
   client_id?: string;
   since?: number;
+  /** The snapshot's `snapshot_token` (only with `since`): changes already in its rows are skipped. */
+  snapshot_token?: string;
 }
 
 export type ClientFrame =
@@ -120,6 +122,13 @@ export interface SnapshotPage<T = TableRow> {
   /** Subscribe with `since` = the *first* page's seq to follow the rows live. */
   seq: number;
   records: T[];
+  /**
+   * The first page only: the Postgres snapshot the rows were read in. Subscribe
+   * with it and `since` = `seq`, and the changes after `seq` that the rows already
+   * hold are skipped. Null on later pages and without a database log (polling,
+   * hosted Supabase mode); absent from bridges that predate it.
+   */
+  snapshot_token?: string | null;
   /** Ask again with `cursor` = this while it is not null. */
   next_cursor: string | null;
 }

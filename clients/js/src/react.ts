@@ -336,7 +336,13 @@ export function useChannel<C extends string, T = PayloadOf<C>>(
             unsubscribe?.();
             const records = loaded.records as unknown as T[];
             dispatch({ type: "snapshot", records, seq: loaded.seq, options: recordOptions() });
-            latestOptions.current.onSnapshot?.({ seq: loaded.seq, records });
+            latestOptions.current.onSnapshot?.({
+              seq: loaded.seq,
+              snapshotToken: loaded.snapshotToken,
+              records,
+            });
+            // No `snapshotToken`: the reducer applies events as state (upsert /
+            // remove by id), so a change already in the records is harmless.
             unsubscribe = client.subscribe(
               channel,
               {

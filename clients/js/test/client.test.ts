@@ -265,6 +265,100 @@ describe("delivery, dedupe and resume", () => {
   });
 });
 
+describe("a snapshot's token", () => {
+  const TOKEN = "7340:7345:7341,7343";
+
+  test("goes with since on the first subscribe and on every resume of that subscription", async () => {
+    const c = client();
+    c.subscribe("position-updates", { since: 40, snapshotToken: TOKEN }, () => {});
+    c.subscribe("trade-updates", { since: 40 }, () => {});
+    last().open();
+    expect(last().subscribes()).toEqual([
+      { type: "subscribe", channel: "position-updates", client_id: "sub-1", since: 40, snapshot_token: TOKEN },
+      { type: "subscribe", channel: "trade-updates", client_id: "sub-2", since: 40 },
+    ]);
+    last().confirmAll(45);
+    last().receive(change(41, "srv-sub-1"));
+    // The bridge ends the subscription (replay_failed): subscribed again, token and all.
+    last().receive({ type: "error", code: "replay_failed", message: "db down", subscription_id: "srv-sub-1" });
+    await vi.advanceTimersByTimeAsync(1000);
+    expect(last().subscribes()[2]).toEqual({
+      type: "subscribe",
+      channel: "position-updates",
+      client_id: "sub-1",
+      since: 41,
+      snapshot_token: TOKEN,
+    });
+    last().confirmAll(45);
+    last().receive(change(43, "srv-sub-1"));
+    // A dropped socket (a reconnect frame, slow_consumer, ... end the same way).
+    last().fail();
+    await vi.advanceTimersByTimeAsync(3000);
+    last().open();
+    expect(last().subscribes().map((f) => [f.channel, f.since, f.snapshot_token])).toEqual([
+      ["position-updates", 43, TOKEN],
+      ["trade-updates", 40, undefined],
+    ]);
+  });
+
+  test("is forgotten on resync_required: later resumes go without it", async () => {
+    const c = client();
+    c.subscribe("position-updates", { since: 40, snapshotToken: TOKEN }, () => {});
+    last().open();
+    last().confirmAll(500);
+    last().receive({
+      type: "resync_required",
+      subscription_id: "srv-sub-1",
+      channel: "position-updates",
+      earliest_seq: 300,
+      next_seq: 500,
+    });
+    last().fail();
+    await vi.advanceTimersByTimeAsync(3000);
+    last().open();
+    expect(last().subscribes()).toEqual([
+      { type: "subscribe", channel: "position-updates", client_id: "sub-1", since: 500 },
+    ]);
+  });
+
+  test("goes on every poll with since, and not after a 409 resync_required", async () => {
+    const replies = [
+      new Response(JSON.stringify({ events: [change(41, "")], next_seq: 41 }), { status: 200 }),
+      new Response(JSON.stringify({ code: "resync_required", earliest_seq: 90, next_seq: 120 }), { status: 409 }),
+    ];
+    const urls: string[] = [];
+    const fetch = vi.fn((url: string) => {
+      urls.push(url);
+      const reply = replies.shift();
+      return reply ? Promise.resolve(reply) : new Promise<Response>(() => {});
+    });
+    const c = client({ fetch, fallback: { afterFailures: 1 } });
+    c.subscribe("position-updates", { since: 40, snapshotToken: TOKEN }, () => {});
+    last().fail();
+    await vi.advanceTimersByTimeAsync(0);
+    const params = urls.map((url) => new URL(url).searchParams);
+    expect(params.map((p) => [p.get("since"), p.get("snapshot_token")])).toEqual([
+      ["40", TOKEN],
+      ["41", TOKEN],
+      ["120", null],
+    ]);
+  });
+
+  test("needs since; a null token (no database log) is no token", () => {
+    const c = client();
+    expect(() => c.subscribe("position-updates", { snapshotToken: TOKEN }, () => {})).toThrow(
+      /snapshotToken.*since/,
+    );
+    c.subscribe("position-updates", { snapshotToken: null }, () => {});
+    c.subscribe("trade-updates", { since: 7, snapshotToken: null }, () => {});
+    last().open();
+    expect(last().subscribes().map((f) => [f.since, "snapshot_token" in f])).toEqual([
+      [undefined, false],
+      [7, false],
+    ]);
+  });
+});
+
 describe("reconnect backoff and the polling fallback", () => {
   test("failed attempts wait 3 s, 6 s, …, then poll; a probe brings the socket back", async () => {
     const responses: Frame[] = [

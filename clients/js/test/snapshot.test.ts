@@ -97,13 +97,28 @@ describe("client.snapshot", () => {
     );
     const c = client(fetch, { accessToken: "jwt" });
     const snapshot = await c.snapshot("position-updates", { filters: { user_id: "u1" }, limit: 2 });
-    expect(snapshot).toEqual({ seq: 40, records: [{ id: 1 }, { id: 2 }, { id: 3 }, { id: 4 }, { id: 5 }] });
+    expect(snapshot).toEqual({
+      seq: 40,
+      snapshotToken: null,
+      records: [{ id: 1 }, { id: 2 }, { id: 3 }, { id: 4 }, { id: 5 }],
+    });
     expect(calls.map((call) => query(call.url).get("cursor"))).toEqual([null, "c1", "c2"]);
     for (const call of calls) {
       expect(query(call.url).get("filter")).toBe("user_id=eq.u1");
       expect(query(call.url).get("limit")).toBe("2");
       expect(call.authorization).toBe("Bearer jwt");
     }
+  });
+
+  test("exposes the first page's snapshot_token (later pages carry none)", async () => {
+    const first = { status: 200, body: { channel: "c", seq: 40, records: [{ id: 1 }], next_cursor: "c1", snapshot_token: "7340:7345:7341,7343" } };
+    const second = { status: 200, body: { channel: "c", seq: 44, records: [{ id: 2 }], next_cursor: null, snapshot_token: null } };
+    const { fetch } = scripted(first, second, page(3, [], null));
+    const c = client(fetch);
+    const snapshot = await c.snapshot("c", { limit: 1 });
+    expect(snapshot).toEqual({ seq: 40, snapshotToken: "7340:7345:7341,7343", records: [{ id: 1 }, { id: 2 }] });
+    // No database log (null), or a bridge that predates the token (absent): null.
+    expect((await c.snapshot("c")).snapshotToken).toBeNull();
   });
 
   test("sends the token current at each request, and none without one", async () => {
@@ -124,7 +139,7 @@ describe("client.snapshot", () => {
     const getAccessToken = vi.fn(async () => "fresh");
     const c = client(fetch, { accessToken: "old", getAccessToken });
     const snapshot = await c.snapshot("position-updates");
-    expect(snapshot).toEqual({ seq: 9, records: [{ id: 1 }, { id: 2 }] });
+    expect(snapshot).toEqual({ seq: 9, snapshotToken: null, records: [{ id: 1 }, { id: 2 }] });
     expect(getAccessToken).toHaveBeenCalledOnce();
     expect(calls.map((call) => [query(call.url).get("cursor"), call.authorization])).toEqual([
       [null, "Bearer old"],
