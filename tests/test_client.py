@@ -602,6 +602,68 @@ async def test_a_token_expired_during_a_subscribe_is_told_apart_by_a_ping(
     assert seen[2]["token"] == "fresh"
 
 
+TOKEN = "7340:7345:7341,7343"
+
+
+async def test_a_snapshot_token_goes_with_every_resubscribe_until_a_resync() -> None:
+    """Each connection: `subscribed`, then its script, then (but the last) the bridge hangs up."""
+    resync = {
+        "type": "resync_required",
+        "subscription_id": "sub_1",
+        "channel": "trade-updates",
+        "earliest_seq": 300,
+        "next_seq": 45,
+    }
+    scripts: list[list[dict[str, Any]]] = [[{**CHANGE, "seq": 41}], [resync], []]
+    subscribes: list[dict[str, Any]] = []
+
+    async def session(ws: ServerConnection) -> None:
+        script = scripts.pop(0)
+        async for raw in ws:
+            frame = json.loads(raw)
+            if frame["type"] == "ping":
+                await ws.send(json.dumps({"type": "pong"}))
+            if frame["type"] != "subscribe":
+                continue
+            subscribes.append(frame)
+            await ws.send(json.dumps({"type": "subscribed", "subscription_id": "sub_1", "seq": 45}))
+            for reply in script:
+                await ws.send(json.dumps(reply))
+            if scripts:
+                await ws.close()
+
+    async with serve(session, "127.0.0.1", 0) as server:
+        url = f"http://127.0.0.1:{next(iter(server.sockets)).getsockname()[1]}"
+        async with (
+            connect(url, api_key="k", **FAST) as client,
+            client.subscribe("trade-updates", since=40, snapshot_token=TOKEN) as trades,
+        ):
+            (event,) = await take(trades, 1)
+            with pytest.raises(ResyncRequired) as resync_required:
+                await asyncio.wait_for(anext(trades), 5)
+            async with asyncio.timeout(5):
+                while len(subscribes) < 3:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+    assert event.seq == 41
+    assert [(f["since"], f.get("snapshot_token")) for f in subscribes] == [
+        (40, TOKEN),  # the first subscribe
+        (41, TOKEN),  # after the bridge hung up: the same token, the new since
+        (45, None),  # after resync_required: the token no longer applies
+    ]
+    assert resync_required.value.earliest_seq == 300
+
+
+async def test_a_snapshot_token_needs_since(start_bridge: BridgeFactory) -> None:
+    bridge = await start_bridge()
+    async with connect(bridge.url, api_key=bridge.service_key) as client:
+        with pytest.raises(ValueError, match="snapshot_token needs since"):
+            client.subscribe("trade-updates", snapshot_token=TOKEN)
+        # None (a snapshot from a bridge without a database log) is no token at all.
+        assert "snapshot_token" not in client.subscribe(
+            "trade-updates", since=3, snapshot_token=None
+        )._subscribe_frame(None)
+
+
 async def test_events_committed_together_arrive_batched_in_order(
     start_bridge: BridgeFactory, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:

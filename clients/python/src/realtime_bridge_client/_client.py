@@ -22,8 +22,9 @@ What the client guarantees:
   of the WebSocket library is off: an answered `ping` frame proves that the
   bridge's session, not just its socket, is alive.
 * **Resume.** Each subscription remembers the last `seq` it queued and after
-  any reconnect subscribes again with `since`: nothing is lost, and an event
-  with a seq at or below the last one is dropped, so nothing is repeated.
+  any reconnect subscribes again with `since` (and its `snapshot_token`, until
+  a resync voids it): nothing is lost, and an event with a seq at or below the
+  last one is dropped, so nothing is repeated.
 * **Back-pressure.** Each subscription queues at most `max_queue` events. A
   consumer that falls further behind stops its feed instead of growing the
   queue; once it has drained half of it, the feed resumes with `since`,
@@ -39,17 +40,24 @@ What the client guarantees:
   it, reload a snapshot (`await subscription.snapshot()`), and iterate again.
 * **Snapshots.** `await client.snapshot(channel, filters=...)` reads the
   channel's current rows over HTTP (`GET /api/channels/{channel}/snapshot`,
-  every page, with the client's key and token) and the `seq` they are
-  current at. Subscribing with `since=snapshot.seq` then delivers every
-  later change: nothing falls between the two. A few changes after `seq` may
-  already be in the records, so apply each event as "this row is now
-  `data`" (DELETE: "this row is gone"); the rows then end as in the database::
+  every page, with the client's key and token), the `seq` they are current
+  at and the snapshot's `token`. Subscribing with `since=snapshot.seq,
+  snapshot_token=snapshot.token` then delivers every later change exactly
+  once: nothing falls between the two, and nothing already in the records
+  comes again. Without a token (None: the bridge has no database log) a few
+  changes after `seq` may already be in the records, so apply each event as
+  "this row is now `data`" (DELETE: "this row is gone"); the rows then end as
+  in the database either way::
 
       mine = {"user_id": "u1"}
       snap = await client.snapshot("position-updates", filters=mine, model=PositionUpdate)
       rows = {row.id: row for row in snap.records}
       async with client.subscribe(
-          "position-updates", filters=mine, since=snap.seq, model=PositionUpdate
+          "position-updates",
+          filters=mine,
+          since=snap.seq,
+          snapshot_token=snap.token,
+          model=PositionUpdate,
       ) as positions:
           async for event in positions:
               if event.operation == "DELETE":
@@ -384,18 +392,21 @@ ResyncHandler = Callable[[ResyncRequired], Awaitable[None] | None]
 
 @dataclass(frozen=True)
 class Snapshot(Generic[D]):
-    """A channel's current rows, and the seq to subscribe after: from `Client.snapshot`.
+    """A channel's current rows, the seq to subscribe after and its token: from `Client.snapshot`.
 
     `records` are the channel's payloads (instances of its model when the
     client knows it, dicts otherwise), in id order. Subscribe with
-    `since=seq`: every change numbered up to `seq` is in `records` and every
-    later one arrives on the subscription. A few changes after `seq` may be
-    in `records` already; applying each event as "this row is now `data`"
-    (DELETE: "this row is gone") ends exactly in the database's state.
+    `since=seq, snapshot_token=token`: every change numbered up to `seq` is in
+    `records` and every later one arrives on the subscription exactly once,
+    none that `records` already hold. `token` is None when the bridge has no
+    database log (polling, hosted Supabase mode); then a few changes after
+    `seq` may be in `records` already, and applying each event as "this row
+    is now `data`" (DELETE: "this row is gone") ends in the database's state.
     """
 
     seq: int
     records: list[D]
+    token: str | None = None
 
 
 # filters -----------------------------------------------------------------------
@@ -467,12 +478,15 @@ class Subscription(Generic[D]):
         *,
         filters: Mapping[str, Any] | str | None,
         since: int | None,
+        snapshot_token: str | None,
         model: type[BaseModel] | None,
         on_resync: ResyncHandler | None,
         max_queue: int,
     ) -> None:
         if since is not None and since < 0:
             raise ValueError(f"since must be a seq (>= 0), got {since}")
+        if snapshot_token is not None and since is None:
+            raise ValueError("snapshot_token needs since (the seq of the snapshot it came with)")
         if max_queue < 2:
             raise ValueError(f"max_queue must be at least 2, got {max_queue}")
         self.channel = channel
@@ -488,6 +502,8 @@ class Subscription(Generic[D]):
         self._closed = False
         self._failure: BaseException | None = None
         self._last_seq = since
+        # Sent with every subscribe until a resync voids it.
+        self._snapshot_token = snapshot_token
         self._server_id: str | None = None
         self._subscribing = False
         self._lagging = False
@@ -548,7 +564,8 @@ class Subscription(Generic[D]):
         What to reload on `ResyncRequired` (or in `on_resync`), then iterate
         on: the subscription went on live, and an event with a seq at or
         below the snapshot's `seq` is already in its records (skip it, or
-        apply it: the rows end the same). See `Client.snapshot`.
+        apply it: the rows end the same). Its `token` does not apply to this
+        subscription, which was started before it. See `Client.snapshot`.
         """
         snap: Snapshot[D] = await self._client._snapshot(
             self.channel, filters=self.filters, limit=limit, model=self._model
@@ -600,6 +617,8 @@ class Subscription(Generic[D]):
             frame["filters"] = dict(self.filters)
         if self._last_seq is not None:
             frame["since"] = self._last_seq
+            if self._snapshot_token is not None:
+                frame["snapshot_token"] = self._snapshot_token
         if client_id is not None:
             frame["client_id"] = client_id
         return frame
@@ -635,6 +654,8 @@ class Subscription(Generic[D]):
 
     def _resync(self, frame: Mapping[str, Any], head: int | None) -> None:
         earliest = int(frame.get("earliest_seq", 0))
+        # The token no longer applies (the bridge has dropped it too).
+        self._snapshot_token = None
         if head is not None and self._last_seq is not None:
             # The bridge continues live from (at least) that head; do not ask again.
             self._last_seq = max(self._last_seq, head)
@@ -1098,6 +1119,7 @@ class Client:
         model: type[M],
         filters: Mapping[str, Any] | str | None = None,
         since: int | None = None,
+        snapshot_token: str | None = None,
         on_resync: ResyncHandler | None = None,
         max_queue: int = 1000,
     ) -> Subscription[M]: ...
@@ -1110,6 +1132,7 @@ class Client:
         model: None = None,
         filters: Mapping[str, Any] | str | None = None,
         since: int | None = None,
+        snapshot_token: str | None = None,
         on_resync: ResyncHandler | None = None,
         max_queue: int = 1000,
     ) -> Subscription[Any]: ...
@@ -1121,6 +1144,7 @@ class Client:
         model: type[BaseModel] | None = None,
         filters: Mapping[str, Any] | str | None = None,
         since: int | None = None,
+        snapshot_token: str | None = None,
         on_resync: ResyncHandler | None = None,
         max_queue: int = 1000,
     ) -> Subscription[Any]:
@@ -1128,7 +1152,11 @@ class Client:
 
         `filters` is an equality map (`{"status": ["open"]}`) or a Supabase
         filter string (`"user_id=eq.u1"`). `since` replays every matching
-        event after that seq first. `model` types `data` / `old` (else the
+        event after that seq first. `snapshot_token` is the `token` of the
+        snapshot whose `seq` is `since`: the bridge then skips the changes the
+        snapshot's records already hold, on this subscribe and every resubscribe
+        (until a resync, after which it no longer applies); without `since` it
+        raises `ValueError`, and None sends nothing. `model` types `data` / `old` (else the
         client's `models` / `registry`, else dicts). `on_resync` is called
         (sync or async) instead of raising `ResyncRequired`. At most
         `max_queue` events wait for the consumer (see the module docstring).
@@ -1138,6 +1166,7 @@ class Client:
             channel,
             filters=filters,
             since=since,
+            snapshot_token=snapshot_token,
             model=model,
             on_resync=on_resync,
             max_queue=max_queue,
@@ -1171,7 +1200,7 @@ class Client:
         filters: Mapping[str, Any] | str | None = None,
         limit: int = SNAPSHOT_LIMIT,
     ) -> Snapshot[Any]:
-        """The channel's current rows and the seq to subscribe after (`since=snapshot.seq`).
+        """The channel's current rows, the seq to subscribe after and its token.
 
         Reads `GET /api/channels/{channel}/snapshot` over HTTP, following
         every page (`limit` rows each, 1 to 10,000) from the first page's
@@ -1182,8 +1211,10 @@ class Client:
         subscribe (`Unauthorized`, `UnknownChannel`, `InvalidFilter`, or
         `Refused` with its `.code`, e.g. `unavailable`); a record that does
         not fit the model raises `DecodeError`. Then subscribe with
-        `since=snapshot.seq` and apply each event as "this row is now
-        `data`" (DELETE: "is gone"); see the module docstring's example.
+        `since=snapshot.seq, snapshot_token=snapshot.token` and each change
+        arrives exactly once; with no token (None), apply each event as
+        "this row is now `data`" (DELETE: "is gone"); see the module
+        docstring's example.
         """
         return await self._snapshot(channel, filters=filters, limit=limit, model=model)
 
@@ -1232,7 +1263,10 @@ class Client:
         timeout = httpx.Timeout(SNAPSHOT_TIMEOUT, connect=self._open_timeout)
         async with httpx.AsyncClient(timeout=timeout) as http:
             page = await self._get(http, http_url(self.url, path, query))
-            seq = int(page["seq"])  # the first page's: later pages go on from it
+            # The first page's seq and token: later pages go on from them.
+            seq = int(page["seq"])
+            given = page.get("snapshot_token")
+            token = given if isinstance(given, str) else None
             records: list[Any] = list(page["records"])
             while page.get("next_cursor") is not None:
                 cursor = {**query, "cursor": str(page["next_cursor"])}
@@ -1241,7 +1275,7 @@ class Client:
         resolved = str(page.get("channel") or channel)
         model = model or self._model_for(resolved)
         if model is None:
-            return Snapshot(seq, records)
+            return Snapshot(seq, records, token)
         typed: list[BaseModel] = []
         for index, record in enumerate(records):
             try:
@@ -1249,7 +1283,7 @@ class Client:
             except ValidationError as exc:
                 what = f"snapshot record {index} of {resolved!r}"
                 raise misfit(what, model, exc, record) from exc
-        return Snapshot(seq, typed)
+        return Snapshot(seq, typed, token)
 
     async def _get(self, http: httpx.AsyncClient, url: str) -> dict[str, Any]:
         """GET a JSON object with the client's key and token; a refusal raises `Refused`."""
