@@ -34,6 +34,8 @@ class Change:
     channel: str | None = None
     event: str | None = None
     outbox_id: int | None = None
+    # The writing transaction's 32-bit id (None: unknown), which snapshots compare.
+    xid: int | None = None
 
     @property
     def qualified_table(self) -> str | None:

@@ -89,6 +89,7 @@ def encode(changes: list[Change]) -> dict[str, bytes]:
             c.channel,
             c.event,
             c.outbox_id,
+            c.xid,
         ]
         for c in changes
     ]
@@ -115,8 +116,9 @@ def decode(fields: dict[Any, Any]) -> Entry:
             channel=channel,
             event=event,
             outbox_id=outbox_id,
+            xid=xid[0] if xid else None,  # entries of a leader older than the xid have none
         )
-        for seq, operation, schema, table, record, old, at, channel, event, outbox_id in rows
+        for seq, operation, schema, table, record, old, at, channel, event, outbox_id, *xid in rows
     ]
     first, last = int(get("first")), int(get("last"))
     if not changes or changes[0].seq != first or changes[-1].seq != last:

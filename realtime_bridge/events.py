@@ -41,6 +41,8 @@ class Event:
     view: Mapping[str, Any] | None = None
     old_view: Mapping[str, Any] | None = None
     owners: tuple[Any, ...] = ()
+    # The writing transaction's 32-bit id, for the snapshot token (`pgsnapshot`).
+    xid: int | None = None
     _body: str | None = field(default=None, repr=False)
     _variants: dict[str, Event] | None = field(default=None, repr=False)
 
@@ -105,6 +107,7 @@ class Event:
                 view=view,
                 old_view=old_view,
                 owners=self.owners,
+                xid=self.xid,
             )
         return variant
 

@@ -51,6 +51,7 @@ from typing import Any, Protocol
 from realtime_bridge.errors import SinceAhead, UnknownChannel
 from realtime_bridge.events import Event, Frame, LogEntry
 from realtime_bridge.filters import NULL_KEY, Columns, Filter, column_types
+from realtime_bridge.pgsnapshot import PgSnapshot
 from realtime_bridge.pgtypes import UNKNOWN, ColumnType, Key
 
 logger = logging.getLogger(__name__)
@@ -113,6 +114,9 @@ class Subscription:
     # Row security: the role and claims the table's policies are asked with
     # (None: no such check). Replaced in place when the client's token changes.
     viewer: Hashable | None = None
+    # The snapshot the client holds the rows of (its token): changes of rows
+    # that snapshot already showed are not sent again. Dropped on a resync.
+    seen: PgSnapshot | None = None
 
     def owns(self, row: Mapping[str, Any] | None) -> bool:
         """Whether `row` belongs to this subscription's owner (always False when unscoped)."""
@@ -129,6 +133,8 @@ class Subscription:
         DELETE without the new row and the new owner an INSERT without the
         old one, so neither learns the other's data.
         """
+        if self.seen is not None and event.table is not None and self.seen.saw(event.xid):
+            return None  # already in the client's snapshot
         if self.owner is None:
             if self.filter.matches(event.view) or (
                 event.old_view is not None and self.filter.matches(event.old_view)
@@ -468,12 +474,16 @@ class Hub:
         owner: str | None = None,
         owner_column: str | None = None,
         viewer: Hashable | None = None,
+        seen: PgSnapshot | None = None,
     ) -> Subscription:
         """Register a subscription in CATCHING_UP state; run `catch_up` to serve it.
 
         Without `since` it starts at the current head (live from now). With a
-        `viewer`, only the rows the table's policies show that viewer.
+        `viewer`, only the rows the table's policies show that viewer. With
+        `seen` (and `since`), not the changes that snapshot already showed.
         """
+        if seen is not None and since is None:
+            raise ValueError("a snapshot token needs the snapshot's seq as `since`")
         channel = self.channel(channel_name)
         if viewer is not None and owner is not None:
             raise ValueError("a subscription is row-secured or owner-scoped, not both")
@@ -499,6 +509,7 @@ class Hub:
             owner_type=owner_type,
             owner_key=owner_type.key(owner) if owner is not None else None,
             viewer=viewer,
+            seen=seen,
         )
         channel.add(sub)
         self.subscriptions[sub_id] = sub
@@ -575,6 +586,7 @@ class Hub:
             if sub.last_seq < self.resync_floor <= head:
                 self.stats.resyncs += 1
                 sub.last_seq = head
+                sub.seen = None  # the client reloads: its old snapshot no longer applies
                 if on_resync is not None:
                     result = on_resync(self.resync_floor)
                     if asyncio.iscoroutine(result):
@@ -615,6 +627,7 @@ class Hub:
             if earliest is None or sub.last_seq + 1 < earliest:
                 self.stats.resyncs += 1
                 sub.last_seq = self.head
+                sub.seen = None
                 if on_resync is not None:
                     result = on_resync(earliest if earliest is not None else self.head + 1)
                     if asyncio.iscoroutine(result):

@@ -324,6 +324,7 @@ def _plugin_event(plugin: Plugin, change: Change, table: str, timestamp: str) ->
         view={**data, **record} if data is not None and record is not None else None,
         old_view={**old, **old_record} if old is not None and old_record is not None else None,
         owners=owners,
+        xid=change.xid,
     )
 
 
@@ -342,6 +343,7 @@ def _table_event(change: Change, table: str, timestamp: str) -> Event:
         record_id=current.get("id"),
         view=change.record,
         old_view=change.old_record,
+        xid=change.xid,
     )
 
 

@@ -4,9 +4,13 @@ A client that starts (or is told `resync_required`) loads the snapshot and
 then subscribes with ``since=<its seq>``: every change numbered up to that
 seq is in the rows, and every later one arrives on the subscription. Some
 changes after the seq may already be in the rows too (they had committed
-but were not numbered yet when the snapshot was read); each event carries
-the whole new row and a row's events keep their order, so applying them as
-"this row is now `data`" (DELETE: "this row is gone") ends in the same state.
+but were not numbered yet when the snapshot was read). The first page also
+carries `snapshot_token`, the Postgres snapshot its rows were read in: given
+back with `since`, the subscription skips exactly those changes
+(`pgsnapshot`), so each change is in the rows or arrives as an event, once.
+Without the token, each event carries the whole new row and a row's events
+keep their order, so applying them as "this row is now `data`" (DELETE:
+"this row is gone") ends in the same state.
 
 The rows are the plugin's typed payloads (or the raw rows of a table
 channel), with the same row scope and filter as a subscription, in id order:
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -52,11 +57,14 @@ class Snapshot:
     seq: int
     records: list[Row]
     next_cursor: str | None
+    # The first page's Postgres snapshot (`pgsnapshot`); None without the log.
+    token: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "channel": self.channel,
             "seq": self.seq,
+            "snapshot_token": self.token,
             "records": self.records,
             "next_cursor": self.next_cursor,
         }
@@ -152,7 +160,9 @@ async def _sql_snapshot(
 ) -> Snapshot:
     assert bridge.pool is not None
     durable = bridge.source is not None and bridge.source.durable
-    if durable and start.table == 0 and start.after is None:
+    first_page = start.table == 0 and start.after is None
+    token: str | None = None
+    if durable and first_page:
         # The WAL leader hands changes on a moment before it logs them: once the
         # log holds what the hub has routed, the first page's seq (the one a client
         # follows from) is the head. Later pages do not wait: paging must outrun writers.
@@ -164,8 +174,15 @@ async def _sql_snapshot(
     ):
         if durable:
             # The first statement fixes the transaction's snapshot: every seq
-            # up to this one was given to a row committed before it.
-            seq = int(await conn.fetchval("SELECT last_seq FROM realtime_bridge.sequencer"))
+            # up to this one was given to a row committed before it (the WAL
+            # leader logs a change only once its writer is visible to new
+            # snapshots), and the snapshot itself names every other one it saw.
+            row = await conn.fetchrow(
+                "SELECT last_seq, pg_current_snapshot()::text AS snapshot"
+                " FROM realtime_bridge.sequencer"
+            )
+            seq = int(row["last_seq"])
+            token = row["snapshot"] if first_page else None
         if target.viewer is not None:
             # Row security: the rows are read as the subscriber, so the table's
             # own policies decide, exactly as for its changes.
@@ -190,7 +207,7 @@ async def _sql_snapshot(
         # Followers (and a sequencer that has not routed its last pass yet)
         # serve `since=seq` best once the hub has reached it.
         await bridge.hub.wait_for_head(seq, timeout=5)
-    return snapshot
+    return dataclasses.replace(snapshot, token=token)
 
 
 async def _pages(

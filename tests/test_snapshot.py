@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from typing import Any
 
 import asyncpg
@@ -18,7 +19,7 @@ from realtime_bridge.protocols.common import Target
 from realtime_bridge.snapshot import SnapshotUnavailable, take_snapshot
 from realtime_bridge.sources.supabase import SupabaseSource
 from realtime_bridge.testing import RunningBridge
-from tests.conftest import BridgeFactory, make_settings
+from tests.conftest import BOTH_CAPTURES, BridgeFactory, make_settings
 from tests.helpers import (
     SNAPSHOT,
     churn_positions,
@@ -26,6 +27,7 @@ from tests.helpers import (
     insert_position,
     last_seq,
     snapshot_pages,
+    wait_routed,
 )
 
 
@@ -205,3 +207,105 @@ async def test_a_hosted_snapshot_asks_postgrest_for_the_scope_and_reports_its_re
     params = route.calls.last.request.url.params
     assert (params["user_id"], params["order"], params["limit"]) == ("eq.u1", "id.asc", "7")
     await bridge.source.stop()
+
+
+TALLIES = "public.snapshot_tallies"
+
+
+async def _tally_writer(dsn: str, stop: asyncio.Event, seed: int, next_id: list[int]) -> int:
+    """Bump random rows' versions (sometimes two rows in one transaction), insert new rows."""
+    rng = random.Random(seed)
+    conn = await asyncpg.connect(dsn)
+    count = 0
+    try:
+        while not stop.is_set():
+            choice = rng.random()
+            if choice < 0.1:
+                next_id[0] += 1
+                await conn.execute(
+                    "INSERT INTO snapshot_tallies (id, version) VALUES ($1, 0)", next_id[0]
+                )
+            elif choice < 0.3:
+                async with conn.transaction():
+                    for row_id in rng.sample(range(1, 41), 2):
+                        await conn.execute(
+                            "UPDATE snapshot_tallies SET version = version + 1 WHERE id = $1",
+                            row_id,
+                        )
+            else:
+                await conn.execute(
+                    "UPDATE snapshot_tallies SET version = version + 1 WHERE id = $1",
+                    rng.randint(1, 40),
+                )
+            count += 1
+    finally:
+        await conn.close()
+    return count
+
+
+@BOTH_CAPTURES
+async def test_the_snapshot_token_hands_over_to_the_subscription_exactly_under_writers(
+    start_bridge: BridgeFactory, dsn: str, db: asyncpg.Connection
+) -> None:
+    # Every UPDATE adds one to its row's version. Rows read while writers run,
+    # then the subscription from the snapshot's seq with its token: each row's
+    # events must continue its snapshot version with no gap (a change in
+    # neither) and no repeat (a change in both), whichever capture numbers them.
+    await db.execute(
+        "CREATE TABLE snapshot_tallies (id int PRIMARY KEY, version int NOT NULL);"
+        "INSERT INTO snapshot_tallies SELECT i, 0 FROM generate_series(1, 40) i;"
+        f"SELECT realtime_bridge.track('{TALLIES}');"
+    )
+    bridge = await start_bridge()
+    path = f"/api/channels/{TALLIES}/snapshot"
+    next_id = [1000]
+    statements = 0
+    async with http(bridge) as client, bridge.websocket() as ws:
+        for round_ in range(4):
+            stop = asyncio.Event()
+            writers = [
+                asyncio.create_task(_tally_writer(dsn, stop, 10 * round_ + s, next_id))
+                for s in (1, 2, 3)
+            ]
+            try:
+                await asyncio.sleep(0.2)
+                body = (await client.get(path, params={"limit": 10_000})).json()
+                assert body["next_cursor"] is None, body
+                assert body["snapshot_token"], body
+                seq, token = body["seq"], body["snapshot_token"]
+                versions = {r["id"]: r["version"] for r in body["records"]}
+                reply = await ws.subscribe(table=TALLIES, since=seq, snapshot_token=token)
+                assert reply["type"] == "subscribed", reply
+                await asyncio.sleep(0.3)
+            finally:
+                stop.set()
+                statements += sum(await asyncio.gather(*writers))
+            upto = await last_seq(db)
+            await wait_routed(client, upto)
+            frames: list[dict[str, Any]] = []
+            # The last seq may be one this subscription skips: read until silence.
+            with contextlib.suppress(TimeoutError):
+                while not frames or frames[-1]["seq"] < upto:
+                    frames.append(await ws.recv(1.0))
+            assert all(f["type"] == "db_change" for f in frames), frames
+            assert [f["seq"] for f in frames] == sorted({f["seq"] for f in frames})
+            assert all(seq < f["seq"] <= upto for f in frames)
+            for frame in frames:
+                row = frame["data"]
+                if frame["operation"] == "INSERT":
+                    assert row["id"] not in versions, ("in the snapshot and inserted", frame)
+                    assert row["version"] == 0
+                else:
+                    assert frame["operation"] == "UPDATE", frame
+                    assert row["version"] == versions[row["id"]] + 1, (
+                        "not the next version",
+                        versions[row["id"]],
+                        frame,
+                    )
+                versions[row["id"]] = row["version"]
+            # And nothing missed: the rows plus the events are the table now.
+            rows = await db.fetch("SELECT id, version FROM snapshot_tallies")
+            assert versions == {r["id"]: r["version"] for r in rows}
+            await ws.send({"type": "unsubscribe", "subscription_id": reply["subscription_id"]})
+            assert (await ws.recv())["type"] == "unsubscribed"
+    assert statements > 100

@@ -19,6 +19,7 @@ from realtime_bridge.bridge import Bridge
 from realtime_bridge.errors import ClientError, UnknownChannel
 from realtime_bridge.filters import Filter, parse_filter
 from realtime_bridge.hub import Hub, Outlet, Renderer, Subscription, render_db_change
+from realtime_bridge.pgsnapshot import PgSnapshot
 from realtime_bridge.rooms import Room
 from realtime_bridge.row_security import Viewer
 from realtime_bridge.topic_policies import PoliciesUnavailable
@@ -114,6 +115,7 @@ class Target:
         prefix_for: Callable[[str], str] | None = None,
         client_id: str | None = None,
         on_lag: Callable[[Subscription], None] | None = None,
+        seen: PgSnapshot | None = None,
     ) -> Subscription:
         """Register on `hub` with this target's channel, filter and row scope (never without)."""
         return hub.subscribe(
@@ -128,6 +130,7 @@ class Target:
             owner=self.owner,
             owner_column=self.owner_column,
             viewer=self.viewer,
+            seen=seen,
         )
 
 

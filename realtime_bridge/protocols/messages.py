@@ -9,6 +9,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
+from realtime_bridge.pgsnapshot import MAX_TOKEN_LENGTH
+
 
 class _Message(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
@@ -22,6 +24,8 @@ class Subscribe(_Message):
     filter: str | dict[str, Any] | None = None
     client_id: Annotated[str, Field(max_length=200)] | None = None
     since: Annotated[int, Field(ge=0)] | None = None
+    # A snapshot's `snapshot_token`: with `since`, skip what the snapshot's rows hold.
+    snapshot_token: Annotated[str, Field(min_length=1, max_length=MAX_TOKEN_LENGTH)] | None = None
     token: Annotated[str, Field(min_length=1, max_length=8192)] | None = None
     # price-updates only: updates per second per symbol (0: uncapped).
     max_rate: Annotated[float, Field(ge=0, le=1000)] | None = None
@@ -32,6 +36,8 @@ class Subscribe(_Message):
             raise ValueError("give exactly one of 'channel' or 'table'")
         if self.filters is not None and self.filter is not None:
             raise ValueError("give 'filters' or 'filter', not both")
+        if self.snapshot_token is not None and self.since is None:
+            raise ValueError("'snapshot_token' needs 'since' (the snapshot's seq)")
         return self
 
     @property

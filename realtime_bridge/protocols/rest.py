@@ -17,6 +17,7 @@ from realtime_bridge.errors import BadMessage, ClientError, PostgrestError, Publ
 from realtime_bridge.events import Event, Frame
 from realtime_bridge.hub import AHEAD_GRACE
 from realtime_bridge.metrics import CONTENT_TYPE, render_metrics
+from realtime_bridge.pgsnapshot import PgSnapshot
 from realtime_bridge.protocols import bounds
 from realtime_bridge.protocols.common import (
     JSONResponse,
@@ -31,7 +32,7 @@ from realtime_bridge.protocols.common import (
 )
 from realtime_bridge.protocols.messages import BroadcastRequest, SimulateSignal
 from realtime_bridge.protocols.outlet import CollectOutlet
-from realtime_bridge.protocols.sse import parse_since
+from realtime_bridge.protocols.sse import parse_since, parse_snapshot_token
 from realtime_bridge.protocols.wire import ENCODER
 from realtime_bridge.snapshot import DEFAULT_LIMIT, MAX_LIMIT, SnapshotUnavailable, take_snapshot
 
@@ -68,6 +69,7 @@ async def channel_events(request: Request) -> Response:
     try:
         principal, target = await request_target(bridge, request)
         since = parse_since(params.get("since"), "since")
+        seen = parse_snapshot_token(params.get("snapshot_token"), since)
         limit = int(_number(params.get("limit"), "limit", 100, 1, MAX_POLL_LIMIT))
         wait = _number(params.get("wait"), "wait", 25, 0, MAX_POLL_WAIT)
         await bridge.hub.check_since(since, min(wait, AHEAD_GRACE))
@@ -78,17 +80,23 @@ async def channel_events(request: Request) -> Response:
     if refused is not None:
         return refused
     with bridge.limits.held(client_ip(request), principal.user_id), bridge.shutdown.hold():
-        return await _long_poll(request, bridge, target, since, limit, wait)
+        return await _long_poll(request, bridge, target, since, limit, wait, seen)
 
 
 async def _long_poll(
-    request: Request, bridge: Bridge, target: Target, since: int | None, limit: int, wait: float
+    request: Request,
+    bridge: Bridge,
+    target: Target,
+    since: int | None,
+    limit: int,
+    wait: float,
+    seen: PgSnapshot | None = None,
 ) -> Response:
     hub = bridge.hub
     start = hub.head if since is None else since
     outlet = CollectOutlet(limit)
     resync: dict[str, int] = {}
-    sub = target.subscribe(hub, outlet, since=start, render=_render_plain)
+    sub = target.subscribe(hub, outlet, since=start, render=_render_plain, seen=seen)
     try:
         await hub.catch_up(
             sub,

@@ -22,6 +22,7 @@ from realtime_bridge.bridge import Bridge
 from realtime_bridge.errors import BadMessage, ClientError, SinceAhead
 from realtime_bridge.events import Event, Frame, subscription_prefix
 from realtime_bridge.hub import AHEAD_GRACE, Subscription
+from realtime_bridge.pgsnapshot import PgSnapshot
 from realtime_bridge.protocols.common import (
     client_error_response,
     client_ip,
@@ -68,6 +69,15 @@ def parse_since(value: str | None, name: str) -> int | None:
     return since
 
 
+def parse_snapshot_token(value: str | None, since: int | None) -> PgSnapshot | None:
+    """The `snapshot_token` query parameter (a snapshot's token, given with its seq)."""
+    if value is None or value == "":
+        return None
+    if since is None:
+        raise BadMessage("snapshot_token needs since (the snapshot's seq)")
+    return PgSnapshot.parse(value)
+
+
 def _refused_stream(bridge: Bridge, exc: ClientError) -> Response:
     """A stream of one `error` event: an EventSource shows it (it cannot read a 4xx body)."""
     bridge.counters.error(exc.code)
@@ -87,6 +97,7 @@ async def sse_stream(request: Request) -> Response:
         since = parse_since(request.headers.get("last-event-id"), "Last-Event-ID")
         if since is None:
             since = parse_since(request.query_params.get("since"), "since")
+        seen = parse_snapshot_token(request.query_params.get("snapshot_token"), since)
     except ClientError as exc:
         bridge.counters.error(exc.code)
         return client_error_response(exc)
@@ -160,6 +171,7 @@ async def sse_stream(request: Request) -> Response:
                 render=render_sse,
                 prefix_for=subscription_prefix,
                 on_lag=catch_up,
+                seen=seen,
             )
             catch_up(sub)
             restarting = asyncio.create_task(restart(sub), name="sse-restart")

@@ -29,6 +29,7 @@ from realtime_bridge.events import Frame, subscription_prefix
 from realtime_bridge.hub import AHEAD_GRACE, Subscription, SubscriptionState
 from realtime_bridge.limits import TooManySubscriptions
 from realtime_bridge.market import PRICE_CHANNEL, PriceWatch
+from realtime_bridge.pgsnapshot import PgSnapshot
 from realtime_bridge.protocols import bounds
 from realtime_bridge.protocols.common import (
     Refusal,
@@ -123,6 +124,8 @@ class WebSocketSession(SocketSession):
                 "channel": sub.channel,
                 "since": sub.last_seq,
             }
+            if sub.seen is not None:
+                position["snapshot_token"] = sub.seen.text()
             if sub.client_id is not None:
                 position["client_id"] = sub.client_id
             positions.append(position)
@@ -209,6 +212,7 @@ class WebSocketSession(SocketSession):
             filter_spec=message.filter_spec,
         )
         channel, flt = target.channel, target.filter
+        seen = PgSnapshot.parse(message.snapshot_token) if message.snapshot_token else None
         await hub.check_since(message.since, AHEAD_GRACE)
         sub = target.subscribe(
             hub,
@@ -217,6 +221,7 @@ class WebSocketSession(SocketSession):
             prefix_for=subscription_prefix,
             client_id=message.client_id,
             on_lag=self._catch_up,
+            seen=seen,
         )
         self.subscriptions[sub.id] = sub
         reply: dict[str, Any] = {

@@ -59,7 +59,7 @@ SEQ_CHANNEL = "realtime_bridge_seq"
 
 _COLUMNS = (
     "coalesce(o.ref, o.id) AS id, o.seq, o.operation, o.schema_name, o.table_name, o.record,"
-    " o.old_record, o.created_at, o.channel, o.event, o.changes, o.batch"
+    " o.old_record, o.created_at, o.channel, o.event, o.changes, o.batch, o.xid"
 )
 
 # Changes routed between two yields to the event loop.
@@ -134,6 +134,7 @@ def row_to_changes(row: asyncpg.Record) -> list[Change]:
                 channel=row["channel"],
                 event=row["event"],
                 outbox_id=row["id"],
+                xid=row["xid"],
             )
         ]
     records = row["record"] or [None] * row["changes"]
@@ -148,6 +149,7 @@ def row_to_changes(row: asyncpg.Record) -> list[Change]:
             old_record=old,
             committed_at=row["created_at"],
             outbox_id=row["id"],
+            xid=row["xid"],
         )
         for i, (record, old) in enumerate(zip(records, old_records, strict=True))
     ]

@@ -81,15 +81,19 @@ APPEND_SQL = f"""
 WITH logged AS (
     INSERT INTO realtime_bridge.outbox
         (seq, operation, schema_name, table_name, record, old_record, channel, event,
-         changes, batch, created_at, ref, sequenced_at)
+         changes, batch, created_at, ref, xid, sequenced_at)
     SELECT r.seq, r.operation, r.schema_name, r.table_name, r.record::jsonb, r.old_record::jsonb,
-           r.channel, r.event, r.changes, r.batch, r.created_at, r.ref, clock_timestamp()
+           r.channel, r.event, r.changes, r.batch, r.created_at, r.ref, r.xid, clock_timestamp()
     FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                 $7::text[], $8::text[], $9::int[], $10::bool[], $11::timestamptz[],
-                $16::bigint[])
+                $16::bigint[], $17::bigint[])
          AS r(seq, operation, schema_name, table_name, record, old_record, channel, event,
-              changes, batch, created_at, ref)
+              changes, batch, created_at, ref, xid)
     RETURNING 1
+), visible AS (
+    -- Commit only once every writer is visible to new snapshots (see the
+    -- migration defining it): a snapshot that sees these rows sees their writes.
+    SELECT realtime_bridge.await_visible($17::bigint[]) AS ok
 ), counter AS (
     UPDATE realtime_bridge.sequencer SET last_seq = $12 WHERE last_seq < $12 RETURNING 1
 ), position AS (
@@ -99,7 +103,8 @@ WITH logged AS (
 ), wake AS (
     SELECT pg_notify('{SEQ_CHANNEL}', ($12::bigint)::text) FROM counter
 )
-SELECT (SELECT count(*) FROM logged) AS rows, (SELECT count(*) FROM wake) AS woken
+SELECT (SELECT count(*) FROM logged) AS rows, (SELECT count(*) FROM wake) AS woken,
+       (SELECT ok FROM visible) AS visible
 """
 
 SLOT_SQL = """
@@ -573,6 +578,7 @@ class WalSource(OutboxSource):
             record=record,
             old_record=old,
             committed_at=txn.committed_at,
+            xid=txn.xid,
         )
 
     async def _learn_types(self, conn: asyncpg.Connection, relations: Iterable[Relation]) -> None:
@@ -630,10 +636,10 @@ class WalSource(OutboxSource):
 
     async def _write_log(self, conn: asyncpg.Connection, batch: _Unlogged) -> None:
         """Append `batch` to the log in one statement; then acknowledge the WAL it covers."""
-        *columns, refs = _log_rows(batch.changes)
+        *columns, refs, xids = _log_rows(batch.changes)
         async with self._conn_lock:
             self.statements += 1
-            await conn.fetchrow(
+            written = await conn.fetchrow(
                 APPEND_SQL,
                 *columns,
                 batch.changes[-1].seq,
@@ -641,6 +647,13 @@ class WalSource(OutboxSource):
                 batch.logged,
                 batch.switch_pending,
                 refs,
+                xids,
+            )
+        if written is not None and written["visible"] is False:
+            logger.warning(
+                "a writer of seqs up to %s stayed invisible to new snapshots for 5 s; logged "
+                "anyway (a snapshot taken meanwhile may miss it)",
+                batch.changes[-1].seq,
             )
         self._skip_before = (batch.commit_lsn, batch.logged)
         self._logged_switch_pending = batch.switch_pending
@@ -744,6 +757,7 @@ def _log_rows(changes: list[Change]) -> tuple[list[Any], ...]:
     batches: list[bool] = []
     times: list[datetime] = []
     refs: list[int | None] = []
+    xids: list[int | None] = []
     run: list[Change] = []
 
     def close_run() -> None:
@@ -758,6 +772,7 @@ def _log_rows(changes: list[Change]) -> tuple[list[Any], ...]:
         events.append(first.event)
         times.append(first.committed_at)
         refs.append(first.outbox_id if first.operation == "BROADCAST" else None)
+        xids.append(first.xid)
         counts.append(len(run))
         # JSON text: asyncpg would take a list inside a jsonb[] for another dimension.
         # INSERT and DELETE rows are always batches (JSON arrays), UPDATEs single
@@ -780,12 +795,17 @@ def _log_rows(changes: list[Change]) -> tuple[list[Any], ...]:
             and run[0].table == change.table
             and run[0].schema == change.schema
             and run[0].committed_at == change.committed_at
+            and run[0].xid == change.xid
             and len(run) < MAX_CHANGES_PER_ROW
         ):
             close_run()
         run.append(change)
     close_run()
-    return seqs, ops, schemas, tables, records, olds, channels, events, counts, batches, times, refs
+    return (
+        *(seqs, ops, schemas, tables, records, olds, channels, events, counts, batches, times),
+        refs,
+        xids,
+    )
 
 
 def _json(value: Any) -> str | None:
