@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 from typing import Any
 
 import asyncpg
@@ -376,3 +378,103 @@ async def test_on_resync_reloads_through_the_subscriptions_snapshot(
     assert event.record_id == new
     assert as_state(rows) == await positions_in_db(db, "u1")
     assert len(rows) == 4
+
+
+TALLIES = "public.client_tallies"
+
+
+async def bump_tallies(dsn: str, stop: asyncio.Event, seed: int, next_id: list[int]) -> int:
+    """Add one to random rows' versions (sometimes two rows in one transaction), insert rows."""
+    rng = random.Random(seed)
+    conn = await asyncpg.connect(dsn)
+    count = 0
+    try:
+        while not stop.is_set():
+            choice = rng.random()
+            if choice < 0.1:
+                next_id[0] += 1
+                await conn.execute(
+                    "INSERT INTO client_tallies (id, version) VALUES ($1, 0)", next_id[0]
+                )
+            elif choice < 0.3:
+                async with conn.transaction():
+                    for row_id in sorted(rng.sample(range(1, 31), 2)):  # sorted: no deadlock
+                        await conn.execute(
+                            "UPDATE client_tallies SET version = version + 1 WHERE id = $1", row_id
+                        )
+            else:
+                await conn.execute(
+                    "UPDATE client_tallies SET version = version + 1 WHERE id = $1",
+                    rng.randint(1, 30),
+                )
+            count += 1
+    finally:
+        await conn.close()
+    return count
+
+
+async def test_a_snapshot_token_hands_each_change_over_exactly_once_across_resubscribes(
+    start_bridge: BridgeFactory, dsn: str, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every UPDATE adds one to its row's version: each row's events must go on
+    # from its snapshot version with no gap (a change in neither) and no repeat
+    # (a change in both). A small queue makes the feed stop and resubscribe, with
+    # its since and the token, again and again while the writers run.
+    await db.execute(
+        "CREATE TABLE client_tallies (id int PRIMARY KEY, version int NOT NULL);"
+        "INSERT INTO client_tallies SELECT i, 0 FROM generate_series(1, 30) i;"
+        f"SELECT realtime_bridge.track('{TALLIES}');"
+    )
+    subscribes: list[dict[str, Any]] = []
+    frame_of = Subscription._subscribe_frame
+
+    def recorded(sub: Subscription[Any], client_id: str | None) -> dict[str, Any]:
+        frame = frame_of(sub, client_id)
+        subscribes.append(frame)
+        return frame
+
+    monkeypatch.setattr(Subscription, "_subscribe_frame", recorded)
+    bridge = await start_bridge()
+    stop = asyncio.Event()
+    next_id = [1000]
+    writers = [asyncio.create_task(bump_tallies(dsn, stop, seed, next_id)) for seed in (1, 2)]
+    events: list[Event[Any]] = []
+    try:
+        async with connect(bridge.url, api_key=bridge.service_key) as client:
+            await asyncio.sleep(0.2)
+            snap = await client.snapshot(TALLIES, limit=10_000)  # one page: one snapshot
+            assert snap.token, snap
+            versions = {r["id"]: r["version"] for r in snap.records}
+            async with client.subscribe(
+                TALLIES, since=snap.seq, snapshot_token=snap.token, max_queue=64
+            ) as tallies:
+                await asyncio.sleep(0.4)  # the queue fills, the feed stops
+                stop.set()
+                statements = sum(await asyncio.gather(*writers))
+                upto = await last_seq(db)
+                # The last seq may be one this subscription skips: read until silence.
+                with contextlib.suppress(TimeoutError):
+                    while not events or events[-1].seq < upto:
+                        events.append(await asyncio.wait_for(anext(tallies), 2))
+    finally:
+        stop.set()
+        await asyncio.gather(*writers, return_exceptions=True)
+    assert statements > 50
+    assert len(subscribes) > 1, "the feed never resubscribed"
+    assert {f["snapshot_token"] for f in subscribes} == {snap.token}
+    assert [f["since"] for f in subscribes][:1] == [snap.seq]
+    seqs = [e.seq for e in events]
+    assert seqs == sorted(set(seqs))
+    assert all(snap.seq < seq <= upto for seq in seqs)
+    for event in events:
+        row = event.data
+        if event.operation == "INSERT":
+            assert row["id"] not in versions, ("in the snapshot and inserted", event)
+            assert row["version"] == 0
+        else:
+            assert event.operation == "UPDATE", event
+            assert row["version"] == versions[row["id"]] + 1, (versions[row["id"]], event)
+        versions[row["id"]] = row["version"]
+    # And nothing missed: the records plus the events are the table now.
+    rows = await db.fetch("SELECT id, version FROM client_tallies")
+    assert versions == {r["id"]: r["version"] for r in rows}
