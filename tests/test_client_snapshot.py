@@ -468,6 +468,7 @@ async def test_a_snapshot_token_hands_each_change_over_exactly_once_across_resub
     assert all(snap.seq < seq <= upto for seq in seqs)
     for event in events:
         row = event.data
+        assert row is not None
         if event.operation == "INSERT":
             assert row["id"] not in versions, ("in the snapshot and inserted", event)
             assert row["version"] == 0
