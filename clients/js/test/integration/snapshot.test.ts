@@ -1,11 +1,13 @@
 /**
  * `client.snapshot` against a real bridge (started by the global setup): the
  * current rows, typed, across pages; a user token's row scope; errors with
- * their codes; token renewal; and snapshot + `since` ending exactly as the
- * database, with rows written before, during and after the snapshot.
+ * their codes; token renewal; snapshot + `since` ending exactly as the
+ * database, with rows written before, during and after the snapshot; and
+ * snapshot + `since` + its token handing each change over exactly once.
  */
 
 import { describe, expect, expectTypeOf, inject, test } from "vitest";
+import WebSocket from "ws";
 
 import {
   applyEvent,
@@ -17,10 +19,12 @@ import {
   type PositionUpdate,
   type RecordsState,
   type TableRow,
+  type WebSocketConstructor,
 } from "../../src/index.js";
 import { python, sql, userToken } from "../support/bridge.js";
-import { simulate, testClient, uniqueUser, until } from "../support/helpers.js";
-import { track } from "../support/cleanup.js";
+import { simulate, testClient, uniqueUser, until, untilStatus } from "../support/helpers.js";
+import { onCleanup, track } from "../support/cleanup.js";
+import { TcpProxy } from "../support/proxy.js";
 
 const bridge = inject("bridge");
 
@@ -313,5 +317,156 @@ describe("snapshot, then subscribe since its seq", () => {
     expect(summary(recordsOf(state))).toEqual(expected);
     expect(seqs.every((seq) => seq > snapshot.seq)).toBe(true);
     expect(new Set(seqs).size).toBe(seqs.length); // once each
+  });
+});
+
+/** Node's `ws`, recording every frame the client sends into `sent`. */
+function recordingWebSocket(sent: Record<string, unknown>[]): WebSocketConstructor {
+  return function (url: string) {
+    const socket = new WebSocket(url);
+    const send = socket.send.bind(socket);
+    socket.send = (data: string) => {
+      sent.push(JSON.parse(data) as Record<string, unknown>);
+      send(data);
+    };
+    return socket;
+  } as unknown as WebSocketConstructor;
+}
+
+/**
+ * Two writers on `user`'s positions for `seconds`: every UPDATE adds one to a
+ * row's `quantity` (sometimes to two rows in one transaction), and new rows
+ * start at 1. Resolves to the number of statements run.
+ */
+async function countUp(user: string, seconds: number): Promise<number> {
+  const out = await python(
+    [
+      "import asyncio, asyncpg, random, time",
+      `URL, USER = ${JSON.stringify(bridge.databaseUrl)}, ${JSON.stringify(user)}`,
+      "BUMP = 'UPDATE positions SET quantity = quantity + 1 WHERE id = $1'",
+      "async def writer(seed, ids, deadline):",
+      "    rng, count = random.Random(seed), 0",
+      "    conn = await asyncpg.connect(URL)",
+      "    while time.monotonic() < deadline:",
+      "        choice = rng.random()",
+      "        if choice < 0.1:",
+      "            await conn.execute(\"INSERT INTO positions (user_id, symbol, quantity, entry_price)\"",
+      "                               \" VALUES ($1, 'NEW', 1, 100)\", USER)",
+      "        elif choice < 0.3:",
+      "            async with conn.transaction():",
+      "                for row in sorted(rng.sample(ids, 2)):  # sorted: no deadlock",
+      "                    await conn.execute(BUMP, row)",
+      "        else:",
+      "            await conn.execute(BUMP, rng.choice(ids))",
+      "        count += 1",
+      "    await conn.close()",
+      "    return count",
+      "async def main():",
+      "    conn = await asyncpg.connect(URL)",
+      "    ids = [r['id'] for r in await conn.fetch('SELECT id FROM positions WHERE user_id = $1', USER)]",
+      "    await conn.close()",
+      `    deadline = time.monotonic() + ${seconds}`,
+      "    print(sum(await asyncio.gather(writer(1, ids, deadline), writer(2, ids, deadline))))",
+      "asyncio.run(main())",
+    ].join("\n"),
+    bridge.dataDir,
+  );
+  return Number(out.trim());
+}
+
+/** `user`'s positions as {id: quantity}, as Postgres has them (ids in order). */
+async function quantities(user: string): Promise<Record<string, number>> {
+  const out = await python(
+    [
+      "import asyncio, asyncpg, json",
+      "async def main():",
+      `    conn = await asyncpg.connect(${JSON.stringify(bridge.databaseUrl)})`,
+      "    rows = await conn.fetch('SELECT id, quantity::float8 AS q FROM positions WHERE user_id = $1',",
+      `                            ${JSON.stringify(user)})`,
+      "    await conn.close()",
+      "    print(json.dumps({r['id']: r['q'] for r in rows}))",
+      "asyncio.run(main())",
+    ].join("\n"),
+    bridge.dataDir,
+  );
+  return JSON.parse(out) as Record<string, number>;
+}
+
+describe("the snapshot token", () => {
+  test("each change arrives exactly once after the snapshot, across reconnects, under writers", async () => {
+    const user = uniqueUser("snap-token");
+    await sql(
+      bridge,
+      "INSERT INTO positions (user_id, symbol, quantity, entry_price)" +
+        ` SELECT '${user}', 'T' || i, 1, 100 FROM generate_series(1, 20) AS i`,
+    );
+    const proxy = new TcpProxy(bridge.port);
+    await proxy.listen();
+    onCleanup(() => proxy.close());
+    const sent: Record<string, unknown>[] = [];
+    const client = track(
+      testClient(bridge, {
+        wsUrl: `ws://127.0.0.1:${proxy.port}/ws/db_subscriptions`,
+        WebSocket: recordingWebSocket(sent),
+        fallback: { enabled: false },
+      }),
+    );
+    const writing = countUp(user, 2.5);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const snapshot = await client.snapshot("position-updates", { filters: { user_id: user }, limit: 10_000 });
+    expect(typeof snapshot.snapshotToken).toBe("string");
+    const token = snapshot.snapshotToken as string;
+
+    // Each row's events must go on from its snapshot quantity: no gap (a change
+    // in neither), no repeat (a change in both).
+    const quantity = new Map(snapshot.records.map((p) => [p.id, p.quantity]));
+    const wrong: unknown[] = [];
+    const seqs: number[] = [];
+    client.subscribe(
+      "position-updates",
+      { filters: { user_id: user }, since: snapshot.seq, snapshotToken: token },
+      (event) => {
+        seqs.push(event.seq);
+        const row = event.data;
+        const before = row === null ? undefined : quantity.get(row.id);
+        if (row === null || event.operation === "DELETE") wrong.push(["unexpected", event]);
+        else if (event.operation === "INSERT" && (before !== undefined || row.quantity !== 1)) {
+          wrong.push(["inserted, yet in the snapshot or not at 1", before, event]);
+        } else if (event.operation === "UPDATE" && row.quantity !== (before ?? NaN) + 1) {
+          wrong.push(["not the next quantity", before, event]);
+        }
+        if (row !== null) quantity.set(row.id, row.quantity);
+      },
+    );
+    await untilStatus(client, "realtime");
+
+    // Twice, the network drops while the writers go on: each resume resubscribes.
+    for (let cut = 0; cut < 2; cut += 1) {
+      await new Promise((resolve) => setTimeout(resolve, 400));
+      proxy.stopListening();
+      proxy.cutAll();
+      await untilStatus(client, "connecting");
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      await proxy.listen();
+      await untilStatus(client, "realtime");
+    }
+    const statements = await writing;
+    const expected = await quantities(user);
+    expect(Object.keys(expected).length).toBeGreaterThan(20);
+    // Integer keys: both objects list their ids in ascending order.
+    const current = () => JSON.stringify(Object.fromEntries(quantity));
+    const want = JSON.stringify(expected);
+    await until(() => current() === want, "the rows plus the events to be the table", 15_000);
+    await new Promise((resolve) => setTimeout(resolve, 300)); // nothing more comes
+
+    expect(statements).toBeGreaterThan(50);
+    expect(wrong).toEqual([]);
+    expect(current()).toBe(want);
+    expect(seqs).toEqual([...new Set(seqs)].sort((a, b) => a - b));
+    expect(seqs.every((seq) => seq > snapshot.seq)).toBe(true);
+    const subscribes = sent.filter((frame) => frame.type === "subscribe");
+    expect(subscribes.length).toBeGreaterThanOrEqual(3);
+    expect(subscribes.map((frame) => frame.snapshot_token)).toEqual(subscribes.map(() => token));
+    expect(subscribes[0]?.since).toBe(snapshot.seq);
   });
 });
