@@ -144,8 +144,10 @@ export interface Snapshot<T> {
   seq: number;
   /**
    * Subscribe with `snapshotToken` = this beside `since: seq` and no change in
-   * `records` arrives again. Null when the bridge has no database log (polling,
-   * hosted Supabase mode): then some changes after `seq` may be in `records`.
+   * `records` arrives again. It is the first page's: rows on later pages may
+   * still meet a change made between the pages. Null when the bridge has no
+   * database log (polling, hosted Supabase mode): then some changes after
+   * `seq` may be in `records`.
    */
   snapshotToken: string | null;
   records: T[];
@@ -428,9 +430,10 @@ export class RealtimeClient {
    * every page of them, the seq they were read at and the first page's
    * `snapshotToken`: subscribe with `since: seq, snapshotToken` and each change
    * arrives exactly once, none of them already in the rows. Without a token
-   * (null: the bridge has no database log) a few events after `seq` may already
-   * be in the rows: apply each as state, "this row is now `data`" (DELETE: "is
-   * gone"), which makes them harmless.
+   * (null: the bridge has no database log), and for rows on later pages of a
+   * paged snapshot, a few events after `seq` may already be in the rows: apply
+   * each as state, "this row is now `data`" (DELETE: "is gone"), which makes
+   * them harmless.
    *
    * Uses the current access token (renewed through `getAccessToken` when the
    * bridge says it expired). Rejects with a `RealtimeError` carrying the

@@ -44,10 +44,11 @@ What the client guarantees:
   at and the snapshot's `token`. Subscribing with `since=snapshot.seq,
   snapshot_token=snapshot.token` then delivers every later change exactly
   once: nothing falls between the two, and nothing already in the records
-  comes again. Without a token (None: the bridge has no database log) a few
-  changes after `seq` may already be in the records, so apply each event as
-  "this row is now `data`" (DELETE: "this row is gone"); the rows then end as
-  in the database either way::
+  comes again. Without a token (None: the bridge has no database log), and
+  for rows on the later pages of a paged snapshot (the token is the first
+  page's), a few changes after `seq` may already be in the records, so apply
+  each event as "this row is now `data`" (DELETE: "this row is gone"); the
+  rows then end as in the database either way::
 
       mine = {"user_id": "u1"}
       snap = await client.snapshot("position-updates", filters=mine, model=PositionUpdate)
@@ -399,9 +400,10 @@ class Snapshot(Generic[D]):
     `since=seq, snapshot_token=token`: every change numbered up to `seq` is in
     `records` and every later one arrives on the subscription exactly once,
     none that `records` already hold. `token` is None when the bridge has no
-    database log (polling, hosted Supabase mode); then a few changes after
-    `seq` may be in `records` already, and applying each event as "this row
-    is now `data`" (DELETE: "this row is gone") ends in the database's state.
+    database log (polling, hosted Supabase mode), and it is the first page's:
+    without it, or for rows on later pages, a few changes after `seq` may be
+    in `records` already, and applying each event as "this row is now `data`"
+    (DELETE: "this row is gone") ends in the database's state.
     """
 
     seq: int
