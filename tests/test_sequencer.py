@@ -94,7 +94,7 @@ async def test_the_sequencer_sends_one_statement_per_wake_up(
 async def test_a_database_without_sequence_pass_is_sequenced_statement_by_statement(
     dsn: str, db: asyncpg.Connection
 ) -> None:
-    await db.execute("DROP FUNCTION realtime_bridge.sequence_pass(integer, boolean)")
+    await db.execute("DROP FUNCTION realtime_bridge.sequence_pass_with_xid(integer, boolean)")
     received: list[Change] = []
     head = await db.fetchval("SELECT last_seq FROM realtime_bridge.sequencer")
     source = OutboxSource(dsn, received.extend, start_after=head)

@@ -133,6 +133,19 @@ async def test_sigterm_tells_every_client_to_reconnect_and_exits_in_bounded_time
                 await phx.send(orjson.dumps(join).decode())
                 assert orjson.loads(await asyncio.wait_for(phx.recv(), 5))["event"] == "phx_reply"
 
+                # A second subscription, following a snapshot with its token.
+                taken = (await http.get("/api/channels/public.trades/snapshot")).json()
+                assert taken["snapshot_token"], taken
+                after = {
+                    "type": "subscribe",
+                    "table": "public.trades",
+                    "since": taken["seq"],
+                    "snapshot_token": taken["snapshot_token"],
+                }
+                await ws.send(orjson.dumps(after))
+                following = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
+                assert following["type"] == "subscribed", following
+
                 await insert_position(db, "u1", "AAPL")
                 change = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
                 assert change["type"] == "db_change", change
@@ -171,7 +184,13 @@ async def test_sigterm_tells_every_client_to_reconnect_and_exits_in_bounded_time
                         "subscription_id": subscribed["subscription_id"],
                         "channel": "position-updates",
                         "since": seq,
-                    }
+                    },
+                    {  # the token goes with it: the resumed subscription still skips
+                        "subscription_id": following["subscription_id"],
+                        "channel": "public.trades",
+                        "since": taken["seq"],  # no trade since
+                        "snapshot_token": taken["snapshot_token"],
+                    },
                 ]
                 with pytest.raises(websockets.ConnectionClosed) as closed:
                     await asyncio.wait_for(ws.recv(), SHUTDOWN_TIMEOUT)

@@ -16,7 +16,7 @@ Before sleeping the sequencer takes the lock (if it cannot, writers are
 active: it drains again after a short pause) and then drains once more;
 dropping that final drain strands rows. One pass (release the lock after a
 wake-up, number, try the lock, the final drain) is one round trip:
-``realtime_bridge.sequence_pass()``, whose final drain is a statement of its
+``realtime_bridge.sequence_pass_with_xid()``, whose final drain is a statement of its
 own and so sees everything committed before the lock was taken. A database
 migrated before that function existed gets the same protocol in separate
 statements.
@@ -68,8 +68,8 @@ HAND_ON_SLICE = 200
 # The most changes one outbox row holds (a statement-level chunk).
 MAX_CHANGES_PER_ROW = 1000
 
-# One pass of the sequencer (the same as realtime_bridge.sequence_rows(), for a
-# database migrated before sequence_pass() existed). Visible unnumbered rows are taken in id order,
+# One pass of the sequencer (the same as realtime_bridge.sequence_rows_with_xid(), for a
+# database without that function). Visible unnumbered rows are taken in id order,
 # up to about $1 changes (at least one row); a row of n changes gets n
 # consecutive seqs. `batch` is bounded and materialised; the counter row is
 # touched only when there is something to number, so an idle pass writes
@@ -104,8 +104,8 @@ RETURNING {_COLUMNS}
 # it): the rows it numbered, then a state row (seq NULL) whose `event` says
 # whether we now hold the wake lock ('asleep'), hold nothing and should call
 # again ('awake') or hold nothing because writers are mid-transaction ('busy').
-PASS_SQL = "SELECT * FROM realtime_bridge.sequence_pass($1, $2)"
-PASS_FUNCTION = "realtime_bridge.sequence_pass(integer,boolean)"
+PASS_SQL = "SELECT * FROM realtime_bridge.sequence_pass_with_xid($1, $2)"
+PASS_FUNCTION = "realtime_bridge.sequence_pass_with_xid(integer,boolean)"
 
 # Rows holding any seq in ($1, $2]; a batch row may start up to
 # MAX_CHANGES_PER_ROW - 1 before $1, which keeps the seq index usable.
@@ -370,7 +370,7 @@ class OutboxSource:
             self.statements += 1
             rows = await conn.fetch(PASS_SQL, self.batch_size, holding)
             if not rows or rows[-1]["seq"] is not None:
-                raise RuntimeError("realtime_bridge.sequence_pass() returned no state row")
+                raise RuntimeError("realtime_bridge.sequence_pass_with_xid() returned no state row")
             state = rows[-1]["event"]
             holding = state == "asleep"
             await self._hand_on(rows[:-1], numbered=True)

@@ -54,14 +54,14 @@ BEGIN
 END;
 $$;
 
--- The sequencer's passes return each row's xid too (a changed result type:
--- dropped and created again). Otherwise as in
+-- The sequencer's passes return each row's xid too: a changed result type,
+-- so under new names (CREATE OR REPLACE cannot change it, and the older files
+-- must stay re-runnable as they are). The old functions stay for bridges of
+-- the previous version during a rolling deploy. Otherwise as in
 -- 20261204000700_realtime_bridge_seq_notify_head.sql (sequence_rows) and
 -- 20261203000100_realtime_bridge_sequence_pass.sql (sequence_pass).
-DROP FUNCTION IF EXISTS realtime_bridge.sequence_pass(integer, boolean);
-DROP FUNCTION IF EXISTS realtime_bridge.sequence_rows(integer);
 
-CREATE OR REPLACE FUNCTION realtime_bridge.sequence_rows(max_changes integer)
+CREATE OR REPLACE FUNCTION realtime_bridge.sequence_rows_with_xid(max_changes integer)
 RETURNS TABLE (
     id bigint,
     seq bigint,
@@ -109,7 +109,7 @@ RETURNING coalesce(o.ref, o.id), o.seq, o.operation, o.schema_name, o.table_name
           o.old_record, o.created_at, o.channel, o.event, o.changes, o.batch, o.xid
 $$;
 
-CREATE OR REPLACE FUNCTION realtime_bridge.sequence_pass(max_changes integer, holding boolean)
+CREATE OR REPLACE FUNCTION realtime_bridge.sequence_pass_with_xid(max_changes integer, holding boolean)
 RETURNS TABLE (
     id bigint,
     seq bigint,
@@ -140,14 +140,14 @@ DECLARE
     numbered bigint;
 BEGIN
     IF current_setting('transaction_isolation') <> 'read committed' THEN
-        RAISE EXCEPTION 'realtime_bridge.sequence_pass() needs READ COMMITTED, not %',
+        RAISE EXCEPTION 'realtime_bridge.sequence_pass_with_xid() needs READ COMMITTED, not %',
             current_setting('transaction_isolation');
     END IF;
     IF holding THEN
         PERFORM pg_advisory_unlock(key);
     END IF;
     SELECT s.last_seq INTO before FROM realtime_bridge.sequencer s;
-    RETURN QUERY SELECT * FROM realtime_bridge.sequence_rows(max_changes);
+    RETURN QUERY SELECT * FROM realtime_bridge.sequence_rows_with_xid(max_changes);
     SELECT s.last_seq - before INTO numbered FROM realtime_bridge.sequencer s;
     IF numbered >= max_changes THEN
         -- A full batch: there may be more; do not try to sleep.
@@ -162,7 +162,7 @@ BEGIN
         RETURN;
     END IF;
     -- The final drain: rows committed before we took the lock (a new snapshot).
-    RETURN QUERY SELECT * FROM realtime_bridge.sequence_rows(max_changes - numbered::integer);
+    RETURN QUERY SELECT * FROM realtime_bridge.sequence_rows_with_xid(max_changes - numbered::integer);
     id := NULL; seq := NULL; operation := 'STATE';
     IF FOUND THEN
         PERFORM pg_advisory_unlock(key);
