@@ -167,3 +167,31 @@ async def until_logged(bridge: RunningBridge, seq: int) -> None:
     source = bridge.bridge.source
     if isinstance(source, OutboxSource):
         assert await source.wait_logged(seq, timeout=10), f"seq {seq} was never logged"
+
+
+async def bump_tallies(
+    dsn: str, stop: asyncio.Event, seed: int, table: str, rows: int, next_id: list[int]
+) -> int:
+    """Until `stop`: add one to random rows' `version` of `table` (ids 1..`rows`; sometimes
+    two rows in one transaction), and insert new rows (ids from `next_id`) at version 0.
+    Each row's versions then count its UPDATEs. Returns the statements run."""
+    rng = random.Random(seed)
+    conn = await asyncpg.connect(dsn)
+    bump = f"UPDATE {table} SET version = version + 1 WHERE id = $1"
+    count = 0
+    try:
+        while not stop.is_set():
+            choice = rng.random()
+            if choice < 0.1:
+                next_id[0] += 1
+                await conn.execute(f"INSERT INTO {table} (id, version) VALUES ($1, 0)", next_id[0])
+            elif choice < 0.3:
+                async with conn.transaction():
+                    for row_id in sorted(rng.sample(range(1, rows + 1), 2)):  # sorted: no deadlock
+                        await conn.execute(bump, row_id)
+            else:
+                await conn.execute(bump, rng.randint(1, rows))
+            count += 1
+    finally:
+        await conn.close()
+    return count

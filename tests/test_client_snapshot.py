@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from typing import Any
 
 import asyncpg
@@ -31,7 +30,7 @@ from realtime_bridge_client import (
 )
 from realtime_bridge_client._client import filter_string, http_url
 from tests.conftest import BridgeFactory
-from tests.helpers import churn_positions, insert_position, last_seq
+from tests.helpers import bump_tallies, churn_positions, insert_position, last_seq
 
 
 class PositionView(BaseModel):
@@ -383,36 +382,6 @@ async def test_on_resync_reloads_through_the_subscriptions_snapshot(
 TALLIES = "public.client_tallies"
 
 
-async def bump_tallies(dsn: str, stop: asyncio.Event, seed: int, next_id: list[int]) -> int:
-    """Add one to random rows' versions (sometimes two rows in one transaction), insert rows."""
-    rng = random.Random(seed)
-    conn = await asyncpg.connect(dsn)
-    count = 0
-    try:
-        while not stop.is_set():
-            choice = rng.random()
-            if choice < 0.1:
-                next_id[0] += 1
-                await conn.execute(
-                    "INSERT INTO client_tallies (id, version) VALUES ($1, 0)", next_id[0]
-                )
-            elif choice < 0.3:
-                async with conn.transaction():
-                    for row_id in sorted(rng.sample(range(1, 31), 2)):  # sorted: no deadlock
-                        await conn.execute(
-                            "UPDATE client_tallies SET version = version + 1 WHERE id = $1", row_id
-                        )
-            else:
-                await conn.execute(
-                    "UPDATE client_tallies SET version = version + 1 WHERE id = $1",
-                    rng.randint(1, 30),
-                )
-            count += 1
-    finally:
-        await conn.close()
-    return count
-
-
 async def test_a_snapshot_token_hands_each_change_over_exactly_once_across_resubscribes(
     start_bridge: BridgeFactory, dsn: str, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -437,7 +406,10 @@ async def test_a_snapshot_token_hands_each_change_over_exactly_once_across_resub
     bridge = await start_bridge()
     stop = asyncio.Event()
     next_id = [1000]
-    writers = [asyncio.create_task(bump_tallies(dsn, stop, seed, next_id)) for seed in (1, 2)]
+    writers = [
+        asyncio.create_task(bump_tallies(dsn, stop, seed, "client_tallies", 30, next_id))
+        for seed in (1, 2)
+    ]
     events: list[Event[Any]] = []
     try:
         async with connect(bridge.url, api_key=bridge.service_key) as client:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from typing import Any
 
 import asyncpg
@@ -22,6 +21,7 @@ from realtime_bridge.testing import RunningBridge
 from tests.conftest import BOTH_CAPTURES, BridgeFactory, make_settings
 from tests.helpers import (
     SNAPSHOT,
+    bump_tallies,
     churn_positions,
     http,
     insert_position,
@@ -212,37 +212,6 @@ async def test_a_hosted_snapshot_asks_postgrest_for_the_scope_and_reports_its_re
 TALLIES = "public.snapshot_tallies"
 
 
-async def _tally_writer(dsn: str, stop: asyncio.Event, seed: int, next_id: list[int]) -> int:
-    """Bump random rows' versions (sometimes two rows in one transaction), insert new rows."""
-    rng = random.Random(seed)
-    conn = await asyncpg.connect(dsn)
-    count = 0
-    try:
-        while not stop.is_set():
-            choice = rng.random()
-            if choice < 0.1:
-                next_id[0] += 1
-                await conn.execute(
-                    "INSERT INTO snapshot_tallies (id, version) VALUES ($1, 0)", next_id[0]
-                )
-            elif choice < 0.3:
-                async with conn.transaction():
-                    for row_id in rng.sample(range(1, 41), 2):
-                        await conn.execute(
-                            "UPDATE snapshot_tallies SET version = version + 1 WHERE id = $1",
-                            row_id,
-                        )
-            else:
-                await conn.execute(
-                    "UPDATE snapshot_tallies SET version = version + 1 WHERE id = $1",
-                    rng.randint(1, 40),
-                )
-            count += 1
-    finally:
-        await conn.close()
-    return count
-
-
 @BOTH_CAPTURES
 async def test_the_snapshot_token_hands_over_to_the_subscription_exactly_under_writers(
     start_bridge: BridgeFactory, dsn: str, db: asyncpg.Connection
@@ -264,7 +233,9 @@ async def test_the_snapshot_token_hands_over_to_the_subscription_exactly_under_w
         for round_ in range(4):
             stop = asyncio.Event()
             writers = [
-                asyncio.create_task(_tally_writer(dsn, stop, 10 * round_ + s, next_id))
+                asyncio.create_task(
+                    bump_tallies(dsn, stop, 10 * round_ + s, "snapshot_tallies", 40, next_id)
+                )
                 for s in (1, 2, 3)
             ]
             try:
