@@ -142,7 +142,7 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="record py-spy profiles of the bridge during P1 and P3 (bench/results/profile-*)",
+        help="record py-spy profiles of the bridge during P1, P3 and P6 (bench/results/profile-*)",
     )
     parser.add_argument(
         "--count-queries",

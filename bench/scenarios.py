@@ -651,9 +651,21 @@ def capture_cost(env: Environment, server: ServerProcess, kind: str) -> None:
             order = ("plain", "tracked") if rep % 2 == 0 else ("tracked", "plain")
             for table in order:
                 before = leader_counts(server) if table == "tracked" else None
+                profiler: Profiler | None = None
+                if config.profile and table == "tracked" and rep == 0:
+                    profiler = Profiler(server.pid, PROFILES / f"profile-P6-{kind}-{rows}.txt")
+                    profiler.start()
+                cpu_before = _cpu(env, server)
                 result = env.writer.insert(
                     InsertPlan(f"bench.capture_{table}", rows, config.p6_duration, connections)
                 )
+                cpu, _window = _cpu_share(cpu_before, _cpu(env, server))
+                if profiler is not None:
+                    profiler.stop()
+                    if profiler.error:
+                        env.results.problems.append(f"profile P6: {profiler.error}")
+                    else:
+                        env.results.profiles[f"P6-{kind}-{rows}"] = summarise(profiler.output)
                 if before is not None:
                     _p6_leader(env, server, f"{kind}:{table}-{rows}", before, result.rows)
                 if result.errors:
@@ -666,7 +678,8 @@ def capture_cost(env: Environment, server: ServerProcess, kind: str) -> None:
                 say(
                     f"{kind} P6 {table} ×{rows}",
                     f"{result.rows:,} rows in {result.seconds:.1f} s = "
-                    f"{result.rows_per_second:,.0f} rows/s",
+                    f"{result.rows_per_second:,.0f} rows/s; CPU % "
+                    + " ".join(f"{side} {share:.0f}" for side, share in cpu.items() if share),
                 )
                 time.sleep(0.3)
 
