@@ -128,7 +128,7 @@ def row_size(row: Mapping[str, Any] | None) -> int:
     """
     if row is None:
         return 0
-    return sys.getsizeof(row) + sum(sys.getsizeof(v) for v in row.values())
+    return sys.getsizeof(row) + sum(map(sys.getsizeof, row.values()))
 
 
 def event_size(event: Event) -> int:

@@ -365,3 +365,21 @@ async def test_capture_wal_refuses_to_start_where_it_cannot_and_says_why(dsn: st
         await Bridge(settings).start()
     await admin.execute("DROP OWNED BY no_repl; DROP ROLE no_repl")
     await admin.close()
+
+
+async def test_timestamptz_text_is_rewritten_as_to_jsonb_writes_it_in_any_zone(
+    db: asyncpg.Connection,
+) -> None:
+    # The WAL sends a timestamptz as text in the walsender's TimeZone; offsets
+    # of whole hours (+HH), of minutes (+05:45) and, historically, of seconds.
+    from realtime_bridge.sources.pgoutput import _timestamptz
+
+    moments = ["2026-12-02 13:14:15.123456+00", "1850-01-01 12:00:00+00", "2026-06-01 00:00+00"]
+    for zone in ["UTC", "Asia/Kolkata", "America/St_Johns", "Asia/Kathmandu", "Europe/Amsterdam"]:
+        await db.execute(f"SET TimeZone = '{zone}'")
+        for moment in moments:
+            text, jsonb = await db.fetchrow(
+                "SELECT $1::text::timestamptz::text, to_jsonb($1::text::timestamptz) #>> '{}'",
+                moment,
+            )
+            assert _timestamptz(text) == jsonb, (zone, text)

@@ -20,7 +20,6 @@ and transactions never interleave.
 
 from __future__ import annotations
 
-import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -247,8 +246,6 @@ SELECT oid::int AS oid, typtype::text AS typtype, typcategory::text AS category,
 FROM pg_catalog.pg_type WHERE oid = ANY($1::oid[])
 """
 
-_OFFSET = re.compile(r"([+-]\d\d)$")
-
 
 def _number(text: str) -> Any:
     try:
@@ -260,7 +257,10 @@ def _number(text: str) -> Any:
 def _timestamptz(text: str) -> str:
     if len(text) > 10 and text[10] == " ":
         text = f"{text[:10]}T{text[11:]}"
-    return _OFFSET.sub(r"\1:00", text)
+    # An offset of whole hours comes as +HH: to_jsonb() writes +HH:00.
+    if len(text) > 3 and text[-3] in "+-" and text[-2:].isdigit():
+        return text + ":00"
+    return text
 
 
 def _timestamp(text: str) -> str:
@@ -288,14 +288,33 @@ class Types:
     def __init__(self) -> None:
         self._converters: dict[int, Convert] = {}
         self._rows: dict[int, TypeRow] = {}
+        # Per relation: its columns' names and converters, in order (rebuilt on a
+        # new relation message, and after `learn`, which may change a converter).
+        self._plans: dict[int, tuple[Relation, tuple[tuple[str, Convert], ...]]] = {}
 
     def unknown(self, relation: Relation) -> list[int]:
         """The type oids of `relation` not yet converted (ask the catalog for them)."""
         return [c.type_oid for c in relation.columns if self.converter(c.type_oid) is None]
 
+    def ready(self, relation: Relation) -> bool:
+        """Whether every column type of `relation` is converted (cheap once it was)."""
+        planned = self._plans.get(relation.oid)
+        if planned is not None and planned[0] is relation:
+            return True
+        if self.unknown(relation):
+            return False
+        self._plan(relation)
+        return True
+
+    def _plan(self, relation: Relation) -> tuple[tuple[str, Convert], ...]:
+        plan = tuple((c.name, self.converter(c.type_oid) or _text) for c in relation.columns)
+        self._plans[relation.oid] = (relation, plan)
+        return plan
+
     def learn(self, rows: list[tuple[int, str, str, int, int]]) -> list[int]:
         """Remember catalog rows; returns further oids needed (element and base types)."""
         further = []
+        self._plans.clear()
         for oid, typtype, category, elem, base in rows:
             self._rows[oid] = (typtype, category, elem, base)
             for other in (elem, base):
@@ -342,16 +361,15 @@ class Types:
         self, relation: Relation, values: tuple[bytes | Unchanged | None, ...]
     ) -> dict[str, Any]:
         """A tuple as `to_jsonb()` would render the row (unchanged TOAST values left out)."""
+        planned = self._plans.get(relation.oid)
+        fresh = planned is not None and planned[0] is relation
+        plan = planned[1] if planned is not None and fresh else self._plan(relation)
         out: dict[str, Any] = {}
-        for column, raw in zip(relation.columns, values, strict=False):
+        for (name, convert), raw in zip(plan, values, strict=False):
             if raw is None:
-                out[column.name] = None
-            elif raw is UNCHANGED:
-                continue
-            else:
-                assert isinstance(raw, bytes)
-                convert = self.converter(column.type_oid) or _text
-                out[column.name] = convert(raw.decode())
+                out[name] = None
+            elif raw is not UNCHANGED:
+                out[name] = convert(raw.decode())  # type: ignore[union-attr]
         return out
 
 

@@ -214,7 +214,8 @@ class WalSource(OutboxSource):
         self._writing: asyncio.Task[None] | None = None
         self._written: _Unlogged | None = None  # the batch `_writing` appends
         self._conn_lock = asyncio.Lock()  # the log writes and the type lookups share `conn`
-        self._ready = asyncio.Event()
+        # What the stream loop awaits (one future per wait, resolved by `_rouse`).
+        self._waiter: asyncio.Future[None] | None = None
         self._log_grew = asyncio.Event()
         self._stream_error: BaseException | None = None
         self._paused = False
@@ -382,6 +383,7 @@ class WalSource(OutboxSource):
         await _poll(self._replication)
         fd = self._replication.fileno()
         self._stream_error = None
+        conn.add_termination_listener(self._on_terminated)
         loop.add_reader(fd, self._on_readable)
         self._connected()
         logger.info(
@@ -405,6 +407,7 @@ class WalSource(OutboxSource):
                 await self._settle(conn)
                 self._ack_idle()
         finally:
+            conn.remove_termination_listener(self._on_terminated)
             with contextlib.suppress(Exception):
                 loop.remove_reader(fd)
             if self._writing is not None:
@@ -445,6 +448,9 @@ class WalSource(OutboxSource):
         )
 
     async def _wait_for_work(self) -> None:
+        """Until something arrived, a log write ended, a batch is due or the connection went."""
+        if self._lost.is_set():
+            raise ConnectionError("database connection closed")
         if self._pending.changes or self._stream_error is not None or self._log_due():
             return
         if self._writing is not None and self._writing.done():
@@ -452,16 +458,25 @@ class WalSource(OutboxSource):
         timeout = 1.0
         if self._unlogged.changes and self._writing is None:
             timeout = max(0.0, self._unlogged.since + self.log_interval - time.monotonic())
-        self._ready.clear()
-        ready = asyncio.ensure_future(self._ready.wait())
-        lost = asyncio.ensure_future(self._lost.wait())
+        # One future and one timer per wait: this runs once per read from the socket.
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(timeout, self._rouse)
         try:
-            await asyncio.wait({ready, lost}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            await waiter
         finally:
-            ready.cancel()
-            lost.cancel()
+            timer.cancel()
+            self._waiter = None
         if self._lost.is_set():
             raise ConnectionError("database connection closed")
+
+    def _rouse(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _on_terminated(self, _conn: object) -> None:
+        self._rouse()  # the base class sets `_lost` first
 
     def _ack_idle(self) -> None:
         """Nothing of ours in flight: let the slot advance over others' WAL too."""
@@ -493,7 +508,7 @@ class WalSource(OutboxSource):
                 self._pause()
         except Exception as exc:
             self._stream_error = exc
-        self._ready.set()
+        self._rouse()
 
     def _pause(self) -> None:
         if not self._paused and self._replication is not None:
@@ -596,10 +611,15 @@ class WalSource(OutboxSource):
         self._pending = _Pending(switch_pending=pending.switch_pending)
         unlogged = self._unlogged
         if pending.changes:
-            relations = {i.relation for _, i, _ in pending.changes if isinstance(i, RowChange)}
-            if any(self.types.unknown(r) for r in relations):
+            # By identity: hashing a relation hashes all its columns.
+            relations = {
+                id(item.relation): item.relation
+                for _, item, _ in pending.changes
+                if isinstance(item, RowChange)
+            }
+            if not all(self.types.ready(r) for r in relations.values()):
                 async with self._conn_lock:
-                    await self._learn_types(conn, relations)
+                    await self._learn_types(conn, relations.values())
             changes = [self._change(*entry) for entry in pending.changes]
             if not unlogged.changes:
                 unlogged.since = time.monotonic()
@@ -622,7 +642,7 @@ class WalSource(OutboxSource):
     def _start_write(self, conn: asyncpg.Connection) -> None:
         self._written = batch = self._detach_unlogged()
         self._writing = asyncio.ensure_future(self._write_log(conn, batch))
-        self._writing.add_done_callback(lambda _task: self._ready.set())
+        self._writing.add_done_callback(lambda _task: self._rouse())
 
     def _reap(self) -> None:
         """A finished log write: its failure ends the session (the replay covers it)."""
