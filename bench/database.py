@@ -234,7 +234,8 @@ class BenchDatabase(Managed):
         return asyncio.run(_sequencing(self.dsn, after_id))
 
     def wait_settled(self, limit: float) -> None:
-        """Wait (up to `limit` s) until every outbox row is numbered and the head stands still."""
+        """Wait (up to `limit` s) until every outbox row is numbered, the head stands still
+        and this database's replication slots (the WAL leader's) have caught up with the WAL."""
         deadline = time.monotonic() + limit
         last: object = None
         while time.monotonic() < deadline:
@@ -242,10 +243,13 @@ class BenchDatabase(Managed):
                 _fetchval(
                     self.dsn,
                     "SELECT (SELECT last_seq FROM realtime_bridge.sequencer)::text || '/' || "
+                    "(SELECT coalesce(max(pg_current_wal_lsn() - confirmed_flush_lsn), 0) > "
+                    " 1048576 FROM pg_replication_slots WHERE database = current_database())::text"
+                    " || '/' || "
                     "(SELECT count(*) FROM realtime_bridge.outbox WHERE seq IS NULL)::text",
                 )
             )
-            if now == last and str(now).endswith("/0"):
+            if now == last and str(now).endswith("/false/0"):
                 return
             last = now
             time.sleep(0.25)

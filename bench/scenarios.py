@@ -650,6 +650,8 @@ def capture_cost(env: Environment, server: ServerProcess, kind: str) -> None:
             # Alternate the order so neither table always goes first.
             order = ("plain", "tracked") if rep % 2 == 0 else ("tracked", "plain")
             for table in order:
+                # Each run starts with the bridge idle (not catching up on the last one).
+                env.db.wait_settled(limit=30)
                 before = leader_counts(server) if table == "tracked" else None
                 profiler: Profiler | None = None
                 if config.profile and table == "tracked" and rep == 0:
