@@ -298,17 +298,18 @@ class Types:
 
     def ready(self, relation: Relation) -> bool:
         """Whether every column type of `relation` is converted (cheap once it was)."""
+        return self._planned(relation) is not None or not self.unknown(relation)
+
+    def _planned(self, relation: Relation) -> tuple[tuple[str, Convert], ...] | None:
+        """The plan of this very relation message (a newer one for the oid plans afresh)."""
         planned = self._plans.get(relation.oid)
-        if planned is not None and planned[0] is relation:
-            return True
-        if self.unknown(relation):
-            return False
-        self._plan(relation)
-        return True
+        return planned[1] if planned is not None and planned[0] is relation else None
 
     def _plan(self, relation: Relation) -> tuple[tuple[str, Convert], ...]:
-        plan = tuple((c.name, self.converter(c.type_oid) or _text) for c in relation.columns)
-        self._plans[relation.oid] = (relation, plan)
+        plan = self._planned(relation)
+        if plan is None:
+            plan = tuple((c.name, self.converter(c.type_oid) or _text) for c in relation.columns)
+            self._plans[relation.oid] = (relation, plan)
         return plan
 
     def learn(self, rows: list[tuple[int, str, str, int, int]]) -> list[int]:
@@ -361,11 +362,8 @@ class Types:
         self, relation: Relation, values: tuple[bytes | Unchanged | None, ...]
     ) -> dict[str, Any]:
         """A tuple as `to_jsonb()` would render the row (unchanged TOAST values left out)."""
-        planned = self._plans.get(relation.oid)
-        fresh = planned is not None and planned[0] is relation
-        plan = planned[1] if planned is not None and fresh else self._plan(relation)
         out: dict[str, Any] = {}
-        for (name, convert), raw in zip(plan, values, strict=False):
+        for (name, convert), raw in zip(self._plan(relation), values, strict=False):
             if raw is None:
                 out[name] = None
             elif raw is not UNCHANGED:

@@ -130,6 +130,17 @@ function fakeEnvironment(): ClientEnvironment & { fire: EnvironmentEvents; onlin
   return env;
 }
 
+/** A fetch answering the long-polls with `replies` in turn, then never (the poll waits); records each URL. */
+function polls(...replies: Response[]) {
+  const urls: string[] = [];
+  const fetch = vi.fn((url: string) => {
+    urls.push(url);
+    const reply = replies.shift();
+    return reply ? Promise.resolve(reply) : new Promise<Response>(() => {});
+  });
+  return { fetch, urls };
+}
+
 function client(options: Partial<ClientOptions> = {}) {
   return createClient({
     url: "https://bridge.example/",
@@ -322,16 +333,10 @@ describe("a snapshot's token", () => {
   });
 
   test("goes on every poll with since, and not after a 409 resync_required", async () => {
-    const replies = [
+    const { fetch, urls } = polls(
       new Response(JSON.stringify({ events: [change(41, "")], next_seq: 41 }), { status: 200 }),
       new Response(JSON.stringify({ code: "resync_required", earliest_seq: 90, next_seq: 120 }), { status: 409 }),
-    ];
-    const urls: string[] = [];
-    const fetch = vi.fn((url: string) => {
-      urls.push(url);
-      const reply = replies.shift();
-      return reply ? Promise.resolve(reply) : new Promise<Response>(() => {});
-    });
+    );
     const c = client({ fetch, fallback: { afterFailures: 1 } });
     c.subscribe("position-updates", { since: 40, snapshotToken: TOKEN }, () => {});
     last().fail();
@@ -464,15 +469,9 @@ describe("reconnect backoff and the polling fallback", () => {
   });
 
   test("a 409 resync_required while polling reports it and continues from next_seq", async () => {
-    const replies = [
+    const { fetch, urls } = polls(
       new Response(JSON.stringify({ code: "resync_required", earliest_seq: 90, next_seq: 120 }), { status: 409 }),
-    ];
-    const urls: string[] = [];
-    const fetch = vi.fn((url: string) => {
-      urls.push(url);
-      const reply = replies.shift();
-      return reply ? Promise.resolve(reply) : new Promise<Response>(() => {});
-    });
+    );
     const c = client({ fetch, fallback: { afterFailures: 1 } });
     const resyncs: unknown[] = [];
     c.subscribe("position-updates", { since: 5, onResync: (info) => resyncs.push(info) }, () => {});
